@@ -1,0 +1,122 @@
+"""Image tower: VGG16 features -> W_emb -> L2-normalised D-dim embedding."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import keras
+
+from vse_tf.models import backbone as backbone_lib
+
+
+@keras.saving.register_keras_serializable(package="vse_tf")
+class L2Normalize(keras.layers.Layer):
+    """Scales each row to unit L2 norm; an all-zero row stays zero (no NaN).
+
+    Call: ``[B, D]`` -> ``[B, D]`` float32.
+    """
+
+    def __init__(self, epsilon: float = 1e-12, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def call(self, x):
+        x = keras.ops.cast(x, "float32")
+        norm = keras.ops.sqrt(keras.ops.sum(keras.ops.square(x), -1, keepdims=True))
+        return x / keras.ops.maximum(norm, self.epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="vse_tf")
+class VGG16ImageTower(keras.Model):
+    """RGB images (or their cached CNN features) -> unit D-dim embeddings.
+
+    ``call(pixels)``: ``float32 [B, S, S, 3]`` RGB in 0..255 -> ``[B, D]``.
+    ``embed_features(features)``: ``[B, F]`` backbone features -> ``[B, D]``;
+    training on cached features uses this and never runs VGG16.
+
+    Args:
+        embed_dim: D.
+        image_feature: ``fc7`` or ``pool5`` (see `build_vgg16_backbone`).
+        image_size: Input size S.
+        vgg_weights: ``imagenet|none|hed|PATH``.
+        feature_norm: ``l2`` or ``none``: normalisation of the features
+            before ``W_emb`` (Kiros normalises them).
+        fine_tune_from: ``""`` keeps the CNN frozen; e.g. ``block5``.
+        include_backbone: False builds only the head (training on cached
+            features); ``call`` then raises.
+        backbone_dtype: Dtype policy of the VGG16 (e.g. ``mixed_bfloat16``).
+
+    Example:
+        >>> tower = VGG16ImageTower(embed_dim=8, image_size=32, vgg_weights="none")
+        >>> tower(np.zeros([2, 32, 32, 3], "float32")).shape
+        TensorShape([2, 8])
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        image_feature: str = "pool5",
+        image_size: int = 224,
+        vgg_weights: str = "none",
+        feature_norm: str = "l2",
+        fine_tune_from: str = "",
+        include_backbone: bool = True,
+        backbone_dtype: Optional[str] = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if feature_norm not in ("l2", "none"):
+            raise ValueError(
+                f"feature_norm must be 'l2' or 'none', got {feature_norm!r}"
+            )
+        self.embed_dim = embed_dim
+        self.image_feature = image_feature
+        self.image_size = image_size
+        self.vgg_weights = vgg_weights
+        self.feature_norm = feature_norm
+        self.fine_tune_from = fine_tune_from
+        self.include_backbone = include_backbone
+        self.backbone_dtype = backbone_dtype
+        self.feature_dim = backbone_lib.FEATURE_DIMS[image_feature]
+        self.backbone = None
+        if include_backbone:
+            self.backbone = backbone_lib.build_vgg16_backbone(
+                image_feature, image_size, vgg_weights, dtype=backbone_dtype
+            )
+            backbone_lib.set_fine_tuning(self.backbone, fine_tune_from)
+        self.feature_normalize = L2Normalize(name="feature_l2")
+        self.w_emb = keras.layers.Dense(embed_dim, name="W_emb")
+        self.normalize = L2Normalize(name="embedding_l2")
+        self.w_emb.build((None, self.feature_dim))
+
+    def embed_features(self, features):
+        """``[B, F]`` CNN features -> ``[B, D]`` unit embeddings."""
+        features = keras.ops.cast(features, "float32")
+        if self.feature_norm == "l2":
+            features = self.feature_normalize(features)
+        return self.normalize(self.w_emb(features))
+
+    def call(self, pixels, training=False):
+        if self.backbone is None:
+            raise ValueError(
+                "this image tower was built without its backbone "
+                "(include_backbone=False); use embed_features()"
+            )
+        return self.embed_features(self.backbone(pixels, training=training))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            embed_dim=self.embed_dim,
+            image_feature=self.image_feature,
+            image_size=self.image_size,
+            vgg_weights=self.vgg_weights,
+            feature_norm=self.feature_norm,
+            fine_tune_from=self.fine_tune_from,
+            include_backbone=self.include_backbone,
+            backbone_dtype=self.backbone_dtype,
+        )
+        return config

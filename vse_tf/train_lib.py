@@ -1,0 +1,627 @@
+"""Training and evaluation: everything `trainers/` calls, with no flags here.
+
+Workdir layout:
+
+* ``config.json``: the config the run was started with (a rerun must match,
+  except for ``epochs``).
+* ``vocab.txt``: the vocabulary, built from the train split only.
+* ``checkpoints/``: the last epoch's model, optimizer, epoch and best dev
+  R-sum; rerunning the same command resumes from here.
+* ``best/``: the model with the best dev R-sum (model selection).
+* ``tensorboard/``: losses, learning rate and dev metrics.
+* ``metrics_<split>.json``: the retrieval table of each evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+import weakref
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from vse_tf import features as features_lib
+from vse_tf import metrics as metrics_lib
+from vse_tf import text as text_lib
+from vse_tf.config import Config
+from vse_tf.data import glove as glove_lib
+from vse_tf.data import pipeline, readers
+from vse_tf.data.split import CaptionedSplit
+from vse_tf.models.image_tower import VGG16ImageTower
+from vse_tf.models.text_tower import LSTMTextTower
+from vse_tf.models.vse_model import VSEModel
+
+CONFIG_FILE = "config.json"
+VOCAB_FILE = "vocab.txt"
+CAPTIONS_PER_IMAGE = 5
+
+
+# ---------------------------------------------------------------------------
+# Data.
+
+
+def demo_data_dir(config: Config) -> str:
+    """Generates (once) the embedded demo data set and returns its folder."""
+    from vse_tf.data import demo
+
+    cache = config.data.cache_dir or features_lib.default_cache_dir()
+    folder = os.path.join(
+        cache,
+        "demo",
+        f"v{demo.DEMO_VERSION}-s{config.data.image_size}-seed{config.train.seed}",
+    )
+    return demo.generate_demo_dataset(
+        folder, image_size=config.data.image_size, seed=config.train.seed
+    )
+
+
+def load_split(config: Config, split: str) -> CaptionedSplit:
+    """Reads one split of the configured data set.
+
+    Args:
+        config: The run's config (``data.dataset``, ``data.data_dir``).
+        split: ``train``, ``dev`` or ``test``.
+
+    Returns:
+        The split, cut to ``max_train_images`` / ``max_eval_images``.
+    """
+    dataset = config.data.dataset
+    if dataset == "demo":
+        result = readers.read_split("csv", demo_data_dir(config), split)
+    else:
+        if not config.data.data_dir:
+            raise ValueError(f"dataset {dataset!r} needs --data_dir")
+        result = readers.read_split(dataset, config.data.data_dir, split)
+    limit = (
+        config.data.max_train_images
+        if split == "train"
+        else config.data.max_eval_images
+    )
+    return result.take_images(limit) if limit else result
+
+
+def protocol_view(split: CaptionedSplit, k: int = CAPTIONS_PER_IMAGE) -> CaptionedSplit:
+    """The first ``k`` captions of every image that has at least ``k``.
+
+    The retrieval protocol needs exactly ``k`` captions per image (COCO has
+    5-7); images with fewer are dropped with a warning.
+    """
+    if split.captions_per_image() == k:
+        return split
+    keep_captions, keep_images = [], []
+    counts = np.bincount(split.caption_image_index, minlength=split.num_images)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    for image, (start, count) in enumerate(zip(starts, counts)):
+        if count >= k:
+            keep_images.append(image)
+            keep_captions.extend(range(start, start + k))
+    dropped = split.num_images - len(keep_images)
+    if dropped:
+        logging.warning(
+            "%s: %d images have fewer than %d captions and are left out of evaluation",
+            split.name,
+            dropped,
+            k,
+        )
+    remap = {old: new for new, old in enumerate(keep_images)}
+    return CaptionedSplit(
+        split.name,
+        [split.image_paths[i] for i in keep_images],
+        [split.captions[i] for i in keep_captions],
+        np.asarray([remap[split.caption_image_index[i]] for i in keep_captions]),
+        None if split.features is None else split.features[keep_images],
+    )
+
+
+def split_features(
+    config: Config, split: CaptionedSplit, verbose: int = 1
+) -> np.ndarray:
+    """Cached backbone features of a split's images (``[N, F]``)."""
+    if split.features is not None:
+        return split.features
+    data = config.data
+    return features_lib.extract_features(
+        split.image_paths,
+        config.model.image_feature,
+        data.image_size,
+        config.model.vgg_weights,
+        batch_size=data.extract_batch_size,
+        dtype=data.extract_dtype,
+        cache_dir=data.cache_dir or None,
+        verbose=verbose,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Model.
+
+
+def word_vectors(
+    config: Config, vocabulary: text_lib.Vocabulary
+) -> tuple[np.ndarray, int]:
+    """Initial word vectors ``[V, word_dim]`` and word_dim (GloVe's when used)."""
+    source = config.model.glove
+    seed = config.train.seed
+    if source != "none":
+        try:
+            matrix, coverage = glove_lib.load_glove_matrix(
+                source, vocabulary.tokens, seed=seed
+            )
+            logging.info("%s", coverage)
+            print(coverage)
+            return matrix, matrix.shape[1]
+        except ImportError as error:
+            if source != glove_lib.KUMO_SOURCE:
+                raise
+            logging.warning("%s; word vectors start random", error)
+    matrix, _ = glove_lib.load_glove_matrix(
+        "none", vocabulary.tokens, dim=config.model.word_dim, seed=seed
+    )
+    return matrix, config.model.word_dim
+
+
+def build_model(
+    config: Config,
+    vocabulary: text_lib.Vocabulary,
+    vectors: Optional[np.ndarray] = None,
+    word_dim: Optional[int] = None,
+    include_backbone: Optional[bool] = None,
+) -> VSEModel:
+    """The joint model for a config.
+
+    Args:
+        config: Run config.
+        vocabulary: Train vocabulary.
+        vectors: Initial ``[V, word_dim]`` word vectors (None: random).
+        word_dim: Word vector size (default ``config.model.word_dim``).
+        include_backbone: Build VGG16 into the image tower; default only when
+            fine-tuning (a frozen CNN trains on cached features).
+    """
+    m = config.model
+    if include_backbone is None:
+        include_backbone = bool(m.fine_tune_from)
+    keras.utils.set_random_seed(config.train.seed)
+    image_tower = VGG16ImageTower(
+        embed_dim=m.embed_dim,
+        image_feature=m.image_feature,
+        image_size=config.data.image_size,
+        vgg_weights=m.vgg_weights,
+        feature_norm=m.feature_norm,
+        fine_tune_from=m.fine_tune_from,
+        include_backbone=include_backbone,
+        name="image_tower",
+    )
+    text_tower = LSTMTextTower(
+        vocabulary=vocabulary.tokens,
+        embed_dim=m.embed_dim,
+        word_dim=word_dim or (vectors.shape[1] if vectors is not None else m.word_dim),
+        max_length=config.data.max_length,
+        train_word_embeddings=m.train_word_embeddings,
+        word_vectors=vectors,
+        name="text_tower",
+    )
+    model = VSEModel(
+        image_tower,
+        text_tower,
+        margin=config.train.margin,
+        loss_mode=config.train.loss,
+        mask_same_image=config.train.mask_same_image,
+        name="vse",
+    )
+    dummy = {"token_ids": np.ones([1, 2], np.int32)}
+    if include_backbone:
+        size = config.data.image_size
+        dummy["images"] = np.zeros([1, size, size, 3], np.float32)
+    else:
+        dummy["image_features"] = np.zeros([1, image_tower.feature_dim], np.float32)
+    model(dummy)
+    return model
+
+
+def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Adam with the VSE++ step decay and global-norm gradient clipping."""
+    t = config.train
+    learning_rate = t.learning_rate
+    if t.lr_decay_epochs and t.lr_decay_epochs < t.epochs:
+        learning_rate = keras.optimizers.schedules.PiecewiseConstantDecay(
+            [t.lr_decay_epochs * steps_per_epoch],
+            [t.learning_rate, t.learning_rate * 0.1],
+        )
+    return keras.optimizers.Adam(
+        learning_rate=learning_rate, global_clipnorm=t.grad_clip_norm or None
+    )
+
+
+# ---------------------------------------------------------------------------
+# Evaluation.
+
+
+_COMPILED: weakref.WeakKeyDictionary[keras.Model, dict] = weakref.WeakKeyDictionary()
+
+
+def _compiled(owner: keras.Model, method: str):
+    """One traced ``tf.function`` per (model, method), reused across calls."""
+    functions = _COMPILED.setdefault(owner, {})
+    if method not in functions:
+        functions[method] = tf.function(getattr(owner, method), reduce_retracing=True)
+    return functions[method]
+
+
+def embed_split(
+    model: VSEModel,
+    token_ids: np.ndarray,
+    image_features: Optional[np.ndarray] = None,
+    image_paths: Optional[list[str]] = None,
+    image_size: int = 224,
+    batch_size: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeds a split's images (features or files) and captions.
+
+    Returns:
+        ``(image_emb [N, D], caption_emb [M, D])`` float32.
+    """
+    encode_text = _compiled(model.text_tower, "encode_tokens")
+    caption_emb = [
+        encode_text(tf.constant(token_ids[i : i + batch_size])).numpy()
+        for i in range(0, len(token_ids), batch_size)
+    ]
+    if image_features is not None:
+        embed = _compiled(model.image_tower, "embed_features")
+        image_emb = [
+            embed(tf.constant(image_features[i : i + batch_size])).numpy()
+            for i in range(0, len(image_features), batch_size)
+        ]
+    else:
+        embed = _compiled(model.image_tower, "call")
+        image_emb = [
+            embed(images).numpy()
+            for images in features_lib.image_dataset(
+                image_paths, image_size, batch_size
+            )
+        ]
+    return np.concatenate(image_emb), np.concatenate(caption_emb)
+
+
+@dataclasses.dataclass
+class EvalData:
+    """A split prepared for evaluation (5 captions per image)."""
+
+    split: CaptionedSplit
+    token_ids: np.ndarray
+    features: Optional[np.ndarray]
+
+
+def prepare_eval(
+    config: Config, split: CaptionedSplit, tokenizer: text_lib.SentenceTokenizer
+) -> EvalData:
+    view = protocol_view(split)
+    needs_images = bool(config.model.fine_tune_from)
+    feats = None if needs_images else split_features(config, view)
+    return EvalData(view, text_lib.encode_captions(tokenizer, view.captions), feats)
+
+
+def evaluate(model: VSEModel, data: EvalData, config: Config) -> dict[str, float]:
+    """The paper's retrieval metrics of a model on a prepared split."""
+    image_emb, caption_emb = embed_split(
+        model,
+        data.token_ids,
+        image_features=data.features,
+        image_paths=None if data.features is not None else data.split.image_paths,
+        image_size=config.data.image_size,
+        batch_size=config.train.eval_batch_size,
+    )
+    return metrics_lib.retrieval_metrics(image_emb, caption_emb, CAPTIONS_PER_IMAGE)
+
+
+def write_metrics(
+    workdir: str, split: str, values: dict, extra: Optional[dict] = None
+) -> str:
+    """Writes ``<workdir>/metrics_<split>.json`` atomically; returns the path."""
+    path = os.path.join(workdir, f"metrics_{split}.json")
+    payload = dict(values)
+    payload.update(extra or {})
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints.
+
+
+class _Checkpoints:
+    """Last-epoch state (resume) and best-model checkpoints of a workdir."""
+
+    def __init__(self, workdir: str, model: VSEModel, optimizer):
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.best_rsum = tf.Variable(
+            -1.0, dtype=tf.float64, trainable=False, name="best_rsum"
+        )
+        self.state = tf.train.Checkpoint(
+            model=model, optimizer=optimizer, epoch=self.epoch, best_rsum=self.best_rsum
+        )
+        self.last = tf.train.CheckpointManager(
+            self.state, os.path.join(workdir, "checkpoints"), max_to_keep=2
+        )
+        self.best = tf.train.CheckpointManager(
+            tf.train.Checkpoint(model=model),
+            os.path.join(workdir, "best"),
+            max_to_keep=1,
+        )
+
+    def restore_last(self) -> bool:
+        if not self.last.latest_checkpoint:
+            return False
+        self.state.restore(
+            self.last.latest_checkpoint
+        ).assert_existing_objects_matched()
+        return True
+
+
+def restore_best(model: VSEModel, workdir: str) -> str:
+    """Loads the best checkpoint of ``workdir`` into ``model``; returns its path."""
+    path = tf.train.latest_checkpoint(os.path.join(workdir, "best"))
+    if path is None:
+        raise FileNotFoundError(f"no best checkpoint in {workdir}/best; train first")
+    tf.train.Checkpoint(model=model).restore(path).expect_partial()
+    return path
+
+
+class _EpochEnd(keras.callbacks.Callback):
+    """Evaluates on dev, keeps the best model and saves the resume state."""
+
+    def __init__(
+        self, checkpoints: _Checkpoints, dev: EvalData, config: Config, workdir: str
+    ):
+        super().__init__()
+        self.checkpoints = checkpoints
+        self.dev = dev
+        self.config = config
+        self.writer = tf.summary.create_file_writer(
+            os.path.join(workdir, "tensorboard", "dev")
+        )
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = evaluate(self.model, self.dev, self.config)
+        with self.writer.as_default(step=epoch + 1):
+            for key, value in values.items():
+                tf.summary.scalar(key, value)
+        self.writer.flush()
+        improved = values["rsum"] > float(self.checkpoints.best_rsum.numpy())
+        if improved:
+            self.checkpoints.best_rsum.assign(values["rsum"])
+            self.checkpoints.best.save(checkpoint_number=epoch + 1)
+        self.checkpoints.epoch.assign(epoch + 1)
+        self.checkpoints.last.save(checkpoint_number=epoch + 1)
+        print(
+            f"\nepoch {epoch + 1}: dev i2t R@1 {values['i2t_r1']:.1f} "
+            f"t2i R@1 {values['t2i_r1']:.1f} rsum {values['rsum']:.1f}"
+            + (" (best so far, saved)" if improved else "")
+        )
+
+
+# ---------------------------------------------------------------------------
+# Entry points.
+
+
+def _check_config(workdir: str, config: Config) -> None:
+    path = os.path.join(workdir, CONFIG_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = Config.from_dict(json.load(f))
+        old = dataclasses.replace(
+            saved, train=dataclasses.replace(saved.train, epochs=0)
+        )
+        new = dataclasses.replace(
+            config, train=dataclasses.replace(config.train, epochs=0)
+        )
+        if old != new:
+            diff = [
+                f"{section}.{key}: {value!r} -> {new.to_dict()[section][key]!r}"
+                for section, values in old.to_dict().items()
+                for key, value in values.items()
+                if new.to_dict()[section][key] != value
+            ]
+            raise ValueError(
+                f"{workdir} holds a run with a different config ({'; '.join(diff)}); "
+                "use a new --workdir or the same flags"
+            )
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(config.to_json())
+    os.replace(tmp, path)
+
+
+def _vocabulary(
+    workdir: str, config: Config, train: CaptionedSplit
+) -> text_lib.Vocabulary:
+    path = os.path.join(workdir, VOCAB_FILE)
+    if os.path.exists(path):
+        return text_lib.Vocabulary.load(path)
+    vocabulary = text_lib.Vocabulary.build(train.captions, config.data.min_word_count)
+    vocabulary.save(path)
+    return vocabulary
+
+
+def _optional_split(config: Config, name: str) -> Optional[CaptionedSplit]:
+    try:
+        return load_split(config, name)
+    except (FileNotFoundError, readers.DataError) as error:
+        if name == "test" and ("not found" in str(error) or "No such" in str(error)):
+            logging.warning("No %s split (%s); skipping it", name, error)
+            return None
+        raise
+
+
+def train_and_evaluate(
+    config: Config, workdir: str, verbose: int = 1
+) -> dict[str, dict]:
+    """Trains on train, selects on dev, then evaluates dev (and test).
+
+    Rerunning with the same config and workdir resumes from the last
+    finished epoch; with more ``epochs`` it continues training.
+
+    Args:
+        config: Run config.
+        workdir: Output folder (see module docstring).
+        verbose: Keras verbosity (1 = progress bar).
+
+    Returns:
+        ``{split: metrics}`` for the evaluated splits.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    _check_config(workdir, config)
+    start = time.time()
+    train = load_split(config, "train")
+    dev = load_split(config, "dev")
+    test = _optional_split(config, "test")
+    vocabulary = _vocabulary(workdir, config, train)
+    print(
+        f"train: {train.num_images} images, {train.num_captions} captions; "
+        f"dev: {dev.num_images} images; vocabulary: {len(vocabulary)} tokens"
+    )
+    vectors, word_dim = word_vectors(config, vocabulary)
+    model = build_model(config, vocabulary, vectors, word_dim)
+    tokenizer = model.text_tower.tokenizer
+    train_ids = text_lib.encode_captions(tokenizer, train.captions)
+    fine_tune = bool(config.model.fine_tune_from)
+    train_feats = None if fine_tune else split_features(config, train, verbose)
+    dev_data = prepare_eval(config, dev, tokenizer)
+    extract_seconds = time.time() - start
+
+    t = config.train
+    checkpoints = None
+    dataset, steps = None, max(len(train_ids) // t.batch_size, 1)
+    optimizer = make_optimizer(config, steps)
+    model.compile(optimizer=optimizer)
+    optimizer.build(model.trainable_variables)
+    checkpoints = _Checkpoints(workdir, model, optimizer)
+    if checkpoints.restore_last():
+        print(f"Resuming from {checkpoints.last.latest_checkpoint}")
+    first_epoch = int(checkpoints.epoch.numpy())
+    train_start = time.time()
+    if first_epoch < t.epochs:
+        dataset, steps = pipeline.train_dataset(
+            train_ids,
+            train.caption_image_index,
+            t.batch_size,
+            t.seed,
+            first_epoch,
+            t.epochs,
+            image_features=train_feats,
+            image_paths=train.image_paths if fine_tune else None,
+            image_size=config.data.image_size,
+        )
+        callbacks = [
+            keras.callbacks.TerminateOnNaN(),
+            keras.callbacks.TensorBoard(
+                os.path.join(workdir, "tensorboard"), write_graph=False
+            ),
+            _EpochEnd(checkpoints, dev_data, config, workdir),
+        ]
+        model.fit(
+            dataset,
+            epochs=t.epochs,
+            initial_epoch=first_epoch,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+    train_seconds = time.time() - train_start
+
+    best_path = restore_best(model, workdir)
+    results = {}
+    timing = {
+        "feature_seconds": round(extract_seconds, 1),
+        "train_seconds": round(train_seconds, 1),
+        "checkpoint": best_path,
+    }
+    for split in (dev, test):
+        if split is None:
+            continue
+        data = dev_data if split is dev else prepare_eval(config, split, tokenizer)
+        values = evaluate(model, data, config)
+        results[split.name] = values
+        write_metrics(workdir, split.name, values, timing)
+        print(
+            metrics_lib.format_table(
+                values, f"{split.name} ({data.split.num_images} images)"
+            )
+        )
+    return results
+
+
+def load_trained_model(
+    workdir: str, include_backbone: Optional[bool] = True
+) -> tuple[Config, VSEModel]:
+    """Rebuilds a trained model from a workdir (config, vocabulary, best weights).
+
+    Args:
+        workdir: A folder written by `train_and_evaluate`.
+        include_backbone: Build the VGG16 too (needed to embed image files);
+            None builds it only for fine-tuned models.
+
+    Returns:
+        ``(config, model)``.
+    """
+    config_path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(
+            f"{config_path} not found: is {workdir} a training workdir?"
+        )
+    with open(config_path) as f:
+        config = Config.from_dict(json.load(f))
+    vocabulary = text_lib.Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
+    # The word embedding's size is in the checkpoint; read it from there.
+    best = tf.train.latest_checkpoint(os.path.join(workdir, "best"))
+    if best is None:
+        raise FileNotFoundError(f"no best checkpoint in {workdir}/best; train first")
+    word_dim = None
+    for name, shape in tf.train.list_variables(best):
+        if "word_embedding" in name and len(shape) == 2 and shape[0] == len(vocabulary):
+            word_dim = shape[1]
+    model = build_model(
+        config, vocabulary, word_dim=word_dim, include_backbone=include_backbone
+    )
+    restore_best(model, workdir)
+    return config, model
+
+
+def evaluate_workdir(
+    workdir: str,
+    split: str = "dev",
+    dataset: Optional[str] = None,
+    data_dir: Optional[str] = None,
+) -> dict[str, float]:
+    """Evaluates a trained workdir's best model on a split; writes the JSON.
+
+    Args:
+        workdir: Training workdir.
+        split: Split name.
+        dataset: Data set (default: the training one).
+        data_dir: Data root (default: the training one).
+
+    Returns:
+        The metrics dict (also in ``<workdir>/metrics_<split>.json``).
+    """
+    config, model = load_trained_model(workdir, include_backbone=None)
+    if dataset or data_dir:
+        data = dataclasses.replace(
+            config.data,
+            dataset=dataset or config.data.dataset,
+            data_dir=data_dir or config.data.data_dir,
+        )
+        config = dataclasses.replace(config, data=data)
+    data = prepare_eval(config, load_split(config, split), model.text_tower.tokenizer)
+    values = evaluate(model, data, config)
+    write_metrics(workdir, split, values)
+    print(metrics_lib.format_table(values, f"{split} ({data.split.num_images} images)"))
+    return values
