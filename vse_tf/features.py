@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from vse_tf.models import backbone as backbone_lib
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 BF16_MIN_COSINE = 0.999
 
 

@@ -14,7 +14,8 @@ Rules, in order:
    stripped (NFD, combining marks dropped), control characters become
    spaces, default-ignorable characters (zero-width space, soft hyphen...)
    are removed.
-2. Every Unicode punctuation character (category ``P*``) becomes a space.
+2. Every Unicode punctuation or separator character (categories ``P*``,
+   ``Z*``) becomes a space.
 3. Split on whitespace; keep at most ``max_length`` words.
 4. Look words up in the vocabulary: id 0 is padding, id 1 the out-of-vocabulary
    word. A sentence with no words becomes the single id 1, so even an empty
@@ -44,7 +45,9 @@ PAD_ID = 0
 OOV_ID = 1
 NUM_RESERVED = 2
 
-_PUNCTUATION_PATTERN = r"\p{P}"
+# Punctuation and every Unicode separator become ASCII spaces before the
+# whitespace split (the normaliser leaves U+1680, U+2028, U+2029 in place).
+_SEPARATOR_PATTERN = r"[\p{P}\p{Z}]"
 
 # Default-ignorable code points that ICU's NFKC case folding removes.
 _IGNORABLE = frozenset(
@@ -101,7 +104,7 @@ def split_words(text: str, max_length: Optional[int] = None) -> list[str]:
     """
     normalized = normalize_text(text)
     no_punct = "".join(
-        " " if unicodedata.category(c).startswith("P") else c for c in normalized
+        " " if unicodedata.category(c)[0] in "PZ" else c for c in normalized
     )
     words = no_punct.split()
     return words if max_length is None else words[:max_length]
@@ -200,7 +203,7 @@ class SentenceTokenizer(keras.layers.Layer):
     def call(self, sentences):
         sentences = tf.reshape(tf.convert_to_tensor(sentences, tf.string), [-1])
         normalized = self._normalizer.normalize(sentences)
-        no_punct = tf.strings.regex_replace(normalized, _PUNCTUATION_PATTERN, " ")
+        no_punct = tf.strings.regex_replace(normalized, _SEPARATOR_PATTERN, " ")
         words = self._splitter.tokenize(no_punct)[:, : self.max_length]
         ids = tf.ragged.map_flat_values(self._table.lookup, words)
         ids = tf.cast(ids, tf.int32).to_tensor(

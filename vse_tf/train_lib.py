@@ -533,6 +533,7 @@ def train_and_evaluate(
             initial_epoch=first_epoch,
             steps_per_epoch=steps,
             callbacks=callbacks,
+            shuffle=False,  # the dataset shuffles itself, per (seed, epoch)
             verbose=verbose,
         )
     train_seconds = time.time() - train_start

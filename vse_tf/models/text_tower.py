@@ -62,6 +62,7 @@ class LSTMTextTower(keras.Model):
         self.lstm = keras.layers.LSTM(embed_dim, name="lstm")
         self.normalize = L2Normalize(name="embedding_l2")
         self.word_embedding.build((None, max_length))
+        self.lstm.build((None, max_length, word_dim))
         if word_vectors is not None:
             word_vectors = np.asarray(word_vectors, np.float32)
             if word_vectors.shape != (len(self.vocabulary), word_dim):
@@ -70,6 +71,10 @@ class LSTMTextTower(keras.Model):
                     f"{(len(self.vocabulary), word_dim)}"
                 )
             self.word_embedding.embeddings.assign(word_vectors)
+
+    def build(self, input_shape=None):
+        # Every sublayer is built in __init__ (so saved weights always load).
+        self.built = True
 
     def encode_tokens(self, token_ids, training=False):
         """``int32 [B, L]`` padded token ids -> ``[B, D]`` unit embeddings."""

