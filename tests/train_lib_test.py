@@ -129,3 +129,41 @@ def test_fine_tuning_trains_on_images(tiny_data, tmp_path):
         any("block5" in name for name in trainable)
         or len(model.image_tower.trainable_weights) > 2
     )
+
+
+def test_precomputed_features_train_and_reload(tmp_path):
+    # VSE++ *_precomp layout: one feature row per image, one caption per line.
+    rng = np.random.default_rng(0)
+    words = ["red", "green", "blue", "cat", "dog", "bird"]
+    for split, n in (("train", 16), ("dev", 6), ("test", 6)):
+        labels = rng.integers(0, len(words), n)
+        feats = rng.normal(size=(n, 24)).astype(np.float32)
+        feats[np.arange(n), labels] += 4.0
+        np.save(tmp_path / f"{split}_ims.npy", feats)
+        captions = [f"a {words[k]} thing number {j}" for k in labels for j in range(5)]
+        (tmp_path / f"{split}_caps.txt").write_text("\n".join(captions) + "\n")
+    config = config_lib.override(
+        config_lib.get_config("tiny"),
+        dataset="precomp",
+        data_dir=str(tmp_path),
+        epochs=2,
+    )
+    workdir = str(tmp_path / "run")
+    results = train_lib.train_and_evaluate(config, workdir, verbose=0)
+    assert set(results) == {"dev", "test"}
+    _, model = train_lib.load_trained_model(workdir, include_backbone=None)
+    assert model.image_tower.feature_dim == 24
+    assert model.image_tower.backbone is None
+    values = train_lib.evaluate_workdir(workdir, split="test")
+    assert values == pytest.approx(results["test"])
+
+
+def test_learning_rate_drops_tenfold_after_decay_epochs():
+    config = config_lib.override(
+        config_lib.get_config("tiny"), epochs=4, lr_decay_epochs=2, learning_rate=0.01
+    )
+    optimizer = train_lib.make_optimizer(config, steps_per_epoch=10)
+    schedule = optimizer._learning_rate
+    assert float(schedule(19)) == pytest.approx(0.01)
+    assert float(schedule(21)) == pytest.approx(0.001)
+    assert optimizer.global_clipnorm == config.train.grad_clip_norm

@@ -172,6 +172,7 @@ def build_model(
     vectors: Optional[np.ndarray] = None,
     word_dim: Optional[int] = None,
     include_backbone: Optional[bool] = None,
+    feature_dim: Optional[int] = None,
 ) -> VSEModel:
     """The joint model for a config.
 
@@ -182,6 +183,7 @@ def build_model(
         word_dim: Word vector size (default ``config.model.word_dim``).
         include_backbone: Build VGG16 into the image tower; default only when
             fine-tuning (a frozen CNN trains on cached features).
+        feature_dim: Feature size of precomputed (``precomp``) features.
     """
     m = config.model
     if include_backbone is None:
@@ -194,7 +196,8 @@ def build_model(
         vgg_weights=m.vgg_weights,
         feature_norm=m.feature_norm,
         fine_tune_from=m.fine_tune_from,
-        include_backbone=include_backbone,
+        include_backbone=include_backbone and not feature_dim,
+        feature_dim=feature_dim,
         name="image_tower",
     )
     text_tower = LSTMTextTower(
@@ -215,7 +218,7 @@ def build_model(
         name="vse",
     )
     dummy = {"token_ids": np.ones([1, 2], np.int32)}
-    if include_backbone:
+    if image_tower.backbone is not None:
         size = config.data.image_size
         dummy["images"] = np.zeros([1, size, size, 3], np.float32)
     else:
@@ -489,7 +492,10 @@ def train_and_evaluate(
         f"dev: {dev.num_images} images; vocabulary: {len(vocabulary)} tokens"
     )
     vectors, word_dim = word_vectors(config, vocabulary)
-    model = build_model(config, vocabulary, vectors, word_dim)
+    precomputed_dim = None if train.features is None else train.features.shape[1]
+    model = build_model(
+        config, vocabulary, vectors, word_dim, feature_dim=precomputed_dim
+    )
     tokenizer = model.text_tower.tokenizer
     train_ids = text_lib.encode_captions(tokenizer, train.captions)
     fine_tune = bool(config.model.fine_tune_from)
@@ -585,12 +591,20 @@ def load_trained_model(
     best = tf.train.latest_checkpoint(os.path.join(workdir, "best"))
     if best is None:
         raise FileNotFoundError(f"no best checkpoint in {workdir}/best; train first")
-    word_dim = None
+    word_dim = feature_dim = None
     for name, shape in tf.train.list_variables(best):
         if "word_embedding" in name and len(shape) == 2 and shape[0] == len(vocabulary):
             word_dim = shape[1]
+        if "w_emb" in name and len(shape) == 2:
+            feature_dim = shape[0]
+    if config.data.dataset != "precomp":
+        feature_dim = None
     model = build_model(
-        config, vocabulary, word_dim=word_dim, include_backbone=include_backbone
+        config,
+        vocabulary,
+        word_dim=word_dim,
+        include_backbone=include_backbone,
+        feature_dim=feature_dim,
     )
     restore_best(model, workdir)
     return config, model

@@ -48,6 +48,10 @@ class VGG16ImageTower(keras.Model):
         include_backbone: False builds only the head (training on cached
             features); ``call`` then raises.
         backbone_dtype: Dtype policy of the VGG16 (e.g. ``mixed_bfloat16``).
+        feature_dim: Size F of the features ``W_emb`` reads; defaults to the
+            backbone's (4096 fc7, 512 pool5). Set it for precomputed
+            features from another CNN (VSE++ ``*_precomp``); such a tower
+            has no backbone.
 
     Example:
         >>> tower = VGG16ImageTower(embed_dim=8, image_size=32, vgg_weights="none")
@@ -65,6 +69,7 @@ class VGG16ImageTower(keras.Model):
         fine_tune_from: str = "",
         include_backbone: bool = True,
         backbone_dtype: Optional[str] = None,
+        feature_dim: Optional[int] = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -80,7 +85,13 @@ class VGG16ImageTower(keras.Model):
         self.fine_tune_from = fine_tune_from
         self.include_backbone = include_backbone
         self.backbone_dtype = backbone_dtype
-        self.feature_dim = backbone_lib.FEATURE_DIMS[image_feature]
+        native_dim = backbone_lib.FEATURE_DIMS[image_feature]
+        self.feature_dim = int(feature_dim or native_dim)
+        if include_backbone and self.feature_dim != native_dim:
+            raise ValueError(
+                f"feature_dim={feature_dim} does not match the {image_feature} "
+                f"backbone ({native_dim}); use include_backbone=False"
+            )
         self.backbone = None
         if include_backbone:
             self.backbone = backbone_lib.build_vgg16_backbone(
@@ -118,5 +129,6 @@ class VGG16ImageTower(keras.Model):
             fine_tune_from=self.fine_tune_from,
             include_backbone=self.include_backbone,
             backbone_dtype=self.backbone_dtype,
+            feature_dim=self.feature_dim,
         )
         return config
