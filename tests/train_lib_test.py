@@ -167,3 +167,35 @@ def test_learning_rate_drops_tenfold_after_decay_epochs():
     assert float(schedule(19)) == pytest.approx(0.01)
     assert float(schedule(21)) == pytest.approx(0.001)
     assert optimizer.global_clipnorm == config.train.grad_clip_norm
+
+
+def test_report_adds_coco_1k_protocol_for_5000_images(tmp_path):
+    from vse_tf import text
+    from vse_tf.data.split import CaptionedSplit
+
+    n = 5000
+    rng = np.random.default_rng(0)
+    split = CaptionedSplit(
+        "test",
+        [f"test:{i}" for i in range(n)],
+        [f"caption {i % 7}" for i in range(5 * n)],
+        np.repeat(np.arange(n), 5),
+        rng.normal(size=(n, 6)).astype(np.float32),
+    )
+    vocabulary = text.Vocabulary([f"{i}" for i in range(7)] + ["caption"])
+    config = config_lib.get_config("tiny")
+    model = train_lib.build_model(config, vocabulary, feature_dim=6)
+    data = train_lib.EvalData(
+        split,
+        text.encode_captions(model.text_tower.tokenizer, split.captions),
+        split.features,
+    )
+    values = train_lib.report(model, data, config, str(tmp_path))
+
+    with open(tmp_path / "metrics_test.json") as f:
+        assert json.load(f)["rsum"] == pytest.approx(values["rsum"])
+    with open(tmp_path / "metrics_test_1k.json") as f:
+        folds = json.load(f)
+    image_emb, caption_emb = train_lib.embed_eval_data(model, data, config)
+    expected = metrics_lib.coco_metrics(image_emb, caption_emb, protocol="1k")
+    assert folds["rsum"] == pytest.approx(expected["rsum"])

@@ -309,9 +309,11 @@ def prepare_eval(
     return EvalData(view, text_lib.encode_captions(tokenizer, view.captions), feats)
 
 
-def evaluate(model: VSEModel, data: EvalData, config: Config) -> dict[str, float]:
-    """The paper's retrieval metrics of a model on a prepared split."""
-    image_emb, caption_emb = embed_split(
+def embed_eval_data(
+    model: VSEModel, data: EvalData, config: Config
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(image_emb [N, D], caption_emb [5N, D])`` of a prepared split."""
+    return embed_split(
         model,
         data.token_ids,
         image_features=data.features,
@@ -319,6 +321,11 @@ def evaluate(model: VSEModel, data: EvalData, config: Config) -> dict[str, float
         image_size=config.data.image_size,
         batch_size=config.train.eval_batch_size,
     )
+
+
+def evaluate(model: VSEModel, data: EvalData, config: Config) -> dict[str, float]:
+    """The paper's retrieval metrics of a model on a prepared split."""
+    image_emb, caption_emb = embed_eval_data(model, data, config)
     return metrics_lib.retrieval_metrics(image_emb, caption_emb, CAPTIONS_PER_IMAGE)
 
 
@@ -334,6 +341,34 @@ def write_metrics(
         json.dump(payload, f, indent=2)
     os.replace(tmp, path)
     return path
+
+
+def report(
+    model: VSEModel,
+    data: EvalData,
+    config: Config,
+    workdir: str,
+    extra: Optional[dict] = None,
+) -> dict[str, float]:
+    """Evaluates, prints the table and writes ``metrics_<split>.json``.
+
+    A split of exactly 5,000 images (the COCO 5K test set) is also scored
+    with the COCO 1K protocol (mean over five 1,000-image folds), written to
+    ``metrics_<split>_1k.json``; the main file holds the 5K numbers.
+
+    Returns:
+        The metrics over the whole split.
+    """
+    name = data.split.name
+    image_emb, caption_emb = embed_eval_data(model, data, config)
+    values = metrics_lib.retrieval_metrics(image_emb, caption_emb, CAPTIONS_PER_IMAGE)
+    write_metrics(workdir, name, values, extra)
+    print(metrics_lib.format_table(values, f"{name} ({data.split.num_images} images)"))
+    if data.split.num_images == 5000:
+        folds = metrics_lib.coco_metrics(image_emb, caption_emb, protocol="1k")
+        write_metrics(workdir, f"{name}_1k", folds, extra)
+        print(metrics_lib.format_table(folds, f"{name} COCO 1K (mean of 5 folds)"))
+    return values
 
 
 # ---------------------------------------------------------------------------
@@ -555,14 +590,7 @@ def train_and_evaluate(
         if split is None:
             continue
         data = dev_data if split is dev else prepare_eval(config, split, tokenizer)
-        values = evaluate(model, data, config)
-        results[split.name] = values
-        write_metrics(workdir, split.name, values, timing)
-        print(
-            metrics_lib.format_table(
-                values, f"{split.name} ({data.split.num_images} images)"
-            )
-        )
+        results[split.name] = report(model, data, config, workdir, timing)
     return results
 
 
@@ -636,7 +664,4 @@ def evaluate_workdir(
         )
         config = dataclasses.replace(config, data=data)
     data = prepare_eval(config, load_split(config, split), model.text_tower.tokenizer)
-    values = evaluate(model, data, config)
-    write_metrics(workdir, split, values)
-    print(metrics_lib.format_table(values, f"{split} ({data.split.num_images} images)"))
-    return values
+    return report(model, data, config, workdir)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 from typing import Optional
 
@@ -171,6 +172,12 @@ def build_vgg16_backbone(
     if image_size < 32:
         raise ValueError(f"VGG16 needs images of at least 32x32, got {image_size}")
     include_top = image_feature == "fc7"
+    if include_top and vgg_weights in ("hed", "none"):
+        logging.warning(
+            "image_feature='fc7' with vgg_weights=%r: fc6/fc7 have no pretrained "
+            "weights there and stay random; prefer 'pool5'",
+            vgg_weights,
+        )
     keras_weights = "imagenet" if vgg_weights == "imagenet" else None
     previous = keras.config.dtype_policy()
     if dtype is not None:
