@@ -152,6 +152,8 @@ def _tiny() -> Config:
             image_size=32,
             max_length=8,
             min_word_count=1,
+            max_train_images=64,
+            max_eval_images=20,
             extract_batch_size=16,
             extract_dtype="float32",
         ),
