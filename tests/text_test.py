@@ -262,8 +262,12 @@ class TestVocabulary:
 
     def test_reserved_ids_and_oov(self):
         vocab = Vocabulary(["dog", "cat"])
-        assert vocab.id(PAD_TOKEN) == PAD_ID == 0
-        assert vocab.id(OOV_TOKEN) == OOV_ID == 1
+        assert vocab.tokens[PAD_ID] == PAD_TOKEN and PAD_ID == 0
+        assert vocab.tokens[OOV_ID] == OOV_TOKEN and OOV_ID == 1
+        # Words never map to the reserved ids, even when spelled like them.
+        assert vocab.id(PAD_TOKEN) == OOV_ID
+        assert vocab.id(OOV_TOKEN) == OOV_ID
+        assert vocab.encode("<pad> dog", 5) == [1, 2]
         assert vocab.id("dog") == 2
         assert vocab.id("cat") == 3
         assert vocab.id("zebra") == OOV_ID
@@ -341,3 +345,30 @@ class TestTokenizerLayer:
         fn = text_lib._tokenize_fn(tokenizer)
         encode_captions(tokenizer, ["the dog", "x"])
         assert text_lib._tokenize_fn(tokenizer) is fn
+
+
+def test_split_rules_by_hand():
+    assert split_words("$100 +5 = a|b") == ["100", "5", "a", "b"]
+    assert split_words("日本語 dog") == ["日", "本", "語", "dog"]
+    assert split_words("rock—and—roll, 'twas") == ["rock", "and", "roll", "twas"]
+    assert split_words("a\u2028b\u3000c") == ["a", "b", "c"]
+
+
+def test_graph_uses_only_ops_that_litert_can_run():
+    # tf_text's TFLite kernels cover FastBertNormalize and FastWordpieceTokenize;
+    # regex and ragged-range ops would make text_tower_strings.tflite impossible.
+    tokenizer = SentenceTokenizer(Vocabulary(["dog"]).tokens, 6)
+    fn = tf.function(tokenizer.call, input_signature=[tf.TensorSpec([None], tf.string)])
+    graph = fn.get_concrete_function().graph
+    op_types = {op.type for op in graph.get_operations()}
+    for func in graph._functions.values():
+        op_types |= {node.op for node in func.definition.node_def}
+    assert "FastBertNormalize" in op_types
+    assert any(t.startswith("FastWordpieceTokenize") for t in op_types)
+    forbidden = {
+        "StaticRegexReplace",
+        "RegexReplace",
+        "RaggedRange",
+        "RaggedTensorToTensor",
+    }
+    assert not op_types & forbidden, op_types & forbidden

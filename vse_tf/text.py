@@ -2,9 +2,10 @@
 
 The same rules run in two places and give identical token ids:
 
-* in the TensorFlow graph (`SentenceTokenizer`, a Keras layer), built from
-  ops that TF Serving links and that have TFLite kernels
-  (`tensorflow_text.FastBertNormalizer` and `WhitespaceTokenizer`);
+* in the TensorFlow graph (`SentenceTokenizer`, a Keras layer), built only
+  from ops that TF Serving links and that LiteRT can run: tensorflow-text's
+  ``FastBertNormalizer`` and ``FastWordpieceTokenizer`` (both have TFLite
+  kernels; regex ops have none) plus TFLite builtins;
 * in pure Python (`normalize_text`, `split_words`, `Vocabulary.encode`), the
   reference used to build the vocabulary and to check the graph.
 
@@ -14,12 +15,19 @@ Rules, in order:
    stripped (NFD, combining marks dropped), control characters become
    spaces, default-ignorable characters (zero-width space, soft hyphen...)
    are removed.
-2. Every Unicode punctuation or separator character (categories ``P*``,
-   ``Z*``) becomes a space.
-3. Split on whitespace; keep at most ``max_length`` words.
-4. Look words up in the vocabulary: id 0 is padding, id 1 the out-of-vocabulary
-   word. A sentence with no words becomes the single id 1, so even an empty
-   string has a defined, finite embedding.
+2. Whitespace and Unicode separators (``Z*``) end a word.
+3. Punctuation ends a word and is dropped: Unicode ``P*`` plus the ASCII
+   symbols ``$+<=>^`|~`` (BERT's definition, which the tokenizer op uses).
+4. Each CJK ideograph is a word of its own (BERT's pre-tokenisation).
+5. Keep at most ``max_length`` words; look them up in the vocabulary: id 0 is
+   padding, id 1 the out-of-vocabulary word (a whole unknown word is one
+   ``<unk>``). A sentence with no words becomes the single id 1, so even an
+   empty string has a defined, finite embedding.
+
+In the graph, FastWordpiece runs end-to-end (whitespace and punctuation
+splitting) over a word-level vocabulary extended by every punctuation
+character; punctuation ids are then dropped. With no ``##`` entries in the
+vocabulary, an unknown word maps to ``<unk>`` whole instead of to pieces.
 
 Parity between the two holds for every code point assigned in Python's
 Unicode database; code points unassigned there may be normalised
@@ -29,6 +37,7 @@ differently by the graph op's newer tables.
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import unicodedata
 import weakref
@@ -45,9 +54,6 @@ PAD_ID = 0
 OOV_ID = 1
 NUM_RESERVED = 2
 
-# Punctuation and every Unicode separator become ASCII spaces before the
-# whitespace split (the normaliser leaves U+1680, U+2028, U+2029 in place).
-_SEPARATOR_PATTERN = r"[\p{P}\p{Z}]"
 
 # Default-ignorable code points that ICU's NFKC case folding removes.
 _IGNORABLE = frozenset(
@@ -92,6 +98,31 @@ def normalize_text(text: str) -> str:
     return "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
 
 
+# BERT's punctuation beyond Unicode P*: ASCII symbols it also splits off.
+ASCII_SYMBOL_PUNCTUATION = "$+<=>^`|~"
+# BERT's CJK ideograph ranges; each such character is a word of its own.
+_CJK_RANGES = (
+    (0x4E00, 0x9FFF),
+    (0x3400, 0x4DBF),
+    (0x20000, 0x2A6DF),
+    (0x2A700, 0x2B73F),
+    (0x2B740, 0x2B81F),
+    (0x2B820, 0x2CEAF),
+    (0xF900, 0xFAFF),
+    (0x2F800, 0x2FA1F),
+)
+
+
+def is_punctuation(char: str) -> bool:
+    """Whether a character is punctuation for the tokenizer (dropped)."""
+    return unicodedata.category(char)[0] == "P" or char in ASCII_SYMBOL_PUNCTUATION
+
+
+def _is_cjk(char: str) -> bool:
+    code = ord(char)
+    return any(lo <= code <= hi for lo, hi in _CJK_RANGES)
+
+
 def split_words(text: str, max_length: Optional[int] = None) -> list[str]:
     """Normalises a sentence, drops punctuation and splits it into words.
 
@@ -102,12 +133,29 @@ def split_words(text: str, max_length: Optional[int] = None) -> list[str]:
     Returns:
         The words, possibly empty.
     """
-    normalized = normalize_text(text)
-    no_punct = "".join(
-        " " if unicodedata.category(c)[0] in "PZ" else c for c in normalized
-    )
-    words = no_punct.split()
+    pieces = []
+    for char in normalize_text(text):
+        if char.isspace() or unicodedata.category(char)[0] == "Z":
+            pieces.append(" ")
+        elif is_punctuation(char):
+            pieces.append(" ")
+        elif _is_cjk(char):
+            pieces.append(f" {char} ")
+        else:
+            pieces.append(char)
+    words = "".join(pieces).split()
     return words if max_length is None else words[:max_length]
+
+
+@functools.lru_cache(maxsize=1)
+def punctuation_characters() -> tuple[str, ...]:
+    """Every character the graph tokenizer splits off as punctuation."""
+    chars = {
+        chr(code)
+        for code in range(0x110000)
+        if not 0xD800 <= code <= 0xDFFF and unicodedata.category(chr(code))[0] == "P"
+    }
+    return tuple(sorted(chars | set(ASCII_SYMBOL_PUNCTUATION)))
 
 
 class Vocabulary:
@@ -151,7 +199,9 @@ class Vocabulary:
         return isinstance(other, Vocabulary) and self.tokens == other.tokens
 
     def id(self, word: str) -> int:
-        return self._ids.get(word, OOV_ID)
+        """The id of a word; unknown words and the reserved tokens give 1."""
+        found = self._ids.get(word, OOV_ID)
+        return found if found >= NUM_RESERVED else OOV_ID
 
     def encode(self, text: str, max_length: int) -> list[int]:
         """Python reference of `SentenceTokenizer`: token ids, unpadded."""
@@ -174,12 +224,60 @@ class Vocabulary:
         return cls(tokens[NUM_RESERVED:])
 
 
+def pad_word_ids(
+    ids: tf.Tensor, row_splits: tf.Tensor, keep: tf.Tensor, max_length: int
+) -> tf.Tensor:
+    """Ragged word ids -> ``int32 [B, max_length]``, with TFLite builtins only.
+
+    Drops the ids where ``keep`` is False, keeps the first ``max_length`` of
+    each row, pads with 0 and turns an empty row into ``[1, 0, ...]``. Ragged
+    ops (RaggedRange, RaggedTensorToTensor) have no LiteRT kernels, so this
+    works from the flat values and row splits with cumsum and scatter.
+
+    Args:
+        ids: ``int32 [T]`` flat ids of the whole batch.
+        row_splits: ``[B + 1]`` row boundaries into ``ids``.
+        keep: ``bool [T]``.
+        max_length: L.
+
+    Returns:
+        ``int32 [B, L]``.
+    """
+    row_splits = tf.cast(row_splits, tf.int32)
+    total = tf.shape(ids)[0]
+    rows = tf.shape(row_splits)[0] - 1
+    # Row of each flat position: count the row starts at or before it.
+    starts = tf.scatter_nd(
+        row_splits[1:-1, None],
+        tf.ones_like(row_splits[1:-1]),
+        tf.reshape(total + 1, [1]),
+    )
+    row_of = tf.cumsum(starts)[:-1]
+    kept = tf.cast(keep, tf.int32)
+    kept_before = tf.concat([tf.zeros([1], tf.int32), tf.cumsum(kept)], axis=0)
+    position = kept_before[:-1] - tf.gather(kept_before, tf.gather(row_splits, row_of))
+    valid = tf.logical_and(keep, position < max_length)
+    position = tf.where(valid, position, max_length)  # spill column, cut below
+    values = tf.where(valid, ids, tf.zeros_like(ids))
+    dense = tf.scatter_nd(
+        tf.stack([row_of, position], axis=1), values, tf.stack([rows, max_length + 1])
+    )[:, :max_length]
+    first = tf.where(
+        tf.equal(dense[:, :1], PAD_ID),
+        tf.ones_like(dense[:, :1]) * OOV_ID,
+        dense[:, :1],
+    )
+    return tf.concat([first, dense[:, 1:]], axis=1)
+
+
 @keras.saving.register_keras_serializable(package="vse_tf")
 class SentenceTokenizer(keras.layers.Layer):
     """Raw sentences -> padded word ids, in the TensorFlow graph.
 
     Call: ``tf.string [B]`` -> ``int32 [B, max_length]``, 0-padded on the
-    right; a sentence with no words gives ``[1, 0, 0, ...]``.
+    right; a sentence with no words gives ``[1, 0, 0, ...]``. Uses only
+    ``FastBertNormalize`` and ``FastWordpieceTokenize`` (tensorflow-text ops
+    with TFLite kernels) and TFLite builtins.
 
     Args:
         vocabulary: Tokens in id order, reserved ones first (`Vocabulary.tokens`).
@@ -192,26 +290,27 @@ class SentenceTokenizer(keras.layers.Layer):
 
         self.vocabulary = list(vocabulary)
         self.max_length = int(max_length)
+        if self.vocabulary[:NUM_RESERVED] != [PAD_TOKEN, OOV_TOKEN]:
+            raise ValueError(f"vocabulary must start with {PAD_TOKEN}, {OOV_TOKEN}")
         self._normalizer = tf_text.FastBertNormalizer(lower_case_nfd_strip_accents=True)
-        self._splitter = tf_text.WhitespaceTokenizer()
-        keys = tf.constant(self.vocabulary[NUM_RESERVED:], dtype=tf.string)
-        values = tf.range(NUM_RESERVED, len(self.vocabulary), dtype=tf.int64)
-        self._table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(keys, values), default_value=OOV_ID
+        # Reserved tokens are unreachable from text: '<' and '>' are
+        # punctuation, so "<unk>" is split into "unk".
+        self._wordpiece = tf_text.FastWordpieceTokenizer(
+            vocab=self.vocabulary + list(punctuation_characters()),
+            suffix_indicator="##",
+            max_bytes_per_word=1000,
+            token_out_type=tf.int32,
+            unknown_token=OOV_TOKEN,
+            no_pretokenization=False,
+            support_detokenization=False,
         )
 
     def call(self, sentences):
         sentences = tf.reshape(tf.convert_to_tensor(sentences, tf.string), [-1])
-        normalized = self._normalizer.normalize(sentences)
-        no_punct = tf.strings.regex_replace(normalized, _SEPARATOR_PATTERN, " ")
-        words = self._splitter.tokenize(no_punct)[:, : self.max_length]
-        ids = tf.ragged.map_flat_values(self._table.lookup, words)
-        ids = tf.cast(ids, tf.int32).to_tensor(
-            default_value=PAD_ID, shape=[None, self.max_length]
-        )
-        empty = tf.equal(ids[:, :1], PAD_ID)
-        first = tf.where(empty, tf.constant(OOV_ID, tf.int32), ids[:, :1])
-        return tf.concat([first, ids[:, 1:]], axis=1)
+        pieces = self._wordpiece.tokenize(self._normalizer.normalize(sentences))
+        ids = pieces.flat_values
+        keep = ids < len(self.vocabulary)  # punctuation ids come after the words
+        return pad_word_ids(ids, pieces.row_splits, keep, self.max_length)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.max_length)

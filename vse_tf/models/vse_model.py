@@ -87,6 +87,7 @@ class VSEModel(keras.Model):
         )
 
     def train_step(self, data):
+        data, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             loss = self.compute_ranking_loss(data, training=True)
         variables = self.trainable_variables
@@ -96,6 +97,7 @@ class VSEModel(keras.Model):
         return {"loss": self.loss_tracker.result()}
 
     def test_step(self, data):
+        data, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         self.loss_tracker.update_state(self.compute_ranking_loss(data))
         return {"loss": self.loss_tracker.result()}
 
