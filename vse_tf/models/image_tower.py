@@ -102,6 +102,7 @@ class VGG16ImageTower(keras.Model):
         self.w_emb = keras.layers.Dense(embed_dim, name="W_emb")
         self.normalize = L2Normalize(name="embedding_l2")
         self.w_emb.build((None, self.feature_dim))
+        self.built = True  # the backbone and W_emb are built above
 
     def embed_features(self, features):
         """``[B, F]`` CNN features -> ``[B, D]`` unit embeddings."""

@@ -71,6 +71,7 @@ class LSTMTextTower(keras.Model):
                     f"{(len(self.vocabulary), word_dim)}"
                 )
             self.word_embedding.embeddings.assign(word_vectors)
+        self.built = True  # every sublayer is built above
 
     def build(self, input_shape=None):
         # Every sublayer is built in __init__ (so saved weights always load).

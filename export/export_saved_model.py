@@ -1,0 +1,29 @@
+"""Exports a trained workdir as a TF Serving SavedModel version.
+
+Example:
+    python -m export.export_saved_model --workdir=runs/demo --output_dir=models/vse
+    # -> models/vse/1/ (next free version); serve models/vse with TF Serving
+"""
+
+from absl import app, flags
+
+from vse_tf.serving import saved_model_lib
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "Model base path (numbered versions).", required=True
+)
+_VERSION = flags.DEFINE_integer("version", None, "Version number (default: next).")
+_MODEL_NAME = flags.DEFINE_string("model_name", "vse", "Model name in warmup requests.")
+
+
+def main(argv):
+    del argv
+    path = saved_model_lib.export_saved_model(
+        _WORKDIR.value, _OUTPUT_DIR.value, _VERSION.value, _MODEL_NAME.value
+    )
+    print(f"SavedModel written to {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)

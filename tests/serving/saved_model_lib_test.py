@@ -1,0 +1,296 @@
+"""The TF Serving SavedModel: signatures, fresh-process parity, warmup, versions."""
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests import testing_utils
+from vse_tf import config as config_lib
+from vse_tf import features as features_lib
+from vse_tf import train_lib
+from vse_tf.serving import saved_model_lib
+
+SENTENCES = ["A red square.", "", "!!!", "a GREEN stripe on black", "ünïcödé 日本 dog"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving")
+    data_dir = testing_utils.write_tiny_captioned_images(str(root / "data"))
+    config = config_lib.override(
+        config_lib.get_config("tiny"),
+        dataset="csv",
+        data_dir=data_dir,
+        cache_dir=str(root / "cache"),
+    )
+    workdir = str(root / "run")
+    train_lib.train_and_evaluate(config, workdir, verbose=0)
+    export_dir = saved_model_lib.export_saved_model(workdir, str(root / "models"))
+    _, model = train_lib.load_trained_model(workdir)
+    return workdir, export_dir, model, data_dir
+
+
+def _image_files(data_dir, count=3):
+    folder = os.path.join(data_dir, "images")
+    return [os.path.join(folder, n) for n in sorted(os.listdir(folder))[:count]]
+
+
+def test_version_layout_and_assets(trained):
+    workdir, export_dir, _, _ = trained
+    base = os.path.dirname(export_dir)
+    assert os.path.basename(export_dir) == "1"
+    assert sorted(os.listdir(base)) == ["1"], "no temporary folder may remain"
+    for name in ("saved_model.pb", "variables", "assets.extra"):
+        assert os.path.exists(os.path.join(export_dir, name))
+    with open(os.path.join(export_dir, "assets", "vocab.txt")) as f:
+        exported_vocab = f.read()
+    with open(os.path.join(workdir, "vocab.txt")) as f:
+        assert exported_vocab == f.read()
+
+
+def test_next_version_and_refusing_to_overwrite(trained, tmp_path):
+    workdir, _, _, _ = trained
+    base = str(tmp_path / "models")
+    os.makedirs(os.path.join(base, "7"))
+    path = saved_model_lib.export_saved_model(workdir, base)
+    assert path == os.path.join(base, "8")
+    with pytest.raises(FileExistsError):
+        saved_model_lib.export_saved_model(workdir, base, version=8)
+    assert sorted(os.listdir(base)) == ["7", "8"]
+
+
+_CHILD = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+import tensorflow_text  # what the model server links
+inputs = np.load(sys.argv[2], allow_pickle=True).item()
+model = tf.saved_model.load(sys.argv[1])
+out = {}
+for name, kwargs in inputs.items():
+    tensors = {k: tf.constant(v) for k, v in kwargs.items()}
+    out[name] = model.signatures[name](**tensors)["embedding"].numpy()
+np.save(sys.argv[3], out, allow_pickle=True)
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "vse_tf")))
+"""
+
+
+def test_fresh_process_matches_keras_towers(trained, tmp_path):
+    _, export_dir, model, data_dir = trained
+    files = _image_files(data_dir)
+    png_bytes = [open(p, "rb").read() for p in files]
+    pixels = np.stack(
+        [features_lib.load_image(tf.constant(p), 32).numpy() for p in files]
+    )
+    jpeg = tf.io.encode_jpeg(tf.cast(pixels[0], tf.uint8)).numpy()
+    big = np.random.default_rng(0).uniform(0, 255, [2, 50, 70, 3]).astype(np.float32)
+    tokens = model.text_tower.tokenizer(tf.constant(SENTENCES)).numpy()
+    feats = np.random.default_rng(1).normal(size=[2, 512]).astype(np.float32)
+    inputs = {
+        "encode_text": {"text": np.array([s.encode() for s in SENTENCES], object)},
+        "serving_default": {"text": np.array([s.encode() for s in SENTENCES], object)},
+        "encode_tokens": {"token_ids": tokens},
+        "encode_image": {"image_bytes": np.array(png_bytes + [jpeg], object)},
+        "encode_image_pixels": {"pixels": big},
+        "encode_image_features": {"features": feats},
+    }
+    np.save(tmp_path / "in.npy", inputs, allow_pickle=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            export_dir,
+            str(tmp_path / "in.npy"),
+            str(tmp_path / "out.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+    served = np.load(tmp_path / "out.npy", allow_pickle=True).item()
+
+    text_ref = model.text_tower(tf.constant(SENTENCES)).numpy()
+    jpeg_pixels = features_lib.decode_image(tf.constant(jpeg), 32).numpy()
+    expected = {
+        "encode_text": text_ref,
+        "serving_default": text_ref,
+        "encode_tokens": model.text_tower.encode_tokens(tokens).numpy(),
+        "encode_image": model.image_tower(
+            np.concatenate([pixels, jpeg_pixels[None]])
+        ).numpy(),
+        "encode_image_pixels": model.image_tower(
+            features_lib.resize_pixels(big, 32)
+        ).numpy(),
+        "encode_image_features": model.image_tower.embed_features(feats).numpy(),
+    }
+    for name, want in expected.items():
+        got = served[name]
+        assert got.shape == want.shape, name
+        assert np.abs(got - want).max() <= 1e-5, name
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_saved_model_cli_lists_the_signatures(trained):
+    _, export_dir, _, _ = trained
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tensorflow.python.tools.saved_model_cli",
+            "show",
+            "--dir",
+            export_dir,
+            "--all",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in saved_model_lib.SIGNATURES + ("serving_default",):
+        assert f"signature_def['{name}']" in result.stdout, name
+    assert "inputs['image_bytes']" in result.stdout
+    assert "outputs['embedding']" in result.stdout
+
+
+def test_warmup_requests_parse_and_replay(trained):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    _, export_dir, model, _ = trained
+    loaded = saved_model_lib.load_saved_model(export_dir)
+    path = os.path.join(export_dir, saved_model_lib.WARMUP_FILE)
+    seen = set()
+    for record in tf.data.TFRecordDataset(path):
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        request = log.predict_log.request
+        assert request.model_spec.name == "vse"
+        name = request.model_spec.signature_name
+        kwargs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+        embedding = loaded.signatures[name](**kwargs)["embedding"].numpy()
+        assert embedding.shape == (1, model.text_tower.embed_dim)
+        np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, atol=1e-5)
+        seen.add(name)
+    assert seen == set(saved_model_lib.SIGNATURES)
+
+
+def test_export_script_writes_a_version(trained, tmp_path):
+    workdir, _, _, _ = trained
+    base = tmp_path / "models"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export.export_saved_model",
+            f"--workdir={workdir}",
+            f"--output_dir={base}",
+            "--version=3",
+        ],
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.listdir(base) == ["3"]
+    assert os.path.exists(base / "3" / "saved_model.pb")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_real_tensorflow_model_server(trained, tmp_path):
+    """Talks to a real model server: a local binary, or VSE_TF_SERVING_URL."""
+    _, export_dir, model, data_dir = trained
+    url = os.environ.get("VSE_TF_SERVING_URL")
+    binary = shutil.which("tensorflow_model_server")
+    if not url and not binary:
+        pytest.skip(
+            "no TF Serving: tensorflow_model_server is not on PATH and "
+            "VSE_TF_SERVING_URL is unset"
+        )
+    server = None
+    if not url:
+        base = tmp_path / "base"
+        shutil.copytree(os.path.dirname(export_dir), base)
+        rest, grpc_port = _free_port(), _free_port()
+        server = subprocess.Popen(
+            [
+                binary,
+                f"--port={grpc_port}",
+                f"--rest_api_port={rest}",
+                "--model_name=vse",
+                f"--model_base_path={base}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:{rest}/v1/models/vse"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2).read()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
+        png = open(_image_files(data_dir, 1)[0], "rb").read()
+        for signature, instances, expected in (
+            (
+                "encode_text",
+                ["a red square"],
+                model.text_tower(tf.constant(["a red square"])).numpy(),
+            ),
+            (
+                "encode_image",
+                [{"b64": base64.b64encode(png).decode()}],
+                model.image_tower(
+                    features_lib.decode_image(tf.constant(png), 32)[None]
+                ).numpy(),
+            ),
+        ):
+            body = json.dumps({"signature_name": signature, "instances": instances})
+            request = urllib.request.Request(
+                f"{url}:predict", body.encode(), {"Content-Type": "application/json"}
+            )
+            reply = json.loads(urllib.request.urlopen(request, timeout=30).read())
+            got = np.asarray(reply["predictions"], np.float32)
+            assert np.abs(got - expected).max() <= 1e-5, signature
+        if server is not None:
+            import grpc
+            from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+            channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "vse"
+            request.model_spec.signature_name = "encode_text"
+            request.inputs["text"].CopyFrom(tf.make_tensor_proto(["a red square"]))
+            reply = stub.Predict(request, timeout=30)
+            got = tf.make_ndarray(reply.outputs["embedding"])
+            want = model.text_tower(tf.constant(["a red square"])).numpy()
+            assert np.abs(got - want).max() <= 1e-5
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
