@@ -199,3 +199,29 @@ def test_report_adds_coco_1k_protocol_for_5000_images(tmp_path):
     image_emb, caption_emb = train_lib.embed_eval_data(model, data, config)
     expected = metrics_lib.coco_metrics(image_emb, caption_emb, protocol="1k")
     assert folds["rsum"] == pytest.approx(expected["rsum"])
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_last_checkpoint(
+    tiny_data, tmp_path
+):
+    workdir = str(tmp_path / "run")
+    train_lib.train_and_evaluate(_config(tiny_data, epochs=1), workdir, verbose=0)
+    # A loss that turns NaN (as a diverging run's does) in the second epoch.
+    from vse_tf.models import vse_model
+
+    original = vse_model.losses.ranking_loss
+
+    def diverging(*args, **kwargs):
+        return original(*args, **kwargs) * float("nan")
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(vse_model.losses, "ranking_loss", diverging):
+        with pytest.raises(FloatingPointError, match=r"at step \d+ \(epoch 2"):
+            train_lib.train_and_evaluate(
+                _config(tiny_data, epochs=2), workdir, verbose=0
+            )
+    names = os.listdir(os.path.join(workdir, "checkpoints"))
+    assert not any(name.startswith("ckpt-2") for name in names)
+    _, model = train_lib.load_trained_model(workdir, include_backbone=False)
+    assert all(np.all(np.isfinite(w.numpy())) for w in model.weights)

@@ -413,6 +413,32 @@ def restore_best(model: VSEModel, workdir: str) -> str:
     return path
 
 
+class _StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops at the first NaN/Inf loss, naming the step; saves nothing then.
+
+    The last saved checkpoint (previous epoch) stays the resume point.
+    """
+
+    def __init__(self, checkpoints: _Checkpoints, steps_per_epoch: int):
+        super().__init__()
+        self.checkpoints = checkpoints
+        self.steps_per_epoch = steps_per_epoch
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            step = self.epoch * self.steps_per_epoch + batch + 1
+            raise FloatingPointError(
+                f"training loss became {float(loss)} at step {step} (epoch "
+                f"{self.epoch + 1}, batch {batch + 1}); nothing was saved after "
+                f"it. Last good checkpoint: {self.checkpoints.last.latest_checkpoint}"
+            )
+
+
 class _EpochEnd(keras.callbacks.Callback):
     """Evaluates on dev, keeps the best model and saves the resume state."""
 
@@ -565,7 +591,7 @@ def train_and_evaluate(
             image_size=config.data.image_size,
         )
         callbacks = [
-            keras.callbacks.TerminateOnNaN(),
+            _StopOnNonFiniteLoss(checkpoints, steps),
             keras.callbacks.TensorBoard(
                 os.path.join(workdir, "tensorboard"), write_graph=False
             ),
