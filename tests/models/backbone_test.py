@@ -278,3 +278,27 @@ class TestMixedPrecision:
             np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
         )
         assert np.all(cosine >= 0.999), cosine
+
+
+def test_imagenet_weights_are_asked_from_keras(monkeypatch):
+    # Offline here: check that "imagenet" reaches Keras's own loader (which
+    # downloads for users who are online) and nothing else is loaded over it.
+    from vse_tf.models import backbone as backbone_lib
+
+    calls = []
+    real_vgg16 = backbone_lib.keras.applications.VGG16
+
+    def recording_vgg16(**kwargs):
+        calls.append(kwargs["weights"])
+        return real_vgg16(**dict(kwargs, weights=None))
+
+    monkeypatch.setattr(backbone_lib.keras.applications, "VGG16", recording_vgg16)
+    monkeypatch.setattr(
+        backbone_lib,
+        "load_vgg16_weights",
+        lambda *a: pytest.fail("imagenet weights must come from Keras only"),
+    )
+    model = backbone_lib.build_vgg16_backbone("pool5", 32, "imagenet")
+    assert calls == ["imagenet"]
+    assert model.output_shape == (None, 512)
+    assert backbone_lib.weights_fingerprint("imagenet") == "imagenet"
