@@ -1,0 +1,209 @@
+"""TFLite export parity: size, CPU latency, cosine and R@1 against Keras.
+
+For each quantisation and each tower this converts a trained workdir's best
+model (`vse_tf.serving.tflite_lib.export_tflite`), runs it in LiteRT on the
+workdir's TEST split (real images and captions, 5 captions per image) and
+prints:
+
+* size in MB;
+* per-example CPU latency: median over ``--num_runs`` calls at batch 1;
+* mean and min cosine of the LiteRT embeddings to the Keras ones (the
+  SavedModel serves the same Keras graph);
+* retrieval R@1 (i2t, t2i) of the LiteRT embeddings, next to Keras's.
+
+The last line is one JSON object holding every figure.
+
+Example:
+    python -m benchmarks.tflite_parity --workdir=runs/demo96 --quantize=all
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+from vse_tf import features as features_lib
+from vse_tf import metrics as metrics_lib
+from vse_tf import text as text_lib
+from vse_tf import train_lib
+from vse_tf.serving import tflite_lib
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
+_QUANTIZE = flags.DEFINE_string(
+    "quantize",
+    "all",
+    "'all' or a comma-separated subset of none,float16,dynamic,int8.",
+)
+_NUM_RUNS = flags.DEFINE_integer("num_runs", 30, "Batch-1 runs timed per tower.")
+_NUM_THREADS = flags.DEFINE_integer("num_threads", 1, "LiteRT interpreter threads.")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size of the parity runs.")
+_SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate on.")
+
+TOWERS = (tflite_lib.IMAGE_FILE, tflite_lib.TEXT_FILE, tflite_lib.STRINGS_FILE)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.maximum(
+        np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12
+    )
+
+
+def _batched(fn, inputs, batch_size: int) -> np.ndarray:
+    return np.concatenate(
+        [fn(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
+    )
+
+
+def _median_ms(fn, example, runs: int) -> float:
+    fn(example)  # warm-up (allocation, delegate preparation)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn(example)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times))
+
+
+def _r1(image_emb: np.ndarray, caption_emb: np.ndarray) -> dict[str, float]:
+    metrics = metrics_lib.retrieval_metrics(
+        image_emb, caption_emb, train_lib.CAPTIONS_PER_IMAGE
+    )
+    return {"i2t_r1": metrics["i2t_r1"], "t2i_r1": metrics["t2i_r1"]}
+
+
+def main(argv):
+    del argv
+    modes = (
+        list(tflite_lib.QUANTIZE_MODES)
+        if _QUANTIZE.value == "all"
+        else _QUANTIZE.value.split(",")
+    )
+    config, model = train_lib.load_trained_model(_WORKDIR.value)
+    split = train_lib.protocol_view(train_lib.load_split(config, _SPLIT.value))
+    size = config.data.image_size
+    images = np.concatenate(
+        [b.numpy() for b in features_lib.image_dataset(split.image_paths, size, 32)]
+    )
+    captions = list(split.captions)
+    tokens = text_lib.encode_captions(model.text_tower.tokenizer, captions)
+
+    encode_image = tf.function(model.image_tower.call)
+    encode_tokens = tf.function(model.text_tower.encode_tokens)
+    encode_text = tf.function(model.text_tower.call)
+    keras_emb = {
+        tflite_lib.IMAGE_FILE: _batched(
+            lambda x: encode_image(x).numpy(), images, _BATCH.value
+        ),
+        tflite_lib.TEXT_FILE: _batched(
+            lambda x: encode_tokens(x).numpy(), tokens, _BATCH.value
+        ),
+        tflite_lib.STRINGS_FILE: _batched(
+            lambda x: encode_text(tf.constant(x)).numpy(), captions, _BATCH.value
+        ),
+    }
+    inputs = {
+        tflite_lib.IMAGE_FILE: images,
+        tflite_lib.TEXT_FILE: tokens,
+        tflite_lib.STRINGS_FILE: captions,
+    }
+    keras_fns = {
+        tflite_lib.IMAGE_FILE: lambda x: encode_image(x).numpy(),
+        tflite_lib.TEXT_FILE: lambda x: encode_tokens(x).numpy(),
+        tflite_lib.STRINGS_FILE: lambda x: encode_text(tf.constant(x)).numpy(),
+    }
+    results = {
+        "workdir": os.path.abspath(_WORKDIR.value),
+        "split": _SPLIT.value,
+        "images": len(images),
+        "captions": len(captions),
+        "image_size": size,
+        "embed_dim": config.model.embed_dim,
+        "max_length": config.data.max_length,
+        "num_threads": _NUM_THREADS.value,
+        "num_runs": _NUM_RUNS.value,
+        "keras": {
+            "latency_ms": {
+                name: _median_ms(keras_fns[name], inputs[name][:1], _NUM_RUNS.value)
+                for name in TOWERS
+            },
+            "retrieval": _r1(
+                keras_emb[tflite_lib.IMAGE_FILE], keras_emb[tflite_lib.TEXT_FILE]
+            ),
+        },
+        "variants": {},
+    }
+
+    for quantize in modes:
+        start = time.time()
+        files, _ = tflite_lib.export_tflite(_WORKDIR.value, quantize)
+        convert_s = time.time() - start
+        towers, emb = {}, {}
+        for name in TOWERS:
+            runner = tflite_lib.TFLiteTower(files[name], num_threads=_NUM_THREADS.value)
+            emb[name] = _batched(runner, inputs[name], _BATCH.value)
+            cosine = _cosine(emb[name], keras_emb[name])
+            towers[name] = {
+                "size_mb": len(files[name]) / 1e6,
+                "latency_ms": _median_ms(runner, inputs[name][:1], _NUM_RUNS.value),
+                "cos_mean": float(cosine.mean()),
+                "cos_min": float(cosine.min()),
+                "delegate": runner.delegate,
+            }
+        results["variants"][quantize] = {
+            "convert_s": convert_s,
+            "towers": towers,
+            "retrieval": _r1(emb[tflite_lib.IMAGE_FILE], emb[tflite_lib.TEXT_FILE]),
+            "retrieval_strings": _r1(
+                emb[tflite_lib.IMAGE_FILE], emb[tflite_lib.STRINGS_FILE]
+            ),
+        }
+        print(f"{quantize}: converted in {convert_s:.0f}s", flush=True)
+
+    _print_table(results)
+    print(json.dumps(results, sort_keys=True))
+
+
+def _print_table(results: dict) -> None:
+    keras = results["keras"]
+    print(
+        f"\n{results['split']} split: {results['images']} images, "
+        f"{results['captions']} captions; batch-1 latency = median of "
+        f"{results['num_runs']} runs, {results['num_threads']} LiteRT thread(s)"
+    )
+    header = (
+        f"{'variant':8} {'tower':26} {'MB':>7} {'ms/ex':>8} {'cos mean':>9} "
+        f"{'cos min':>9}  {'i2t R@1':>7} {'t2i R@1':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    retrieval = keras["retrieval"]
+    for name in TOWERS:
+        print(
+            f"{'keras':8} {name:26} {'':>7} {keras['latency_ms'][name]:8.2f} "
+            f"{1.0:9.6f} {1.0:9.6f}  {retrieval['i2t_r1']:7.1f} "
+            f"{retrieval['t2i_r1']:7.1f}"
+        )
+    for quantize, variant in results["variants"].items():
+        for name in TOWERS:
+            tower = variant["towers"][name]
+            r1 = variant[
+                "retrieval_strings" if name == tflite_lib.STRINGS_FILE else "retrieval"
+            ]
+            print(
+                f"{quantize:8} {name:26} {tower['size_mb']:7.2f} "
+                f"{tower['latency_ms']:8.2f} {tower['cos_mean']:9.6f} "
+                f"{tower['cos_min']:9.6f}  {r1['i2t_r1']:7.1f} {r1['t2i_r1']:7.1f}"
+            )
+    print(
+        "R@1 on a text-tower row pairs that text model with the same variant's "
+        "image tower; keras rows are the reference.\n"
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)

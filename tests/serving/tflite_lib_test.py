@@ -1,0 +1,274 @@
+"""TFLite export: every variant runs in LiteRT and matches the Keras towers."""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+pytest.importorskip(
+    "ai_edge_litert", reason='needs the LiteRT interpreter: pip install "vse_tf[lite]"'
+)
+
+from tests import testing_utils  # noqa: E402
+from vse_tf import config as config_lib  # noqa: E402
+from vse_tf import features as features_lib  # noqa: E402
+from vse_tf import text as text_lib  # noqa: E402
+from vse_tf import train_lib  # noqa: E402
+from vse_tf.serving import tflite_lib  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+
+# Sentences the tokenizer must get right inside the strings model.
+ODD_SENTENCES = [
+    "",
+    "   ",
+    "...!?",
+    "a red square",
+    "A RED, square!!",
+    "Ünïcödé café — 日本 red$square",
+    "red\u200bsquare\tblue\u3000stripe",
+    "<pad> <unk>",
+    "red " * 20,
+]
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    assert a.shape == b.shape
+    assert np.isfinite(a).all()
+    return (a * b).sum(1) / np.maximum(
+        np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12
+    )
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tflite")
+    data_dir = testing_utils.write_tiny_captioned_images(str(root / "data"))
+    config = config_lib.override(
+        config_lib.get_config("tiny"),
+        dataset="csv",
+        data_dir=data_dir,
+        cache_dir=str(root / "cache"),
+    )
+    path = str(root / "run")
+    train_lib.train_and_evaluate(config, path, verbose=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(workdir):
+    """The Keras towers and the test split's inputs and embeddings."""
+    config, model = train_lib.load_trained_model(workdir, include_backbone=True)
+    split = train_lib.load_split(config, "test")
+    size = config.data.image_size
+    images = np.stack(
+        [
+            features_lib.load_image(tf.constant(p), size).numpy()
+            for p in split.image_paths
+        ]
+    )
+    tokens = text_lib.encode_captions(model.text_tower.tokenizer, split.captions)
+    return {
+        "config": config,
+        "model": model,
+        "images": images,
+        "tokens": tokens,
+        "captions": list(split.captions),
+        "image_emb": model.image_tower(images).numpy(),
+        "token_emb": model.text_tower.encode_tokens(tokens).numpy(),
+        "caption_emb": model.text_tower(tf.constant(split.captions)).numpy(),
+    }
+
+
+@pytest.fixture(scope="module")
+def exported(workdir):
+    """``quantize -> (files, manifest)``, converted once per mode."""
+    return functools.lru_cache(maxsize=None)(
+        lambda quantize: tflite_lib.export_tflite(workdir, quantize)
+    )
+
+
+def _cosines(files, reference):
+    """Min/mean cosine of each tower's LiteRT output to Keras, per tower."""
+    runs = {
+        tflite_lib.IMAGE_FILE: (reference["images"], reference["image_emb"]),
+        tflite_lib.TEXT_FILE: (reference["tokens"], reference["token_emb"]),
+        tflite_lib.STRINGS_FILE: (reference["captions"], reference["caption_emb"]),
+    }
+    result = {}
+    for name, (inputs, expected) in runs.items():
+        got = tflite_lib.run_tflite(files[name], inputs)
+        result[name] = _cosine(got, expected)
+    return result
+
+
+def test_float32_matches_keras(exported, reference):
+    files, _ = exported("none")
+    for name, cosine in _cosines(files, reference).items():
+        assert cosine.min() >= 0.99999, (name, cosine.min())
+
+
+@pytest.mark.parametrize("quantize", ["float16", "dynamic"])
+def test_float16_and_dynamic_match_keras(exported, reference, quantize):
+    files, _ = exported(quantize)
+    for name, cosine in _cosines(files, reference).items():
+        assert cosine.min() >= 0.999, (name, cosine.min())
+
+
+def test_int8_matches_keras(exported, reference):
+    files, manifest = exported("int8")
+    cosines = _cosines(files, reference)
+    for name, cosine in cosines.items():
+        assert cosine.mean() >= 0.99, (name, cosine.mean(), cosine.min())
+    assert manifest["files"][tflite_lib.STRINGS_FILE]["quantize"] == "dynamic"
+    # Activations really are quantised (QUANTIZE ops at the float boundary).
+    assert "QUANTIZE" in tflite_lib.model_ops(files[tflite_lib.IMAGE_FILE])
+
+
+def test_int8_needs_real_calibration_data(reference):
+    model = reference["model"]
+    with pytest.raises(ValueError, match="representative_token_ids"):
+        tflite_lib.convert_text_tower(model.text_tower, "int8")
+    with pytest.raises(ValueError, match="quantize"):
+        tflite_lib.convert_text_tower(model.text_tower, "int4")
+
+
+def test_runner_drops_xnnpack_when_it_fails_to_prepare(exported, reference):
+    # The int8 text tower of a D=256 model fails in XNNPACK at invoke time
+    # ("failed to prepare"); the tiny model does not, so simulate it.
+    files, _ = exported("none")
+    runner = tflite_lib.TFLiteTower(files[tflite_lib.TEXT_FILE])
+    assert runner.delegate == "default"
+    run = runner._run
+
+    def failing_with_xnnpack(array):
+        if runner.delegate == "default":
+            raise RuntimeError(
+                "Node number 1 (TfLiteXNNPackDelegate) failed to prepare."
+            )
+        return run(array)
+
+    runner._run = failing_with_xnnpack
+    got = runner(reference["tokens"])
+    assert runner.delegate == "none"
+    assert _cosine(got, reference["token_emb"]).min() >= 0.99999
+
+
+def test_text_tower_is_builtin_only(exported, reference):
+    files, manifest = exported("none")
+    ops = tflite_lib.model_ops(files[tflite_lib.TEXT_FILE])
+    assert "FULLY_CONNECTED" in ops
+    assert not [op for op in ops if op.startswith("CUSTOM") or "FLEX" in op], ops
+    # Unrolled LSTM: no control flow or TensorList ops left.
+    assert not {"WHILE", "IF", "CALL_ONCE"} & set(ops), ops
+    assert manifest["files"][tflite_lib.TEXT_FILE]["custom_ops"] == []
+    assert not tflite_lib.custom_ops(files[tflite_lib.IMAGE_FILE])
+    assert set(tflite_lib.custom_ops(files[tflite_lib.STRINGS_FILE])) == set(
+        tflite_lib.TFTEXT_CUSTOM_OPS
+    )
+    # The tower's LSTM is left as it was.
+    assert reference["model"].text_tower.lstm.unroll is False
+
+
+def test_text_tower_handles_padding_and_empty_rows(exported, reference):
+    files, _ = exported("none")
+    tower = reference["model"].text_tower
+    length, vocab = tower.max_length, len(tower.vocabulary)
+    tokens = np.zeros([5, length], np.int32)
+    tokens[0, 0] = text_lib.OOV_ID  # an empty sentence
+    tokens[1, :2] = [2, 3]
+    tokens[2, :] = np.arange(length) % (vocab - 2) + 2  # full length
+    tokens[3, :1] = vocab - 1
+    tokens[4, :3] = [3, 1, 2]
+    expected = tower.encode_tokens(tokens).numpy()
+    runner = tflite_lib.TFLiteTower(files[tflite_lib.TEXT_FILE])
+    batch = runner(tokens)
+    one_by_one = np.concatenate([runner(row[None]) for row in tokens])
+    assert _cosine(batch, expected).min() >= 0.99999
+    np.testing.assert_allclose(one_by_one, batch, atol=1e-5)
+
+
+def test_strings_model_tokenises_like_keras(exported, reference):
+    files, _ = exported("none")
+    tower = reference["model"].text_tower
+    strings = tflite_lib.TFLiteTower(files[tflite_lib.STRINGS_FILE])
+    got = strings(ODD_SENTENCES)
+    assert _cosine(got, tower(tf.constant(ODD_SENTENCES)).numpy()).min() >= 0.99999
+    # Same as the builtin-only model fed by the Python tokenizer and vocab.txt.
+    vocabulary = text_lib.Vocabulary(tower.vocabulary[text_lib.NUM_RESERVED :])
+    ids = np.zeros([len(ODD_SENTENCES), tower.max_length], np.int32)
+    for row, sentence in enumerate(ODD_SENTENCES):
+        encoded = vocabulary.encode(sentence, tower.max_length)
+        ids[row, : len(encoded)] = encoded
+    from_ids = tflite_lib.run_tflite(files[tflite_lib.TEXT_FILE], ids)
+    np.testing.assert_allclose(got, from_ids, atol=1e-5)
+    # One sentence at a time (batch resized to 1) gives the same rows.
+    for row, sentence in enumerate(ODD_SENTENCES[:4]):
+        np.testing.assert_allclose(strings([sentence])[0], got[row], atol=1e-5)
+
+
+def test_manifest_describes_the_files(exported, reference):
+    files, manifest = exported("none")
+    config = reference["config"]
+    assert manifest["embed_dim"] == config.model.embed_dim
+    assert manifest["max_length"] == config.data.max_length
+    assert manifest["image_size"] == [config.data.image_size] * 2
+    assert set(manifest["files"]) == set(files)
+    for name, data in files.items():
+        entry = manifest["files"][name]
+        assert entry["sha256"] == tflite_lib.sha256(data)
+        assert entry["size_bytes"] == len(data)
+    image = manifest["files"][tflite_lib.IMAGE_FILE]
+    size, dim = config.data.image_size, config.model.embed_dim
+    assert image["inputs"]["pixels"]["shape"] == [-1, size, size, 3]
+    assert image["inputs"]["pixels"]["dtype"] == "float32"
+    assert image["outputs"]["embedding"]["shape"] == [-1, dim]
+    text = manifest["files"][tflite_lib.TEXT_FILE]
+    assert text["inputs"]["token_ids"]["shape"] == [-1, config.data.max_length]
+    assert text["inputs"]["token_ids"]["dtype"] == "int32"
+    strings = manifest["files"][tflite_lib.STRINGS_FILE]
+    assert strings["inputs"]["sentences"]["dtype"] == "string"
+    json.dumps(manifest)  # serialisable
+
+
+def test_script_writes_all_files(workdir, reference, tmp_path):
+    output = tmp_path / "tflite"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export.export_tflite",
+            f"--workdir={workdir}",
+            f"--output_dir={output}",
+            "--quantize=none",
+        ],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    names = {
+        tflite_lib.IMAGE_FILE,
+        tflite_lib.TEXT_FILE,
+        tflite_lib.STRINGS_FILE,
+        tflite_lib.VOCAB_FILE,
+        tflite_lib.MANIFEST_FILE,
+    }
+    assert set(os.listdir(output)) == names  # no temporary folder left
+    with open(output / tflite_lib.MANIFEST_FILE) as f:
+        manifest = json.load(f)
+    assert manifest["quantize"] == "none"
+    for name, entry in manifest["files"].items():
+        data = (output / name).read_bytes()
+        assert entry["sha256"] == tflite_lib.sha256(data), name
+    with open(os.path.join(workdir, "vocab.txt"), "rb") as f:
+        assert (output / tflite_lib.VOCAB_FILE).read_bytes() == f.read()
+    got = tflite_lib.run_tflite(
+        str(output / tflite_lib.IMAGE_FILE), reference["images"][:2]
+    )
+    assert _cosine(got, reference["image_emb"][:2]).min() >= 0.99999

@@ -1,0 +1,675 @@
+"""TFLite / LiteRT export of the two towers, and a small runner to check it.
+
+Three models come out of a trained workdir:
+
+* ``image_tower.tflite``: ``float32 [N, S, S, 3]`` RGB pixels in 0..255 ->
+  ``float32 [N, D]`` unit embeddings. VGG preprocessing (RGB -> BGR, Caffe
+  mean subtraction) is inside; decoding and resizing to ``S x S`` are not.
+* ``text_tower.tflite``: ``int32 [N, L]`` token ids (0-padded, from
+  ``vocab.txt`` by the rules of `vse_tf.text`) -> ``float32 [N, D]``. TFLite
+  builtin ops only, so stock LiteRT runs it.
+* ``text_tower_strings.tflite``: ``string [N]`` raw sentences ->
+  ``float32 [N, D]``, tokenised inside by the tensorflow-text TFLite custom
+  ops ``FastBertNormalize`` and ``FastWordpieceTokenizeWithOffsets``; the
+  runtime must register them (`TFLiteTower` / `run_tflite` do, with
+  ``tensorflow_text.core.pybinds.tflite_registrar.SELECT_TFTEXT_OPS``).
+
+Traps this module works around:
+
+* Converting a concrete function, or a SavedModel of a plain ``tf.Module``,
+  leaves the Keras variables unfrozen and the model silently returns NaN.
+  Every model here is converted from a ``keras.export.ExportArchive``
+  SavedModel.
+* The Keras 3 LSTM lowers to a ``While`` loop with TensorList ops unless it
+  is unrolled; it is unrolled (fixed ``L``) only while tracing.
+* The full-integer (``int8``) text tower can fail inside the default XNNPACK
+  delegate at its first invoke ("failed to prepare"; seen with D=256, not
+  with D=16); `TFLiteTower` then rebuilds the interpreter without default
+  delegates and retries.
+* The converter cannot calibrate a model with a string input (its
+  calibrator has no tensorflow-text kernels: "Failed to initialize op
+  resolver for calibration"), so the strings model's ``int8`` is weight-only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Optional, Union
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from vse_tf import text as text_lib
+from vse_tf.models import backbone as backbone_lib
+from vse_tf.models.image_tower import VGG16ImageTower
+from vse_tf.models.text_tower import LSTMTextTower
+
+QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
+MANIFEST_VERSION = 1
+
+IMAGE_FILE = "image_tower.tflite"
+TEXT_FILE = "text_tower.tflite"
+STRINGS_FILE = "text_tower_strings.tflite"
+VOCAB_FILE = "vocab.txt"
+MANIFEST_FILE = "manifest.json"
+
+IMAGE_SIGNATURE = "encode_image"
+TOKENS_SIGNATURE = "encode_tokens"
+STRINGS_SIGNATURE = "encode_text"
+OUTPUT_NAME = "embedding"
+TFTEXT_CUSTOM_OPS = ("FastBertNormalize", "FastWordpieceTokenizeWithOffsets")
+TFTEXT_REGISTRAR = "tensorflow_text.core.pybinds.tflite_registrar.SELECT_TFTEXT_OPS"
+
+ModelSource = Union[bytes, str, os.PathLike]
+
+
+# ---------------------------------------------------------------------------
+# Conversion.
+
+
+def _check_quantize(quantize: str) -> None:
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
+
+
+@contextlib.contextmanager
+def _unrolled(text_tower: LSTMTextTower) -> Iterator[None]:
+    """Unrolls the tower's LSTM while tracing (builtins only), then restores."""
+    previous = text_tower.lstm.unroll
+    text_tower.lstm.unroll = True
+    try:
+        yield
+    finally:
+        text_tower.lstm.unroll = previous
+
+
+def _token_model(text_tower: LSTMTextTower) -> keras.Model:
+    """A functional ``int32 [N, L] -> [N, D]`` model around `encode_tokens`."""
+    token_ids = keras.Input((text_tower.max_length,), dtype="int32", name="token_ids")
+    return keras.Model(
+        token_ids, text_tower.encode_tokens(token_ids), name="text_tokens"
+    )
+
+
+def _representative(
+    name: str, examples: Optional[np.ndarray]
+) -> Callable[[], Iterator[list[np.ndarray]]]:
+    if examples is None or len(examples) == 0:
+        raise ValueError(f"quantize='int8' needs {name} (real training examples)")
+    examples = np.asarray(examples)
+
+    def generate() -> Iterator[list[np.ndarray]]:
+        for example in examples:
+            yield [example[None]]
+
+    return generate
+
+
+def _convert(
+    trackables: Sequence[Any],
+    signature: str,
+    fn: Callable,
+    input_spec: tf.TensorSpec,
+    quantize: str,
+    representative: Optional[Callable[[], Iterator[list[np.ndarray]]]] = None,
+    allow_custom_ops: bool = False,
+) -> bytes:
+    """Writes an ExportArchive SavedModel of ``fn`` and converts it.
+
+    Args:
+        trackables: Keras layers/models whose variables ``fn`` uses.
+        signature: Signature (and endpoint) name.
+        fn: One-argument function returning ``{"embedding": [N, D]}``.
+        input_spec: Its input.
+        quantize: One of `QUANTIZE_MODES`.
+        representative: Calibration data generator (``int8`` only).
+        allow_custom_ops: Keep non-builtin ops as custom ops (tf_text).
+
+    Returns:
+        The ``.tflite`` flatbuffer.
+    """
+    archive = keras.export.ExportArchive()
+    for trackable in trackables:
+        archive.track(trackable)
+    archive.add_endpoint(signature, fn, input_signature=[input_spec])
+    with tempfile.TemporaryDirectory(prefix="vse_tflite_") as tmp:
+        path = os.path.join(tmp, "saved_model")
+        archive.write_out(path, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            path, signature_keys=[signature]
+        )
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        converter.allow_custom_ops = allow_custom_ops
+        if quantize != "none":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantize == "int8":
+            converter.representative_dataset = representative
+        return converter.convert()
+
+
+def convert_image_tower(
+    image_tower: VGG16ImageTower,
+    quantize: str = "none",
+    representative_images: Optional[np.ndarray] = None,
+) -> bytes:
+    """Converts the image tower (VGG16 + preprocessing + W_emb).
+
+    Args:
+        image_tower: A tower built with its backbone.
+        quantize: ``none|float16|dynamic|int8``.
+        representative_images: ``float32 [K, S, S, 3]`` real RGB 0..255
+            training images for ``int8`` calibration.
+
+    Returns:
+        ``.tflite`` bytes; signature ``encode_image``:
+        ``pixels float32 [N, S, S, 3]`` -> ``embedding float32 [N, D]``.
+    """
+    _check_quantize(quantize)
+    if image_tower.backbone is None:
+        raise ValueError(
+            "the image tower has no VGG16 backbone (precomputed features?); "
+            "only a tower built with include_backbone=True can be exported"
+        )
+    size = image_tower.image_size
+
+    def encode_image(pixels):
+        return {OUTPUT_NAME: image_tower(pixels, training=False)}
+
+    return _convert(
+        [image_tower],
+        IMAGE_SIGNATURE,
+        encode_image,
+        tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels"),
+        quantize,
+        _representative("representative_images", representative_images)
+        if quantize == "int8"
+        else None,
+    )
+
+
+def convert_text_tower(
+    text_tower: LSTMTextTower,
+    quantize: str = "none",
+    representative_token_ids: Optional[np.ndarray] = None,
+) -> bytes:
+    """Converts the text tower from token ids, with TFLite builtin ops only.
+
+    Args:
+        text_tower: The trained tower.
+        quantize: ``none|float16|dynamic|int8``.
+        representative_token_ids: ``int32 [K, L]`` ids of real training
+            captions for ``int8`` calibration.
+
+    Returns:
+        ``.tflite`` bytes; signature ``encode_tokens``:
+        ``token_ids int32 [N, L]`` (0-padded) -> ``embedding float32 [N, D]``.
+    """
+    _check_quantize(quantize)
+    length = text_tower.max_length
+    with _unrolled(text_tower):
+        model = _token_model(text_tower)
+
+        def encode_tokens(token_ids):
+            return {OUTPUT_NAME: model(token_ids, training=False)}
+
+        return _convert(
+            [model],
+            TOKENS_SIGNATURE,
+            encode_tokens,
+            tf.TensorSpec([None, length], tf.int32, name="token_ids"),
+            quantize,
+            _representative("representative_token_ids", representative_token_ids)
+            if quantize == "int8"
+            else None,
+        )
+
+
+def convert_text_tower_strings(
+    text_tower: LSTMTextTower,
+    quantize: str = "none",
+    representative_token_ids: Optional[np.ndarray] = None,
+) -> bytes:
+    """Converts the text tower from raw sentences (tf_text custom ops inside).
+
+    The model holds the tokenizer (``FastBertNormalize`` and an end-to-end
+    ``FastWordpieceTokenize`` over the vocabulary plus punctuation) and the
+    builtin-only padding of `vse_tf.text.pad_word_ids`, then the same
+    unrolled LSTM as `convert_text_tower`.
+
+    Args:
+        text_tower: The trained tower.
+        quantize: ``none|float16|dynamic|int8``. The converter cannot
+            calibrate a string-input model (its calibrator lacks the
+            tensorflow-text kernels), so ``int8`` quantises the weights
+            only, as ``dynamic`` does; the manifest says so.
+        representative_token_ids: Unused; accepted so all converters share
+            one call shape.
+
+    Returns:
+        ``.tflite`` bytes; signature ``encode_text``:
+        ``sentences string [N]`` -> ``embedding float32 [N, D]``.
+    """
+    del representative_token_ids
+    _check_quantize(quantize)
+    tokenizer = text_tower.tokenizer
+    with _unrolled(text_tower):
+        model = _token_model(text_tower)
+
+        def encode_text(sentences):
+            return {OUTPUT_NAME: model(tokenizer(sentences), training=False)}
+
+        return _convert(
+            [model],
+            STRINGS_SIGNATURE,
+            encode_text,
+            tf.TensorSpec([None], tf.string, name="sentences"),
+            "dynamic" if quantize == "int8" else quantize,
+            allow_custom_ops=True,
+        )
+
+
+# ---------------------------------------------------------------------------
+# Inspection and running.
+
+
+def _litert():
+    try:
+        from ai_edge_litert import interpreter
+    except ImportError as error:  # pragma: no cover - depends on the install
+        raise ImportError(
+            'running .tflite models needs ai-edge-litert: pip install "vse_tf[lite]"'
+        ) from error
+    return interpreter
+
+
+def _schema():
+    """The TFLite flatbuffer schema (bundled with TensorFlow; no LiteRT needed)."""
+    from tensorflow.lite.python import schema_py_generated
+
+    return schema_py_generated
+
+
+def _read(model: ModelSource) -> bytes:
+    if isinstance(model, (bytes, bytearray)):
+        return bytes(model)
+    with open(model, "rb") as f:
+        return f.read()
+
+
+def model_ops(model: ModelSource) -> list[str]:
+    """The operators a ``.tflite`` model uses, from its flatbuffer.
+
+    Args:
+        model: ``.tflite`` bytes or path.
+
+    Returns:
+        Sorted names: builtins as in the schema (``FULLY_CONNECTED``...),
+        custom ops as ``CUSTOM:<name>``.
+    """
+    schema = _schema()
+    flat = schema.Model.GetRootAsModel(_read(model), 0)
+    names = {
+        value: name
+        for name, value in vars(schema.BuiltinOperator).items()
+        if not name.startswith("_")
+    }
+    used_codes = set()
+    for s in range(flat.SubgraphsLength()):
+        subgraph = flat.Subgraphs(s)
+        for i in range(subgraph.OperatorsLength()):
+            used_codes.add(subgraph.Operators(i).OpcodeIndex())
+    ops = set()
+    for index in used_codes:
+        code = flat.OperatorCodes(index)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            ops.add(f"CUSTOM:{code.CustomCode().decode()}")
+        else:
+            ops.add(names.get(builtin, str(builtin)))
+    return sorted(ops)
+
+
+def custom_ops(model: ModelSource) -> list[str]:
+    """Names of the custom (non-builtin) ops of a model; empty for builtins only."""
+    return [op.split(":", 1)[1] for op in model_ops(model) if op.startswith("CUSTOM:")]
+
+
+class TFLiteTower:
+    """One ``.tflite`` tower under the LiteRT interpreter, reused across calls.
+
+    Registers the tensorflow-text ops when the model has custom ops, resizes
+    the input to each batch, and falls back to the plain builtin kernels
+    when the default XNNPACK delegate cannot prepare the model (int8).
+
+    Args:
+        model: ``.tflite`` bytes or path.
+        num_threads: Interpreter threads (None: LiteRT's default).
+
+    Example:
+        >>> tower = TFLiteTower("export/text_tower.tflite")
+        >>> tower(np.array([[5, 9, 0, 0]], np.int32)).shape
+        (1, 256)
+    """
+
+    def __init__(self, model: ModelSource, num_threads: Optional[int] = None):
+        self.content = _read(model)
+        self.custom_ops = custom_ops(self.content)
+        self.num_threads = num_threads
+        self._build(default_delegates=True)
+        try:
+            self._interpreter.allocate_tensors()
+        except RuntimeError:
+            self._build(default_delegates=False)
+            self._interpreter.allocate_tensors()
+        signatures = self._interpreter.get_signature_list()
+        if len(signatures) != 1:
+            raise ValueError(f"expected one signature, got {sorted(signatures)}")
+        self.signature = next(iter(signatures))
+        runner = self._interpreter.get_signature_runner(self.signature)
+        inputs = runner.get_input_details()
+        if len(inputs) != 1:
+            raise ValueError(f"expected one input, got {sorted(inputs)}")
+        self.input_name, self.input_details = next(iter(inputs.items()))
+        self.output_name = next(iter(runner.get_output_details()))
+
+    def _build(self, default_delegates: bool) -> None:
+        """(Re)creates the interpreter, with or without XNNPACK by default."""
+        litert = _litert()
+        kwargs: dict[str, Any] = {"model_content": self.content}
+        if self.num_threads is not None:
+            kwargs["num_threads"] = self.num_threads
+        if not default_delegates:
+            kwargs["experimental_op_resolver_type"] = (
+                litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            )
+        if self.custom_ops:
+            # Imported here: tensorflow-text is heavy and only these need it.
+            from tensorflow_text.core.pybinds import tflite_registrar
+
+            self._interpreter = litert.InterpreterWithCustomOps(
+                custom_op_registerers=tflite_registrar.SELECT_TFTEXT_OPS, **kwargs
+            )
+        else:
+            self._interpreter = litert.Interpreter(**kwargs)
+        self.delegate = "default" if default_delegates else "none"
+        self._runner = None
+
+    def __call__(self, inputs: Union[np.ndarray, Sequence[str]]) -> np.ndarray:
+        """Runs the model on one batch.
+
+        The XNNPACK delegate may fail to prepare an int8 model only once the
+        input is resized (seen at batch 32); the call then rebuilds the
+        interpreter without default delegates and retries, for good.
+
+        Args:
+            inputs: ``[N, ...]`` array of the model's input dtype (cast if
+                needed), or ``N`` sentences (``str`` or ``bytes``) for the
+                strings model.
+
+        Returns:
+            ``float32 [N, D]`` embeddings.
+        """
+        dtype = self.input_details["dtype"]
+        if dtype in (np.bytes_, np.object_, np.str_):
+            array = np.array(
+                [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in inputs],
+                dtype=object,
+            )
+        else:
+            array = np.ascontiguousarray(np.asarray(inputs), dtype=dtype)
+        try:
+            outputs = self._run(array)
+        except RuntimeError:
+            if self.delegate == "none":
+                raise
+            self._build(default_delegates=False)
+            outputs = self._run(array)
+        return np.array(outputs[self.output_name], np.float32)
+
+    def _run(self, array: np.ndarray) -> dict[str, np.ndarray]:
+        if self._runner is None:
+            self._runner = self._interpreter.get_signature_runner(self.signature)
+        return self._runner(**{self.input_name: array})
+
+
+def run_tflite(
+    model: ModelSource, inputs: Union[np.ndarray, Sequence[str]]
+) -> np.ndarray:
+    """One-shot `TFLiteTower` call: ``[N, ...]`` inputs -> ``float32 [N, D]``."""
+    return TFLiteTower(model)(inputs)
+
+
+def _tensor_spec(subgraph, index: int) -> dict[str, Any]:
+    schema = _schema()
+    tensor = subgraph.Tensors(index)
+    types = {v: k.lower() for k, v in vars(schema.TensorType).items() if k.isupper()}
+    if tensor.ShapeSignatureLength():
+        shape = tensor.ShapeSignatureAsNumpy()
+    else:
+        shape = tensor.ShapeAsNumpy() if tensor.ShapeLength() else []
+    return {
+        "tensor_name": tensor.Name().decode(),
+        "shape": [int(d) for d in shape],
+        "dtype": types.get(tensor.Type(), str(tensor.Type())),
+    }
+
+
+def describe_model(model: ModelSource) -> dict[str, Any]:
+    """The interface of a ``.tflite`` tower, read from its flatbuffer.
+
+    Args:
+        model: ``.tflite`` bytes or path (one signature).
+
+    Returns:
+        ``{"signature", "inputs": {name: {tensor_name, shape, dtype}},
+        "outputs": {...}, "ops", "custom_ops"}``; ``-1`` marks the batch.
+    """
+    content = _read(model)
+    flat = _schema().Model.GetRootAsModel(content, 0)
+    if flat.SignatureDefsLength() != 1:
+        raise ValueError(f"expected one signature, got {flat.SignatureDefsLength()}")
+    signature = flat.SignatureDefs(0)
+    subgraph = flat.Subgraphs(signature.SubgraphIndex())
+
+    def tensors(length: int, get) -> dict[str, dict[str, Any]]:
+        return {
+            get(i).Name().decode(): _tensor_spec(subgraph, get(i).TensorIndex())
+            for i in range(length)
+        }
+
+    return {
+        "signature": signature.SignatureKey().decode(),
+        "inputs": tensors(signature.InputsLength(), signature.Inputs),
+        "outputs": tensors(signature.OutputsLength(), signature.Outputs),
+        "ops": model_ops(content),
+        "custom_ops": custom_ops(content),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Whole export.
+
+
+def representative_data(
+    config, text_tower: LSTMTextTower, num_images: int = 64, num_captions: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """Real calibration data: images and captions of the TRAIN split.
+
+    Args:
+        config: The run's config (data set, image size).
+        text_tower: Its tokenizer encodes the captions.
+        num_images: Images to take, spread evenly over the split.
+        num_captions: Captions to take, spread evenly over the split.
+
+    Returns:
+        ``(float32 [K, S, S, 3] RGB 0..255, int32 [K', L] token ids)``.
+    """
+    from vse_tf import features as features_lib
+    from vse_tf import train_lib
+
+    split = train_lib.load_split(config, "train")
+    image_at = np.unique(
+        np.linspace(0, split.num_images - 1, min(num_images, split.num_images))
+        .round()
+        .astype(int)
+    )
+    images = np.stack(
+        [
+            features_lib.load_image(
+                tf.constant(split.image_paths[i]), config.data.image_size
+            ).numpy()
+            for i in image_at
+        ]
+    ).astype(np.float32)
+    caption_at = np.unique(
+        np.linspace(0, split.num_captions - 1, min(num_captions, split.num_captions))
+        .round()
+        .astype(int)
+    )
+    token_ids = text_lib.encode_captions(
+        text_tower.tokenizer, [split.captions[i] for i in caption_at]
+    )
+    return images, token_ids
+
+
+def sha256(data: bytes) -> str:
+    """Hex SHA-256 of some bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def build_manifest(
+    files: dict[str, bytes],
+    image_tower: VGG16ImageTower,
+    text_tower: LSTMTextTower,
+    quantize: str,
+    source: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
+    """The ``manifest.json`` of an export: sizes, hashes and interfaces.
+
+    Args:
+        files: File name -> contents (the ``.tflite`` models and vocab).
+        image_tower: The exported image tower.
+        text_tower: The exported text tower.
+        quantize: The quantisation requested.
+        source: Where the weights came from (workdir, checkpoint).
+
+    Returns:
+        A JSON-serialisable dict.
+    """
+    size = image_tower.image_size
+    entries = {}
+    for name, data in sorted(files.items()):
+        entry: dict[str, Any] = {"sha256": sha256(data), "size_bytes": len(data)}
+        if name.endswith(".tflite"):
+            entry.update(describe_model(data))
+            entry["quantize"] = quantize
+            if name == STRINGS_FILE:
+                entry["quantize"] = "dynamic" if quantize == "int8" else quantize
+                entry["custom_op_registerers"] = TFTEXT_REGISTRAR
+        entries[name] = entry
+    return {
+        "format_version": MANIFEST_VERSION,
+        "embed_dim": int(image_tower.embed_dim),
+        "max_length": int(text_tower.max_length),
+        "image_size": [int(size), int(size)],
+        "quantize": quantize,
+        "similarity": "dot product of the (unit-norm) image and text embeddings",
+        "image_preprocessing": {
+            "input": (
+                f"float32 [N, {size}, {size}, 3] RGB in 0..255, decoded and "
+                f"resized to {size}x{size} by the caller (vse_tf.features."
+                "load_image: bilinear, antialias=True, clipped to 0..255)"
+            ),
+            "in_model": "RGB -> BGR, then subtract the Caffe/VGG BGR means",
+            "bgr_mean": list(backbone_lib._BGR_MEAN),
+            "backbone": f"VGG16 {image_tower.image_feature}, "
+            f"weights={image_tower.vgg_weights}, feature_norm="
+            f"{image_tower.feature_norm}",
+        },
+        "tokenizer": {
+            "vocab_file": VOCAB_FILE,
+            "vocab_size": len(text_tower.vocabulary),
+            "pad_id": text_lib.PAD_ID,
+            "oov_id": text_lib.OOV_ID,
+            "max_length": int(text_tower.max_length),
+            "steps": [
+                "FastBertNormalizer(lower_case_nfd_strip_accents=True): NFKC, "
+                "case fold, accents stripped, control chars -> space",
+                "split on whitespace and punctuation (Unicode P* and "
+                f"{text_lib.ASCII_SYMBOL_PUNCTUATION}); punctuation dropped; "
+                "each CJK ideograph is a word",
+                "look words up in vocab.txt (line number = id); unknown -> 1",
+                f"keep the first {text_tower.max_length} words, pad with 0; "
+                "a sentence with no words is [1, 0, ...]",
+            ],
+            "reference": "vse_tf.text.Vocabulary.encode (Python), "
+            "vse_tf.text.SentenceTokenizer (graph)",
+            "in_strings_model": "FastWordpieceTokenize end-to-end over "
+            "vocab.txt + every punctuation character (suffix '##', unknown "
+            "'<unk>'), punctuation ids dropped",
+        },
+        "files": entries,
+        "source": source or {},
+    }
+
+
+def export_tflite(
+    workdir: str,
+    quantize: str = "none",
+    num_calibration_images: int = 64,
+    num_calibration_captions: int = 256,
+) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """Converts a trained workdir's best model to the three ``.tflite`` towers.
+
+    Args:
+        workdir: A training workdir (`vse_tf.train_lib.train_and_evaluate`).
+        quantize: ``none|float16|dynamic|int8``; ``int8`` calibrates on real
+            training images and captions of the workdir's data set.
+        num_calibration_images: Calibration images (``int8``).
+        num_calibration_captions: Calibration captions (``int8``).
+
+    Returns:
+        ``(files, manifest)``: file name -> bytes for ``image_tower.tflite``,
+        ``text_tower.tflite``, ``text_tower_strings.tflite`` and
+        ``vocab.txt``; and the manifest dict (not in ``files``).
+    """
+    from vse_tf import train_lib
+
+    _check_quantize(quantize)
+    config, model = train_lib.load_trained_model(workdir, include_backbone=True)
+    images = token_ids = None
+    if quantize == "int8":
+        images, token_ids = representative_data(
+            config,
+            model.text_tower,
+            num_calibration_images,
+            num_calibration_captions,
+        )
+    with open(os.path.join(workdir, train_lib.VOCAB_FILE), "rb") as f:
+        vocab = f.read()
+    files = {
+        IMAGE_FILE: convert_image_tower(model.image_tower, quantize, images),
+        TEXT_FILE: convert_text_tower(model.text_tower, quantize, token_ids),
+        STRINGS_FILE: convert_text_tower_strings(model.text_tower, quantize),
+        VOCAB_FILE: vocab,
+    }
+    checkpoint = tf.train.latest_checkpoint(os.path.join(workdir, "best"))
+    manifest = build_manifest(
+        files,
+        model.image_tower,
+        model.text_tower,
+        quantize,
+        source={
+            "workdir": os.path.abspath(workdir),
+            "checkpoint": os.path.basename(checkpoint or ""),
+            "dataset": config.data.dataset,
+        },
+    )
+    return files, manifest
