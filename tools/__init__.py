@@ -1,0 +1,1 @@
+"""Command-line tools (absl flags -> one library call each)."""

@@ -1,0 +1,72 @@
+"""Indexes an image collection or a caption set for `vse-search`.
+
+Examples:
+    vse-index --model=models/vse/1 --images=photos/ --output=idx/photos
+    vse-index --model=models/vse/1 --captions=captions.txt --output=idx/caps
+    vse-index --server=http://127.0.0.1:8501 --images=list.txt --output=idx/p
+
+An interrupted run, started again with the same flags, continues where it
+stopped.
+"""
+
+from absl import app, flags
+
+from vse_tf.retrieval import index_lib
+
+_MODEL = flags.DEFINE_string("model", None, "Exported SavedModel version folder.")
+_SERVER = flags.DEFINE_string(
+    "server", None, "TF Serving URL instead of --model (http://h:8501 or h:8500)."
+)
+_IMAGES = flags.DEFINE_string("images", None, "Image folder, or a file of paths.")
+_CAPTIONS = flags.DEFINE_string("captions", None, "Caption file, one per line.")
+_OUTPUT = flags.DEFINE_string("output", None, "Index folder.", required=True)
+_DTYPE = flags.DEFINE_enum("dtype", "float16", index_lib.DTYPES, "Stored precision.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Inputs per encoder call.")
+_SHARD_SIZE = flags.DEFINE_integer("shard_size", None, "Inputs per resumable shard.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace another index there.")
+
+flags.register_multi_flags_validator(
+    ["model", "server"],
+    lambda v: bool(v["model"]) != bool(v["server"]),
+    "give exactly one of --model and --server",
+)
+flags.register_multi_flags_validator(
+    ["images", "captions"],
+    lambda v: bool(v["images"]) != bool(v["captions"]),
+    "give exactly one of --images and --captions",
+)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    kwargs = {
+        "dtype": _DTYPE.value,
+        "server": _SERVER.value,
+        "overwrite": _OVERWRITE.value,
+    }
+    if _BATCH_SIZE.value:
+        kwargs["batch_size"] = _BATCH_SIZE.value
+    if _SHARD_SIZE.value:
+        kwargs["shard_size"] = _SHARD_SIZE.value
+    if _IMAGES.value:
+        index = index_lib.build_image_index(
+            _MODEL.value, _IMAGES.value, _OUTPUT.value, **kwargs
+        )
+    else:
+        index = index_lib.build_caption_index(
+            _MODEL.value, _CAPTIONS.value, _OUTPUT.value, **kwargs
+        )
+    skipped = index.manifest["num_skipped"]
+    print(
+        f"Indexed {len(index)} {index.kind}s (D={index.dim}, {index.embeddings.dtype})"
+        f" into {_OUTPUT.value}" + (f"; {skipped} skipped" if skipped else "")
+    )
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,262 @@
+"""Approximate nearest-neighbour search with a FAISS inverted-file index.
+
+For collections too large for :mod:`vse_tf.retrieval.search` (tens of
+millions, or when many queries per second are needed), :class:`ApproximateIndex`
+wraps a FAISS ``IndexIVFScalarQuantizer`` with inner-product metric:
+
+* a coarse quantizer of ``nlist`` centroids, trained with spherical k-means on
+  a sample of the vectors (``train_size``);
+* each vector stored in the inverted list of its nearest centroid, encoded as
+  float16 (``encoding="fp16"``, default: the same precision as float16
+  embeddings, 2 bytes per value), float32 (``"flat"``) or 8 bits per value
+  (``"sq8"``);
+* a search scans the ``nprobe`` lists whose centroids are nearest the query.
+
+FAISS (``faiss-cpu``, MIT) is an optional dependency: ``pip install
+"vse_tf[ann]"``. It was picked over ScaNN because its wheels depend only on
+numpy, while ScaNN 1.4's TensorFlow ops pin ``tensorflow~=2.20``.
+
+Example:
+    >>> index = ApproximateIndex(image_embeddings)  # doctest: +SKIP
+    >>> scores, ids = index.search(caption_embeddings, k=10)  # doctest: +SKIP
+    >>> exact_ids = ExactIndex(image_embeddings).search(queries)[1]  # doctest: +SKIP
+    >>> recall_at_k(ids, exact_ids)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Optional
+
+import numpy as np
+
+INSTALL_HINT = 'pip install "vse_tf[ann]"'
+
+ENCODINGS = ("fp16", "flat", "sq8")
+"""Accepted ``encoding`` values of :class:`ApproximateIndex`."""
+
+_ADD_BATCH = 65536
+
+
+def import_faiss() -> ModuleType:
+    """Imports FAISS, or raises an ImportError that says how to install it."""
+    try:
+        import faiss  # noqa: PLC0415 (optional dependency)
+    except ImportError as err:
+        raise ImportError(
+            f"approximate search needs FAISS (faiss-cpu): {INSTALL_HINT}"
+        ) from err
+    return faiss
+
+
+def default_nlist(num_vectors: int) -> int:
+    """Number of inverted lists for ``num_vectors``: a power of two near sqrt(N).
+
+    About sqrt(N) keeps both the coarse search and the list scans small
+    (1M -> 1,024 lists of ~1,000 vectors), and k-means training stays quick on
+    a few cores. At least 1, and at most N / 39 so that every centroid gets
+    FAISS's recommended 39 training points.
+
+    Args:
+        num_vectors: Collection size ``N``.
+
+    Returns:
+        The list count.
+    """
+    if num_vectors < 1:
+        raise ValueError(f"num_vectors must be >= 1, got {num_vectors}")
+    nlist = 2 ** round(math.log2(max(1.0, math.sqrt(num_vectors))))
+    return int(max(1, min(nlist, num_vectors // 39)))
+
+
+class ApproximateIndex:
+    """An inverted-file (IVF) index for fast, approximate inner-product search.
+
+    The defaults are tuned for unit-norm embeddings: on 1M x 1,024 clustered
+    vectors (see ``benchmarks/retrieval_speed.py``) ``nlist=1024, nprobe=16``
+    scans ~1.6% of the collection per query.
+
+    Args:
+        vectors: ``[N, D]`` float16 or float32 vectors (unit-norm for cosine).
+            Added in batches, so a memory map is fine.
+        nlist: Inverted lists (k-means centroids); default
+            :func:`default_nlist`.
+        nprobe: Lists scanned per query (more: higher recall, slower). Can be
+            changed later through :attr:`nprobe`.
+        encoding: How vectors are stored, one of :data:`ENCODINGS`.
+        train_size: Vectors sampled (without replacement) to train the
+            centroids; default ``64 * nlist`` (at most ``N``).
+        seed: Seed of the training sample and of k-means.
+        num_threads: FAISS (OpenMP) threads; None keeps FAISS's default.
+
+    Raises:
+        ImportError: FAISS is not installed.
+        ValueError: Bad shapes or parameters.
+        TypeError: ``vectors`` is not a float array.
+    """
+
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        nlist: Optional[int] = None,
+        nprobe: int = 16,
+        encoding: str = "fp16",
+        train_size: Optional[int] = None,
+        seed: int = 0,
+        num_threads: Optional[int] = None,
+    ):
+        faiss = import_faiss()
+        vectors = (
+            np.asarray(vectors) if not isinstance(vectors, np.ndarray) else vectors
+        )
+        if not np.issubdtype(vectors.dtype, np.floating):
+            raise TypeError(f"vectors must be a float array, got {vectors.dtype}")
+        if vectors.ndim != 2 or len(vectors) == 0:
+            raise ValueError(f"vectors must be a non-empty [N, D], got {vectors.shape}")
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+        num, dim = vectors.shape
+        nlist = default_nlist(num) if nlist is None else nlist
+        if not 1 <= nlist <= num:
+            raise ValueError(f"nlist must be in [1, {num}], got {nlist}")
+        if nprobe < 1:
+            raise ValueError(f"nprobe must be >= 1, got {nprobe}")
+        train_size = min(num, 64 * nlist if train_size is None else train_size)
+        if train_size < nlist:
+            raise ValueError(f"train_size={train_size} is below nlist={nlist}")
+        if num_threads is not None:
+            faiss.omp_set_num_threads(int(num_threads))
+
+        quantizer = faiss.IndexFlatIP(dim)
+        if encoding == "flat":
+            index = faiss.IndexIVFFlat(
+                quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT
+            )
+        else:
+            qtype = {
+                "fp16": faiss.ScalarQuantizer.QT_fp16,
+                "sq8": faiss.ScalarQuantizer.QT_8bit,
+            }[encoding]
+            index = faiss.IndexIVFScalarQuantizer(
+                quantizer, dim, nlist, qtype, faiss.METRIC_INNER_PRODUCT
+            )
+        index.cp.spherical = True  # Centroids on the unit sphere, as the data.
+        index.cp.seed = seed
+        index.cp.max_points_per_centroid = max(256, -(-train_size // nlist))
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.choice(num, size=train_size, replace=False))
+        index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+        for start in range(0, num, _ADD_BATCH):
+            index.add(
+                np.ascontiguousarray(
+                    vectors[start : start + _ADD_BATCH], dtype=np.float32
+                )
+            )
+        index.nprobe = nprobe
+        self._index = index
+        self._quantizer = quantizer  # FAISS does not own it from Python.
+        self.encoding = encoding
+
+    @property
+    def size(self) -> int:
+        """Number of indexed vectors ``N``."""
+        return int(self._index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension ``D``."""
+        return int(self._index.d)
+
+    @property
+    def nlist(self) -> int:
+        """Number of inverted lists."""
+        return int(self._index.nlist)
+
+    @property
+    def nprobe(self) -> int:
+        """Lists scanned per query."""
+        return int(self._index.nprobe)
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"nprobe must be >= 1, got {value}")
+        self._index.nprobe = int(min(value, self.nlist))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate top-``k`` by inner product.
+
+        Args:
+            queries: ``[Q, D]`` float queries.
+            k: Neighbours per query.
+
+        Returns:
+            ``(scores, ids)``: float32 ``[Q, min(k, N)]`` and int64
+            ``[Q, min(k, N)]``, best first. When the scanned lists hold fewer
+            than ``k`` vectors, the missing slots have id -1 and score -inf.
+
+        Raises:
+            ValueError: Bad shapes, ``k`` < 1, or non-finite queries.
+            TypeError: ``queries`` is not a float array.
+        """
+        queries = np.asarray(queries)
+        if not np.issubdtype(queries.dtype, np.floating):
+            raise TypeError(f"queries must be a float array, got {queries.dtype}")
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(
+                f"queries must be [Q, {self.dim}], got shape {queries.shape}"
+            )
+        if int(k) != k or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if not np.all(np.isfinite(queries)):
+            raise ValueError("queries contain NaN or infinite values")
+        k = min(int(k), self.size)
+        if len(queries) == 0:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        scores, ids = self._index.search(queries, k)
+        scores = np.asarray(scores, dtype=np.float32)
+        ids = np.asarray(ids, dtype=np.int64)
+        scores[ids < 0] = -np.inf
+        return scores, ids
+
+
+def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
+    """Mean share of the exact top-k found by the approximate top-k.
+
+    For each query, ``|approx_ids[q] & exact_ids[q]| / k`` with ``k`` the
+    number of exact columns, averaged over queries (the usual "recall@k" of
+    ANN benchmarks, also called intersection recall). Ids of -1 never match.
+
+    Args:
+        approx_ids: ``[Q, k']`` ids from the approximate search.
+        exact_ids: ``[Q, k]`` ids from the exact search.
+
+    Returns:
+        Recall in ``[0, 1]``.
+
+    Raises:
+        ValueError: Shapes are not 2-D, query counts differ, or ``k`` is 0.
+    """
+    approx_ids = np.asarray(approx_ids)
+    exact_ids = np.asarray(exact_ids)
+    if approx_ids.ndim != 2 or exact_ids.ndim != 2:
+        raise ValueError(
+            f"expected [Q, k] id arrays, got {approx_ids.shape} and {exact_ids.shape}"
+        )
+    if len(approx_ids) != len(exact_ids):
+        raise ValueError(
+            f"{len(approx_ids)} approximate rows but {len(exact_ids)} exact"
+        )
+    if exact_ids.shape[1] == 0:
+        raise ValueError("exact_ids has no columns")
+    if len(exact_ids) == 0:
+        return 1.0
+    hits = 0
+    for approx_row, exact_row in zip(approx_ids, exact_ids):
+        hits += np.intersect1d(approx_row[approx_row >= 0], exact_row).size
+    return hits / exact_ids.size

@@ -1,0 +1,684 @@
+"""Embedding indexes of image collections and caption sets, and search in them.
+
+An index is a folder::
+
+    manifest.json     kind (image|caption), model (path, sha256 of
+                      saved_model.pb, version) or server, dim, count, dtype,
+                      created, skipped items (unreadable images) with reasons
+    embeddings.npy    float16 or float32 [count, D], L2-normalised rows
+    items.txt         count lines: absolute image paths, or captions
+
+While it is being built the folder holds ``build.json`` (what is being
+built) and ``shards/shard-NNNNN.npy`` + ``shard-NNNNN.json`` (embeddings and
+items of ``shard_size`` inputs each, every file written atomically, the JSON
+last). An interrupted build run again with the same inputs continues after
+the last complete shard; the final files are written atomically and the
+shards then removed.
+
+Embeddings come from the exported SavedModel (`saved_model_lib`,
+signatures ``encode_image`` and ``encode_text``) or from a TF Serving server
+(`vse_tf.serving.client`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Optional, Protocol, Union
+
+import numpy as np
+import tensorflow as tf
+
+from vse_tf.retrieval import search as search_lib
+from vse_tf.serving import client as client_lib
+from vse_tf.serving import saved_model_lib
+
+INDEX_FORMAT = 1
+MANIFEST_FILE = "manifest.json"
+EMBEDDINGS_FILE = "embeddings.npy"
+ITEMS_FILE = "items.txt"
+BUILD_FILE = "build.json"
+SHARDS_DIR = "shards"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+DTYPES = ("float16", "float32")
+KINDS = ("image", "caption")
+
+
+class Encoder(Protocol):
+    """What builds and queries an index: a local SavedModel or a server client."""
+
+    def encode_text(self, sentences: Sequence[str]) -> np.ndarray:
+        """``[N]`` sentences -> ``float32 [N, D]``."""
+
+    def encode_images(self, images: Sequence[bytes]) -> np.ndarray:
+        """``[N]`` encoded image files -> ``float32 [N, D]``."""
+
+    def describe(self) -> dict:
+        """The model description stored in the manifest."""
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class SavedModelEncoder:
+    """Runs the exported SavedModel's ``encode_text`` / ``encode_image`` locally.
+
+    Args:
+        path: An exported version folder (holds ``saved_model.pb``).
+    """
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        if not os.path.exists(os.path.join(self.path, "saved_model.pb")):
+            raise FileNotFoundError(f"no saved_model.pb in {self.path}")
+        self._model = saved_model_lib.load_saved_model(self.path)
+        if "encode_image" not in self._model.signatures:
+            self._encode_image = None
+        else:
+            self._encode_image = self._model.signatures["encode_image"]
+        self._encode_text = self._model.signatures["encode_text"]
+
+    def encode_text(self, sentences: Sequence[str]) -> np.ndarray:
+        text = tf.constant([str(s) for s in sentences], tf.string)
+        return self._encode_text(text=text)["embedding"].numpy()
+
+    def encode_images(self, images: Sequence[bytes]) -> np.ndarray:
+        if self._encode_image is None:
+            raise ValueError(
+                f"{self.path} has no encode_image signature (a model trained on "
+                "precomputed features has no CNN); it cannot index image files"
+            )
+        data = tf.constant(list(images), tf.string)
+        return self._encode_image(image_bytes=data)["embedding"].numpy()
+
+    def describe(self) -> dict:
+        version = os.path.basename(self.path)
+        return {
+            "path": self.path,
+            "sha256": _sha256(os.path.join(self.path, "saved_model.pb")),
+            "version": version if version.isdigit() else None,
+        }
+
+
+def get_encoder(
+    model: Optional[str] = None,
+    server: Optional[str] = None,
+    **client_kwargs: Any,
+) -> Encoder:
+    """A `SavedModelEncoder` for ``model`` or a serving client for ``server``.
+
+    Args:
+        model: Exported SavedModel version folder.
+        server: ``http://host:8501`` (REST) or ``[grpc://]host:8500`` (gRPC).
+        **client_kwargs: For the client: ``model_name``, ``timeout``,
+            ``batch_size``, ``version``.
+
+    Raises:
+        ValueError: unless exactly one of ``model`` and ``server`` is given.
+    """
+    if bool(model) == bool(server):
+        raise ValueError("give exactly one of a SavedModel path and a server URL")
+    if model:
+        return SavedModelEncoder(model)
+    return client_lib.connect(server, **client_kwargs)
+
+
+def _is_invalid_input(error: Exception) -> bool:
+    if isinstance(error, tf.errors.InvalidArgumentError):
+        return True
+    return isinstance(error, client_lib.ServingError) and error.is_invalid_input
+
+
+def _atomic_write_bytes(path: str, data: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _atomic_write_json(path: str, value: Any) -> None:
+    _atomic_write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
+
+
+def _atomic_save_npy(path: str, array: np.ndarray) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def list_images(images: Union[str, Sequence[str]]) -> list[str]:
+    """Absolute image paths from a folder, a list file or a list of paths.
+
+    Args:
+        images: A folder (searched recursively for .jpg/.jpeg/.png/.gif/.bmp,
+            sorted), a text file with one path per line (relative paths are
+            relative to the file's folder; blank lines and ``#`` comments
+            skipped), or a sequence of paths.
+
+    Returns:
+        ``[N]`` absolute paths, in a deterministic order.
+    """
+    if not isinstance(images, str):
+        return [os.path.abspath(p) for p in images]
+    if os.path.isdir(images):
+        found = []
+        for folder, dirs, files in os.walk(images):
+            dirs.sort()
+            found += [
+                os.path.abspath(os.path.join(folder, name))
+                for name in files
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+            ]
+        return sorted(found)
+    if not os.path.isfile(images):
+        raise FileNotFoundError(f"{images}: neither a folder nor a list file")
+    base = os.path.dirname(os.path.abspath(images))
+    paths = []
+    with open(images, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                paths.append(os.path.abspath(os.path.join(base, line)))
+    return paths
+
+
+def read_captions(captions_file: str) -> list[str]:
+    """Captions, one per line (stripped; blank lines skipped)."""
+    with open(captions_file, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def _read_files(paths: Sequence[str], batch_size: int):
+    """Yields ``(positions [B], bytes [B])`` of readable files, read in parallel.
+
+    Files that cannot be read are left out; their positions are missing.
+    """
+    ds = tf.data.Dataset.from_tensor_slices(
+        (tf.range(len(paths), dtype=tf.int64), tf.constant(list(paths), tf.string))
+    )
+    ds = ds.map(
+        lambda i, p: (i, tf.io.read_file(p)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    ds = ds.ignore_errors().batch(batch_size).prefetch(2)
+    for positions, data in ds:
+        yield positions.numpy().tolist(), data.numpy().tolist()
+
+
+def _encode_checked(
+    encode: Callable[[list], np.ndarray], inputs: list
+) -> tuple[np.ndarray, list[int], dict[int, str]]:
+    """Encodes a batch; when it is rejected, item by item to find the bad ones.
+
+    Returns:
+        ``(embeddings [M, D], kept positions [M], {position: error})``.
+    """
+    try:
+        return encode(inputs), list(range(len(inputs))), {}
+    except Exception as error:
+        if not _is_invalid_input(error):
+            raise
+        if len(inputs) == 1:
+            return np.zeros([0, 0], np.float32), [], {0: _short(error)}
+    rows, kept, bad = [], [], {}
+    for position, item in enumerate(inputs):
+        try:
+            rows.append(encode([item]))
+            kept.append(position)
+        except Exception as error:
+            if not _is_invalid_input(error):
+                raise
+            bad[position] = _short(error)
+    embeddings = np.concatenate(rows) if rows else np.zeros([0, 0], np.float32)
+    return embeddings, kept, bad
+
+
+def _short(error: Exception) -> str:
+    message = getattr(error, "message", "") or str(error)
+    return (
+        message.strip().splitlines()[0][:300]
+        if message.strip()
+        else type(error).__name__
+    )
+
+
+@dataclasses.dataclass
+class Index:
+    """A loaded index.
+
+    Attributes:
+        embeddings: ``float16|float32 [N, D]`` as stored.
+        items: ``[N]`` image paths or captions.
+        manifest: The manifest dictionary.
+    """
+
+    embeddings: np.ndarray
+    items: list[str]
+    manifest: dict
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def search(
+        self, query_embeddings: np.ndarray, k: int = 10
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k by dot product.
+
+        Args:
+            query_embeddings: ``float32 [Q, D]``.
+            k: Results per query (capped at the index size).
+
+        Returns:
+            ``(scores float32 [Q, k'], ids int64 [Q, k'])``, best first, where
+            ``k' = min(k, N)``.
+        """
+        queries = np.asarray(query_embeddings, np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(
+                f"queries must be [Q, {self.dim}] (the index dimension), got "
+                f"{queries.shape}; was the index built with another model?"
+            )
+        k = min(int(k), len(self.items))
+        if k < 1:
+            return np.zeros([len(queries), 0], np.float32), np.zeros(
+                [len(queries), 0], np.int64
+            )
+        scores, ids = search_lib.top_k(queries, self.embeddings, k=k)
+        return np.asarray(scores, np.float32), np.asarray(ids, np.int64)
+
+
+class Result(NamedTuple):
+    """One search result: an image path or caption and its score."""
+
+    item: str
+    score: float
+
+
+def load_index(index_dir: str, mmap_mode: Optional[str] = "r") -> Index:
+    """Loads a finished index folder.
+
+    Args:
+        index_dir: The index folder.
+        mmap_mode: ``np.load`` memory-map mode for the embeddings (``"r"``:
+            read on demand, so large indexes need not fit in memory); None
+            reads them into memory.
+
+    Raises:
+        FileNotFoundError: if the folder holds no finished index.
+        ValueError: if its files disagree with each other.
+    """
+    manifest_path = os.path.join(index_dir, MANIFEST_FILE)
+    if not os.path.exists(manifest_path):
+        hint = (
+            " (an unfinished build: run the indexer again to resume)"
+            if os.path.exists(os.path.join(index_dir, BUILD_FILE))
+            else ""
+        )
+        raise FileNotFoundError(
+            f"no index in {index_dir}: {MANIFEST_FILE} missing{hint}"
+        )
+    with open(manifest_path, encoding="utf-8") as f:
+        manifest = json.load(f)
+    embeddings = np.load(os.path.join(index_dir, EMBEDDINGS_FILE), mmap_mode=mmap_mode)
+    with open(os.path.join(index_dir, ITEMS_FILE), encoding="utf-8") as f:
+        items = f.read().split("\n")[:-1]
+    if not (len(items) == embeddings.shape[0] == manifest["count"]):
+        raise ValueError(
+            f"{index_dir}: {len(items)} items, {embeddings.shape[0]} embeddings, "
+            f"manifest count {manifest['count']}"
+        )
+    if embeddings.ndim != 2 or embeddings.shape[1] != manifest["dim"]:
+        raise ValueError(
+            f"{index_dir}: embeddings {embeddings.shape}, dim {manifest['dim']}"
+        )
+    return Index(embeddings=embeddings, items=items, manifest=manifest)
+
+
+def _build_index(
+    kind: str,
+    inputs: list[str],
+    encoder: Encoder,
+    output_dir: str,
+    source: str,
+    dtype: str,
+    batch_size: int,
+    shard_size: int,
+    overwrite: bool,
+    verbose: int,
+    on_shard: Optional[Callable[[int, int], None]],
+) -> Index:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError("batch_size and shard_size must be >= 1")
+    for item in inputs:
+        if "\n" in item or "\r" in item:
+            raise ValueError(f"items may not contain line breaks: {item!r}")
+    shard_size = max(batch_size, shard_size // batch_size * batch_size)
+    model = encoder.describe()
+    build = {
+        "format": INDEX_FORMAT,
+        "kind": kind,
+        "model": model,
+        "dtype": dtype,
+        "shard_size": shard_size,
+        "inputs_sha256": hashlib.sha256("\n".join(inputs).encode()).hexdigest(),
+        "count": len(inputs),
+    }
+    os.makedirs(output_dir, exist_ok=True)
+    build_path = os.path.join(output_dir, BUILD_FILE)
+    manifest_path = os.path.join(output_dir, MANIFEST_FILE)
+    shards_dir = os.path.join(output_dir, SHARDS_DIR)
+    if os.path.exists(manifest_path) and not overwrite:
+        index = load_index(output_dir)
+        done = {k: index.manifest.get("build", {}).get(k) for k in build}
+        if done == build:
+            logging.info("%s already holds this index", output_dir)
+            return index
+        raise FileExistsError(
+            f"{output_dir} holds another index; use another folder or overwrite"
+        )
+    if os.path.exists(build_path):
+        with open(build_path, encoding="utf-8") as f:
+            previous = json.load(f)
+        if previous != build and not overwrite:
+            raise FileExistsError(
+                f"{output_dir} holds an unfinished build of other inputs, model or "
+                "settings; use another folder or overwrite"
+            )
+        if previous != build:
+            shutil.rmtree(shards_dir, ignore_errors=True)
+    if overwrite:
+        for name in (MANIFEST_FILE, EMBEDDINGS_FILE, ITEMS_FILE):
+            if os.path.exists(os.path.join(output_dir, name)):
+                os.remove(os.path.join(output_dir, name))
+    _atomic_write_json(build_path, build)
+    os.makedirs(shards_dir, exist_ok=True)
+
+    num_shards = (len(inputs) + shard_size - 1) // shard_size
+    progbar = None
+    if verbose:
+        import keras
+
+        progbar = keras.utils.Progbar(len(inputs), unit_name=kind)
+    encode = encoder.encode_images if kind == "image" else encoder.encode_text
+    for shard in range(num_shards):
+        start = shard * shard_size
+        chunk = inputs[start : start + shard_size]
+        npy_path = os.path.join(shards_dir, f"shard-{shard:05d}.npy")
+        json_path = os.path.join(shards_dir, f"shard-{shard:05d}.json")
+        if os.path.exists(json_path) and os.path.exists(npy_path):
+            if progbar is not None:
+                progbar.add(len(chunk))
+            continue  # finished by an earlier run
+        rows, kept, skipped = [], [], []
+        if kind == "image":
+            seen = set()
+            for positions, data in _read_files(chunk, batch_size):
+                seen.update(positions)
+                embeddings, good, bad = _encode_checked(encode, data)
+                if len(good):
+                    rows.append(embeddings)
+                kept += [chunk[positions[i]] for i in good]
+                skipped += [
+                    {"item": chunk[positions[i]], "error": message}
+                    for i, message in bad.items()
+                ]
+                if progbar is not None:
+                    progbar.add(len(positions))
+            unread = [i for i in range(len(chunk)) if i not in seen]
+            skipped += [{"item": chunk[i], "error": "cannot be read"} for i in unread]
+            if progbar is not None and unread:
+                progbar.add(len(unread))
+        else:
+            for begin in range(0, len(chunk), batch_size):
+                batch = chunk[begin : begin + batch_size]
+                rows.append(encode(batch))
+                kept += batch
+                if progbar is not None:
+                    progbar.add(len(batch))
+        matrix = np.concatenate(rows).astype(dtype) if rows else np.zeros([0, 0], dtype)
+        _atomic_save_npy(npy_path, matrix)
+        _atomic_write_json(json_path, {"items": kept, "skipped": skipped})
+        if on_shard is not None:
+            on_shard(shard, start + len(chunk))
+
+    # Consolidate.
+    matrices, items, skipped = [], [], []
+    for shard in range(num_shards):
+        matrix = np.load(os.path.join(shards_dir, f"shard-{shard:05d}.npy"))
+        with open(
+            os.path.join(shards_dir, f"shard-{shard:05d}.json"), encoding="utf-8"
+        ) as f:
+            record = json.load(f)
+        if matrix.shape[0] != len(record["items"]):
+            raise ValueError(f"shard {shard} of {output_dir} is inconsistent")
+        if len(record["items"]):
+            matrices.append(matrix)
+        items += record["items"]
+        skipped += record["skipped"]
+    if not matrices:
+        raise ValueError(
+            f"nothing could be indexed from {source}: {len(skipped)} skipped"
+        )
+    embeddings = np.concatenate(matrices).astype(dtype)
+    if skipped:
+        logging.warning(
+            "%d of %d %ss skipped (listed in %s)",
+            len(skipped),
+            len(inputs),
+            kind,
+            manifest_path,
+        )
+    manifest = {
+        "format": INDEX_FORMAT,
+        "kind": kind,
+        "model": model,
+        "source": source,
+        "dim": int(embeddings.shape[1]),
+        "count": len(items),
+        "dtype": dtype,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
+        "num_skipped": len(skipped),
+        "skipped": skipped,
+        "build": build,
+    }
+    _atomic_save_npy(os.path.join(output_dir, EMBEDDINGS_FILE), embeddings)
+    _atomic_write_bytes(
+        os.path.join(output_dir, ITEMS_FILE),
+        "".join(item + "\n" for item in items).encode("utf-8"),
+    )
+    _atomic_write_json(manifest_path, manifest)  # last: the index is complete
+    shutil.rmtree(shards_dir, ignore_errors=True)
+    os.remove(build_path)
+    return Index(embeddings=embeddings, items=items, manifest=manifest)
+
+
+def build_image_index(
+    model_path: Optional[str],
+    images: Union[str, Sequence[str]],
+    output_dir: str,
+    dtype: str = "float16",
+    batch_size: int = 32,
+    shard_size: int = 1024,
+    server: Optional[str] = None,
+    encoder: Optional[Encoder] = None,
+    overwrite: bool = False,
+    verbose: int = 1,
+    on_shard: Optional[Callable[[int, int], None]] = None,
+) -> Index:
+    """Encodes an image collection with the image tower and writes an index.
+
+    Files are read in parallel by tf.data; their bytes go to ``encode_image``.
+    Unreadable or undecodable images are skipped and listed in the manifest.
+    Rerunning after an interruption resumes after the last complete shard;
+    rerunning a finished build returns it unchanged.
+
+    Args:
+        model_path: Exported SavedModel version folder (or None with
+            ``server`` or ``encoder``).
+        images: Folder, list file or sequence of paths (see `list_images`).
+        output_dir: Index folder.
+        dtype: Stored precision, ``float16`` or ``float32``.
+        batch_size: Images per encoder call.
+        shard_size: Images per resumable shard (rounded to whole batches).
+        server: TF Serving address instead of ``model_path``.
+        encoder: A ready `Encoder` instead of either.
+        overwrite: Replace another index or unfinished build in ``output_dir``.
+        verbose: 1 shows a progress bar.
+        on_shard: Called as ``on_shard(shard_number, inputs_done)`` after each
+            shard computed (not after shards reused from an earlier run).
+
+    Returns:
+        The finished `Index`.
+
+    Raises:
+        FileExistsError: if ``output_dir`` holds a different index or build.
+        ValueError: if no image at all could be encoded.
+    """
+    encoder = encoder or get_encoder(model_path, server)
+    paths = list_images(images)
+    if not paths:
+        raise ValueError(f"no images in {images}")
+    source = os.path.abspath(images) if isinstance(images, str) else "<list>"
+    return _build_index(
+        "image", paths, encoder, output_dir, source, dtype, batch_size, shard_size,
+        overwrite, verbose, on_shard,
+    )  # fmt: skip
+
+
+def build_caption_index(
+    model_path: Optional[str],
+    captions: Union[str, Sequence[str]],
+    output_dir: str,
+    dtype: str = "float16",
+    batch_size: int = 256,
+    shard_size: int = 8192,
+    server: Optional[str] = None,
+    encoder: Optional[Encoder] = None,
+    overwrite: bool = False,
+    verbose: int = 1,
+    on_shard: Optional[Callable[[int, int], None]] = None,
+) -> Index:
+    """Encodes a caption set with the text tower and writes an index.
+
+    Args:
+        model_path: Exported SavedModel version folder.
+        captions: A text file with one caption per line, or a sequence.
+        output_dir, dtype, batch_size, shard_size, server, encoder, overwrite,
+        verbose, on_shard: As in `build_image_index`.
+
+    Returns:
+        The finished `Index` (items are the captions).
+    """
+    encoder = encoder or get_encoder(model_path, server)
+    if isinstance(captions, str):
+        source = os.path.abspath(captions)
+        texts = read_captions(captions)
+    else:
+        source, texts = "<list>", [str(c) for c in captions]
+    if not texts:
+        raise ValueError(f"no captions in {source}")
+    return _build_index(
+        "caption", texts, encoder, output_dir, source, dtype, batch_size, shard_size,
+        overwrite, verbose, on_shard,
+    )  # fmt: skip
+
+
+def _check_model(index: Index, encoder: Encoder) -> None:
+    built = index.manifest.get("model", {})
+    used = encoder.describe()
+    if built.get("sha256") and used.get("sha256") and built["sha256"] != used["sha256"]:
+        logging.warning(
+            "the index was built with another model (%s) than the query model (%s): "
+            "scores may be meaningless",
+            built.get("path"),
+            used.get("path"),
+        )
+
+
+def _results(index: Index, query: np.ndarray, k: int) -> list[Result]:
+    scores, ids = index.search(query, k)
+    return [
+        Result(index.items[i], float(s)) for s, i in zip(scores[0], ids[0].tolist())
+    ]
+
+
+def search_text(
+    index: Index, encoder: Encoder, sentence: str, k: int = 10
+) -> list[Result]:
+    """Ranks the index items (images, usually) for a sentence.
+
+    Args:
+        index: A loaded `Index`.
+        encoder: `SavedModelEncoder` or serving client (see `get_encoder`).
+        sentence: Query text.
+        k: Number of results.
+
+    Returns:
+        Up to ``k`` `Result` s, best first.
+    """
+    _check_model(index, encoder)
+    return _results(index, encoder.encode_text([sentence]), k)
+
+
+def search_image(
+    index: Index, encoder: Encoder, image_path: str, k: int = 10
+) -> list[Result]:
+    """Ranks the index items (captions, usually) for an image file.
+
+    Raises:
+        ValueError: if the image cannot be decoded.
+    """
+    _check_model(index, encoder)
+    with open(image_path, "rb") as f:
+        data = f.read()
+    try:
+        query = encoder.encode_images([data])
+    except Exception as error:
+        if _is_invalid_input(error):
+            raise ValueError(
+                f"{image_path}: not a readable image: {_short(error)}"
+            ) from None
+        raise
+    return _results(index, query, k)
