@@ -15,12 +15,21 @@ _OUTPUT_DIR = flags.DEFINE_string(
 )
 _VERSION = flags.DEFINE_integer("version", None, "Version number (default: next).")
 _MODEL_NAME = flags.DEFINE_string("model_name", "vse", "Model name in warmup requests.")
+_IMAGE_INDEX = flags.DEFINE_string(
+    "image_index", None, "Image index folder (vse-index) to serve as search_images."
+)
+_SEARCH_K = flags.DEFINE_integer("search_k", 10, "Results per search_images query.")
 
 
 def main(argv):
     del argv
     path = saved_model_lib.export_saved_model(
-        _WORKDIR.value, _OUTPUT_DIR.value, _VERSION.value, _MODEL_NAME.value
+        _WORKDIR.value,
+        _OUTPUT_DIR.value,
+        _VERSION.value,
+        _MODEL_NAME.value,
+        image_index=_IMAGE_INDEX.value,
+        search_k=_SEARCH_K.value,
     )
     print(f"SavedModel written to {path}")
 

@@ -294,3 +294,46 @@ def test_real_tensorflow_model_server(trained, tmp_path):
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
+
+
+def test_search_images_signature_answers_a_sentence(trained, tmp_path):
+    from vse_tf.retrieval import index_lib
+
+    workdir, export_dir, model, data_dir = trained
+    index = index_lib.build_image_index(
+        export_dir,
+        os.path.join(data_dir, "images"),
+        str(tmp_path / "index"),
+        dtype="float32",
+        verbose=0,
+    )
+    path = saved_model_lib.export_saved_model(
+        workdir,
+        str(tmp_path / "models"),
+        image_index=str(tmp_path / "index"),
+        search_k=5,
+    )
+    loaded = saved_model_lib.load_saved_model(path)
+    assert "search_images" in loaded.signatures
+    queries = ["a red square", "a blue stripe"]
+    out = loaded.signatures["search_images"](text=tf.constant(queries))
+    assert out["ids"].shape == (2, 5)
+    expected_scores, expected_ids = index.search(
+        model.text_tower(tf.constant(queries)).numpy(), 5
+    )
+    np.testing.assert_array_equal(out["ids"].numpy(), expected_ids)
+    np.testing.assert_allclose(out["scores"].numpy(), expected_scores, atol=1e-5)
+    items = [[i.decode() for i in row] for row in out["items"].numpy()]
+    assert items == [[index.items[i] for i in row] for row in expected_ids]
+
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    names = {
+        prediction_log_pb2.PredictionLog.FromString(
+            r.numpy()
+        ).predict_log.request.model_spec.signature_name
+        for r in tf.data.TFRecordDataset(
+            os.path.join(path, saved_model_lib.WARMUP_FILE)
+        )
+    }
+    assert "search_images" in names

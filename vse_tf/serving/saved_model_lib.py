@@ -13,6 +13,10 @@ Signatures (names and keys are a contract; see the README):
 * ``encode_image_features``: ``features`` float32 ``[N, F]`` backbone features
   -> ``embedding`` (the only image signature of models trained on
   precomputed features, which have no CNN).
+* ``search_images`` (only when exported with an image index): ``text``
+  tf.string ``[N]`` -> ``ids`` int32 ``[N, k]``, ``scores`` float32
+  ``[N, k]`` (cosine, best first) and ``items`` tf.string ``[N, k]`` (the
+  indexed image paths), so TF Serving alone answers a sentence query.
 
 The graph holds tensorflow-text ops: load it only after
 ``import tensorflow_text`` (`load_saved_model` does that), as the TF Serving
@@ -47,12 +51,21 @@ VOCAB_ASSET = "vocab.txt"
 WARMUP_SENTENCE = "A dog runs on the beach."
 
 
-def build_export_archive(model: VSEModel):
+def build_export_archive(
+    model: VSEModel,
+    index_embeddings: Optional[np.ndarray] = None,
+    index_items: Optional[list[str]] = None,
+    search_k: int = 10,
+):
     """An ExportArchive with every signature the model can serve.
 
     Args:
         model: A trained `VSEModel` (with its image backbone, for the image
             signatures).
+        index_embeddings: Optional ``[M, D]`` image-index embeddings (made
+            with this model); adds the ``search_images`` signature.
+        index_items: ``[M]`` names returned for the index rows (paths).
+        search_k: Results per query of ``search_images`` (capped at M).
 
     Returns:
         A ``keras.export.ExportArchive`` ready for ``write_out``.
@@ -80,6 +93,10 @@ def build_export_archive(model: VSEModel):
             tf.TensorSpec([None, image_tower.feature_dim], tf.float32, name="features")
         ],
     )
+    if index_embeddings is not None:
+        _add_search_endpoint(
+            archive, text_tower, index_embeddings, index_items, search_k
+        )
     if image_tower.backbone is not None:
         size = image_tower.image_size
 
@@ -108,6 +125,37 @@ def build_export_archive(model: VSEModel):
     return archive
 
 
+def _add_search_endpoint(archive, text_tower, embeddings, items, k):
+    embeddings = np.asarray(embeddings)
+    if embeddings.ndim != 2 or embeddings.shape[1] != text_tower.embed_dim:
+        raise ValueError(
+            f"index embeddings have shape {embeddings.shape}; this model "
+            f"needs [M, {text_tower.embed_dim}]"
+        )
+    items = (
+        list(items) if items is not None else [str(i) for i in range(len(embeddings))]
+    )
+    if len(items) != len(embeddings):
+        raise ValueError(f"{len(items)} index items for {len(embeddings)} embeddings")
+    k = min(int(k), len(embeddings))
+    # Variables (not constants) so the index lives in variables/, not the graph.
+    index = tf.Variable(embeddings.astype(np.float32), trainable=False, name="index")
+    names = tf.Variable(np.array(items, dtype=object), trainable=False, name="items")
+    archive.track(index)
+    archive.track(names)
+
+    def search_images(text):
+        queries = text_tower(text)  # [N, D], unit norm
+        scores, ids = tf.math.top_k(tf.matmul(queries, index, transpose_b=True), k)
+        return {"ids": ids, "scores": scores, "items": tf.gather(names, ids)}
+
+    archive.add_endpoint(
+        "search_images",
+        search_images,
+        input_signature=[tf.TensorSpec([None], tf.string, name="text")],
+    )
+
+
 def warmup_inputs(model: VSEModel) -> dict[str, dict[str, np.ndarray]]:
     """One small, valid request per signature: ``{signature: {key: value}}``."""
     tokens = model.text_tower.tokenizer(tf.constant([WARMUP_SENTENCE])).numpy()
@@ -127,7 +175,9 @@ def warmup_inputs(model: VSEModel) -> dict[str, dict[str, np.ndarray]]:
     return inputs
 
 
-def warmup_records(model: VSEModel, model_name: str = "vse") -> list[bytes]:
+def warmup_records(
+    model: VSEModel, model_name: str = "vse", with_search: bool = False
+) -> list[bytes]:
     """Serialized ``PredictionLog`` records, one per signature.
 
     Raises:
@@ -139,8 +189,11 @@ def warmup_records(model: VSEModel, model_name: str = "vse") -> list[bytes]:
         raise ImportError(
             'warmup requests need tensorflow-serving-api: pip install "vse_tf[serving]"'
         ) from error
+    requests = warmup_inputs(model)
+    if with_search:
+        requests["search_images"] = requests["encode_text"]
     records = []
-    for signature, inputs in warmup_inputs(model).items():
+    for signature, inputs in requests.items():
         request = predict_pb2.PredictRequest(
             model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature)
         )
@@ -166,6 +219,8 @@ def export_saved_model(
     output_dir: str,
     version: Optional[int] = None,
     model_name: str = "vse",
+    image_index: Optional[str] = None,
+    search_k: int = 10,
 ) -> str:
     """Exports a trained workdir as version ``N`` of a TF Serving model base.
 
@@ -178,6 +233,10 @@ def export_saved_model(
         output_dir: The model base path (holds numbered versions).
         version: Version number; default the next free one.
         model_name: Model name used in the warmup requests.
+        image_index: Optional image index folder (`vse_tf.retrieval`,
+            built with this model) to embed as the ``search_images``
+            signature.
+        search_k: Results per ``search_images`` query.
 
     Returns:
         The path of the new version folder.
@@ -195,7 +254,16 @@ def export_saved_model(
     staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=output_dir)
     try:
         export_dir = os.path.join(staging, "model")
-        build_export_archive(model).write_out(export_dir, verbose=False)
+        embeddings = items = None
+        if image_index:
+            from vse_tf.retrieval import index_lib
+
+            index = index_lib.load_index(image_index, mmap_mode=None)
+            if index.kind != "image":
+                raise ValueError(f"{image_index} is a {index.kind} index, not images")
+            embeddings, items = index.embeddings, index.items
+        archive = build_export_archive(model, embeddings, items, search_k)
+        archive.write_out(export_dir, verbose=False)
         # The vocabulary (id = line number) for clients that tokenise
         # themselves (encode_tokens, the TFLite token-id tower).
         os.makedirs(os.path.join(export_dir, "assets"), exist_ok=True)
@@ -203,7 +271,7 @@ def export_saved_model(
             os.path.join(workdir, train_lib.VOCAB_FILE),
             os.path.join(export_dir, "assets", VOCAB_ASSET),
         )
-        records = warmup_records(model, model_name)
+        records = warmup_records(model, model_name, with_search=bool(image_index))
         os.makedirs(os.path.join(export_dir, "assets.extra"), exist_ok=True)
         with tf.io.TFRecordWriter(os.path.join(export_dir, WARMUP_FILE)) as writer:
             for record in records:
