@@ -562,12 +562,10 @@ def train_and_evaluate(
     fine_tune = bool(config.model.fine_tune_from)
     train_feats = None if fine_tune else split_features(config, train, verbose)
     dev_data = prepare_eval(config, dev, tokenizer)
-    extract_seconds = time.time() - start
+    prepare_seconds = time.time() - start  # reading, tokenising, CNN features
 
     t = config.train
-    checkpoints = None
-    dataset, steps = None, max(len(train_ids) // t.batch_size, 1)
-    optimizer = make_optimizer(config, steps)
+    optimizer = make_optimizer(config, max(len(train_ids) // t.batch_size, 1))
     # Keras's jit_compile="auto" would pick XLA here. Batches are trimmed to
     # their longest caption, so XLA recompiles for every new length (5-9 s
     # each) and, measured on 2 CPU cores at paper sizes, steps no faster.
@@ -611,7 +609,7 @@ def train_and_evaluate(
     best_path = restore_best(model, workdir)
     results = {}
     timing = {
-        "feature_seconds": round(extract_seconds, 1),
+        "prepare_seconds": round(prepare_seconds, 1),
         "train_seconds": round(train_seconds, 1),
         "checkpoint": best_path,
     }
