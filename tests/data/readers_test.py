@@ -558,4 +558,4 @@ def test_real_flickr8k():
     assert dev.num_captions == 5000
     assert set(train.image_paths).isdisjoint(dev.image_paths)
     first = (FLICKR8K_DIR / "Flickr_8k.trainImages.txt").read_text().split()[0]
-    assert train.image_paths[0] == str((FLICKR8K_DIR / "images" / first).resolve())
+    assert train.image_paths[0] == os.path.abspath(FLICKR8K_DIR / "images" / first)
