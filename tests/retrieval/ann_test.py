@@ -83,6 +83,7 @@ def test_more_probes_more_recall_and_deterministic(data):
     database, queries = data
     _, exact_ids = top_k(queries, database, k=10)
     index = ann.ApproximateIndex(database, nlist=128, nprobe=1, seed=3)
+    assert index.encoding == "pq"
     recall_1 = ann.recall_at_k(index.search(queries)[1], exact_ids)
     index.nprobe = 128  # Every list: exact up to float16 rounding.
     recall_all = ann.recall_at_k(index.search(queries)[1], exact_ids)
@@ -104,7 +105,47 @@ def test_small_collection_and_validation():
         index.search(np.zeros((1, 3), np.float32))
     with pytest.raises(ValueError):
         index.search(vectors, k=0)
+    assert index.encoding == "fp16"  # Too few vectors for "pq" codebooks.
     with pytest.raises(ValueError):
-        ann.ApproximateIndex(vectors, encoding="pq")
+        ann.ApproximateIndex(vectors, encoding="pq8")
     with pytest.raises(ValueError):
         ann.ApproximateIndex(vectors, nlist=6)
+    with pytest.raises(ValueError):
+        ann.ApproximateIndex(vectors, nlist=1, rerank=-1)
+    with pytest.raises(ValueError):
+        index.rerank = 1.5
+
+
+@needs_faiss
+def test_rerank_returns_exact_scores(data):
+    database, queries = data
+    index = ann.ApproximateIndex(database, nlist=64, nprobe=64)  # Every list.
+    assert index.encoding == "pq" and index.rerank == ann.DEFAULT_RERANK
+    scores, ids = index.search(queries[:20], k=10)
+    exact_scores, exact_ids = top_k(queries[:20], database, k=10)
+    np.testing.assert_array_equal(ids, exact_ids)
+    np.testing.assert_allclose(scores, exact_scores, atol=1e-5)
+    expected = np.einsum("qkd,qd->qk", database[ids].astype(np.float32), queries[:20])
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    # Without re-ranking the scores are the PQ approximations.
+    index.rerank = 0
+    pq_scores, pq_ids = index.search(queries[:20], k=10)
+    assert pq_ids.shape == (20, 10)
+    assert not np.allclose(pq_scores, exact_scores, atol=1e-5)
+    assert ann.recall_at_k(pq_ids, exact_ids) < 1.0
+
+
+@needs_faiss
+def test_defaults_and_memory_map(data, tmp_path):
+    database, queries = data
+    path = tmp_path / "vectors.npy"
+    np.save(path, database)
+    mapped = np.load(path, mmap_mode="r")
+    index = ann.ApproximateIndex(mapped, nlist=64, train_size=4096)
+    assert index.nprobe == ann.default_nprobe(64) == 8
+    in_memory = ann.ApproximateIndex(database, nlist=64, train_size=4096)
+    for got, want in zip(index.search(queries), in_memory.search(queries)):
+        np.testing.assert_array_equal(got, want)
+    small = database[:2000]
+    assert ann.ApproximateIndex(small, nlist=8, encoding="fp16").rerank == 0
+    assert ann.ApproximateIndex(small, nlist=8, encoding="sq8").rerank == 10
