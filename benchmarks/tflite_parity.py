@@ -140,7 +140,7 @@ def main(argv):
 
     for quantize in modes:
         start = time.time()
-        files, _ = tflite_lib.export_tflite(_WORKDIR.value, quantize)
+        files, manifest = tflite_lib.export_tflite(_WORKDIR.value, quantize)
         convert_s = time.time() - start
         towers, emb = {}, {}
         for name in TOWERS:
@@ -153,6 +153,7 @@ def main(argv):
                 "cos_mean": float(cosine.mean()),
                 "cos_min": float(cosine.min()),
                 "delegate": runner.delegate,
+                "quantization": manifest["files"][name]["quantization"],
             }
         results["variants"][quantize] = {
             "convert_s": convert_s,
@@ -203,6 +204,11 @@ def _print_table(results: dict) -> None:
         "R@1 on a text-tower row pairs that text model with the same variant's "
         "image tower; keras rows are the reference.\n"
     )
+    for quantize, variant in results["variants"].items():
+        for name in TOWERS:
+            note = variant["towers"][name]["quantization"]["summary"]
+            print(f"{quantize:8} {name:26} {note}")
+    print()
 
 
 if __name__ == "__main__":

