@@ -69,3 +69,29 @@ def write_tiny_captioned_images(
         writer.writerow(["image", "caption", "split"])
         writer.writerows(rows)
     return root
+
+
+def train_tiny_workdir(root: str, **overrides) -> tuple[str, str]:
+    """Trains the ``tiny`` preset on `write_tiny_captioned_images` data.
+
+    Args:
+        root: Folder for the data, the feature cache and the workdir.
+        **overrides: Config fields to change (`vse_tf.config.override`).
+
+    Returns:
+        ``(workdir, data_dir)``.
+    """
+    from vse_tf import config as config_lib
+    from vse_tf import train_lib
+
+    data_dir = write_tiny_captioned_images(os.path.join(root, "data"))
+    config = config_lib.override(
+        config_lib.get_config("tiny"),
+        dataset="csv",
+        data_dir=data_dir,
+        cache_dir=os.path.join(root, "cache"),
+        **overrides,
+    )
+    workdir = os.path.join(root, "run")
+    train_lib.train_and_evaluate(config, workdir, verbose=0)
+    return workdir, data_dir

@@ -26,8 +26,6 @@ import pytest
 import tensorflow as tf
 
 from tests import testing_utils
-from vse_tf import config as config_lib
-from vse_tf import train_lib
 from vse_tf.serving import client as client_lib
 from vse_tf.serving import saved_model_lib
 
@@ -39,15 +37,7 @@ def tiny_export() -> tuple[str, str]:
     if not _TINY:
         root = tempfile.mkdtemp(prefix="vse_tiny_export_")
         atexit.register(shutil.rmtree, root, True)
-        data_dir = testing_utils.write_tiny_captioned_images(os.path.join(root, "data"))
-        config = config_lib.override(
-            config_lib.get_config("tiny"),
-            dataset="csv",
-            data_dir=data_dir,
-            cache_dir=os.path.join(root, "cache"),
-        )
-        workdir = os.path.join(root, "run")
-        train_lib.train_and_evaluate(config, workdir, verbose=0)
+        workdir, data_dir = testing_utils.train_tiny_workdir(root)
         export_dir = saved_model_lib.export_saved_model(
             workdir, os.path.join(root, "models")
         )

@@ -15,7 +15,6 @@ import pytest
 import tensorflow as tf
 
 from tests import testing_utils
-from vse_tf import config as config_lib
 from vse_tf import features as features_lib
 from vse_tf import train_lib
 from vse_tf.serving import saved_model_lib
@@ -26,15 +25,7 @@ SENTENCES = ["A red square.", "", "!!!", "a GREEN stripe on black", "ünïcödé
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
-    data_dir = testing_utils.write_tiny_captioned_images(str(root / "data"))
-    config = config_lib.override(
-        config_lib.get_config("tiny"),
-        dataset="csv",
-        data_dir=data_dir,
-        cache_dir=str(root / "cache"),
-    )
-    workdir = str(root / "run")
-    train_lib.train_and_evaluate(config, workdir, verbose=0)
+    workdir, data_dir = testing_utils.train_tiny_workdir(str(root))
     export_dir = saved_model_lib.export_saved_model(workdir, str(root / "models"))
     _, model = train_lib.load_trained_model(workdir)
     return workdir, export_dir, model, data_dir

@@ -48,15 +48,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("tflite")
-    data_dir = testing_utils.write_tiny_captioned_images(str(root / "data"))
-    config = config_lib.override(
-        config_lib.get_config("tiny"),
-        dataset="csv",
-        data_dir=data_dir,
-        cache_dir=str(root / "cache"),
-    )
-    path = str(root / "run")
-    train_lib.train_and_evaluate(config, path, verbose=0)
+    path, _ = testing_utils.train_tiny_workdir(str(root))
     return path
 
 
