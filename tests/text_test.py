@@ -372,3 +372,12 @@ def test_graph_uses_only_ops_that_litert_can_run():
         "RaggedTensorToTensor",
     }
     assert not op_types & forbidden, op_types & forbidden
+
+
+def test_all_empty_and_zero_size_batches():
+    tokenizer = SentenceTokenizer(Vocabulary(["dog"]).tokens, 4)
+    np.testing.assert_array_equal(
+        tokenizer(tf.constant(["", "..."])).numpy(), [[1, 0, 0, 0], [1, 0, 0, 0]]
+    )
+    assert tokenizer(tf.constant([], tf.string)).numpy().shape == (0, 4)
+    np.testing.assert_array_equal(tokenizer(tf.constant(["dog " * 10])), [[2] * 4])
