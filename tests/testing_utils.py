@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import csv
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
 SHARED_FLICKR8K = (
     Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
 )
@@ -95,3 +98,19 @@ def train_tiny_workdir(root: str, **overrides) -> tuple[str, str]:
     workdir = os.path.join(root, "run")
     train_lib.train_and_evaluate(config, workdir, verbose=0)
     return workdir, data_dir
+
+
+def run_python(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs ``python ARGS`` from the repository root, as a user would.
+
+    Returns the finished process (text stdout/stderr captured; not checked).
+    """
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -6,8 +6,6 @@ import csv
 import hashlib
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,8 +13,6 @@ import pytest
 from tests import testing_utils
 from tests.serving.client_test import fake_rest_server, tiny_export
 from vse_tf.retrieval import index_lib
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class _Stop(Exception):
@@ -282,14 +278,7 @@ def test_query_of_the_wrong_dimension_is_refused(setup):
 
 
 def _tool(module, *args):
-    return subprocess.run(
-        [sys.executable, "-m", f"tools.{module}", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-    )
+    return testing_utils.run_python("-m", f"tools.{module}", *args, timeout=300)
 
 
 def test_command_line_tools(setup, tmp_path):

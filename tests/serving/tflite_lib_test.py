@@ -3,8 +3,6 @@
 import functools
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,8 +18,6 @@ from vse_tf import features as features_lib  # noqa: E402
 from vse_tf import text as text_lib  # noqa: E402
 from vse_tf import train_lib  # noqa: E402
 from vse_tf.serving import tflite_lib  # noqa: E402
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
 # Sentences the tokenizer must get right inside the strings model.
 ODD_SENTENCES = [
@@ -280,20 +276,11 @@ def test_manifest_describes_the_files(exported, reference):
 
 def test_script_writes_all_files(workdir, reference, tmp_path):
     output = tmp_path / "tflite"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "export.export_tflite",
-            f"--workdir={workdir}",
-            f"--output_dir={output}",
-            "--quantize=none",
-        ],
-        cwd=REPO_ROOT,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    result = testing_utils.run_python(
+        "-m", "export.export_tflite", f"--workdir={workdir}",
+        f"--output_dir={output}", "--quantize=none",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
     names = {
         tflite_lib.IMAGE_FILE,
         tflite_lib.TEXT_FILE,

@@ -2,25 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 
 from tests import testing_utils
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def _run(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    return testing_utils.run_python("-m", *args)
 
 
 def test_train_then_evaluate_scripts(tmp_path):
