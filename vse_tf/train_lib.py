@@ -481,19 +481,18 @@ def _check_config(workdir: str, config: Config) -> None:
     if os.path.exists(path):
         with open(path) as f:
             saved = Config.from_dict(json.load(f))
-        old = dataclasses.replace(
-            saved, train=dataclasses.replace(saved.train, epochs=0)
-        )
-        new = dataclasses.replace(
-            config, train=dataclasses.replace(config.train, epochs=0)
-        )
-        if old != new:
-            diff = [
-                f"{section}.{key}: {value!r} -> {new.to_dict()[section][key]!r}"
-                for section, values in old.to_dict().items()
-                for key, value in values.items()
-                if new.to_dict()[section][key] != value
-            ]
+        # Only the number of epochs may change: more epochs continue the run.
+        old = dataclasses.replace(saved.train, epochs=0)
+        old = dataclasses.replace(saved, train=old).to_dict()
+        new = dataclasses.replace(config.train, epochs=0)
+        new = dataclasses.replace(config, train=new).to_dict()
+        diff = [
+            f"{section}.{key}: {value!r} -> {new[section][key]!r}"
+            for section, values in old.items()
+            for key, value in values.items()
+            if new[section][key] != value
+        ]
+        if diff:
             raise ValueError(
                 f"{workdir} holds a run with a different config ({'; '.join(diff)}); "
                 "use a new --workdir or the same flags"
