@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from vse_tf import text as text_lib
+from vse_tf.models import recurrent
 from vse_tf.models.image_tower import L2Normalize
 
 
@@ -20,6 +21,9 @@ class LSTMTextTower(keras.Model):
     `vse_tf.text.SentenceTokenizer`.
     ``encode_tokens(token_ids)``: ``int32 [B, L]`` (0-padded) -> ``[B, D]``,
     the LSTM's state after the last real token.
+    ``encode_tokens_fused(token_ids, compute_dtype)``: the same function
+    computed by `vse_tf.models.recurrent.lstm_last_state` (what training
+    uses: faster, optionally bf16 matmuls; same weights).
 
     Args:
         vocabulary: Tokens in id order, reserved ones first.
@@ -82,6 +86,28 @@ class LSTMTextTower(keras.Model):
         words = self.word_embedding(token_ids)
         mask = self.word_embedding.compute_mask(token_ids)
         return self.normalize(self.lstm(words, mask=mask, training=training))
+
+    def encode_tokens_fused(self, token_ids, compute_dtype: str = "float32"):
+        """Like `encode_tokens`, through the fused training LSTM.
+
+        Args:
+            token_ids: ``int32 [B, L]`` padded token ids.
+            compute_dtype: Matmul input dtype, ``float32`` or ``bfloat16``.
+
+        Returns:
+            ``float32 [B, D]`` unit embeddings.
+        """
+        words = self.word_embedding(token_ids)
+        cell = self.lstm.cell
+        state = recurrent.lstm_last_state(
+            words,
+            token_ids > 0,
+            cell.kernel,
+            cell.recurrent_kernel,
+            cell.bias,
+            compute_dtype=compute_dtype,
+        )
+        return self.normalize(state)
 
     def call(self, sentences, training=False):
         return self.encode_tokens(self.tokenizer(sentences), training=training)
