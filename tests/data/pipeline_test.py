@@ -80,3 +80,107 @@ def test_invalid_arguments():
         pipeline.train_dataset(ids, owners, 4, 0, 0, 1)
     with pytest.raises(ValueError, match="fill one batch"):
         pipeline.train_dataset(ids, owners, 64, 0, 0, 1, image_features=features)
+
+
+def _long_arrays(num_captions=256, num_images=64, length=20):
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, length + 1, num_captions)
+    ids = np.zeros([num_captions, length], np.int32)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = 1000 + row
+    owners = np.repeat(np.arange(num_images), num_captions // num_images)
+    features = np.arange(num_images, dtype=np.float32)[:, None] * np.ones([1, 3])
+    return ids, owners, features, lengths
+
+
+def test_length_buckets_cover_the_epoch_and_cut_padding():
+    ids, owners, features, lengths = _long_arrays()
+    batch_size = 8
+    plain, steps = pipeline.train_dataset(
+        ids,
+        owners,
+        batch_size,
+        seed=2,
+        first_epoch=0,
+        last_epoch=1,
+        image_features=features,
+    )
+    bucketed, bucketed_steps = pipeline.train_dataset(
+        ids,
+        owners,
+        batch_size,
+        seed=2,
+        first_epoch=0,
+        last_epoch=1,
+        image_features=features,
+        bucket_by_length=True,
+    )
+    assert steps == bucketed_steps == 32
+    plain_batches = _batches(plain, steps)
+    batches = _batches(bucketed, steps)
+
+    # The same examples (the same ones dropped by the last partial batch).
+    def seen(bs):
+        return sorted(np.concatenate([b["token_ids"][:, 0] for b in bs]))
+
+    assert seen(batches) == seen(plain_batches)
+    for batch in batches:
+        captions = batch["token_ids"][:, 0] - 1000
+        np.testing.assert_array_equal(batch["image_ids"], owners[captions])
+        assert batch["token_ids"].shape[1] == lengths[captions].max()
+
+    # Padding: token slots per real token, bucketed vs plain.
+    def padded(bs):
+        return sum(b["token_ids"].size for b in bs)
+
+    assert padded(batches) < 0.75 * padded(plain_batches)
+    # Batches are not simply emitted shortest first.
+    longest = [b["token_ids"].shape[1] for b in batches]
+    assert longest != sorted(longest)
+
+
+def test_length_buckets_are_deterministic_per_seed_and_epoch():
+    ids, owners, features, _ = _long_arrays()
+
+    def run(seed, first_epoch):
+        dataset, steps = pipeline.train_dataset(
+            ids,
+            owners,
+            8,
+            seed=seed,
+            first_epoch=first_epoch,
+            last_epoch=2,
+            image_features=features,
+            bucket_by_length=True,
+        )
+        return [b["token_ids"][:, 0] for b in _batches(dataset, 64)]
+
+    full = run(5, 0)
+    resumed = run(5, 1)
+    assert len(full) == 64 and len(resumed) == 32
+    for a, b in zip(full[32:], resumed):
+        np.testing.assert_array_equal(a, b)
+    other = run(6, 0)
+    assert not all(np.array_equal(a, b) for a, b in zip(full, other))
+
+
+def test_hard_negative_flag_follows_the_epoch():
+    ids, owners, features = _arrays()
+    dataset, steps = pipeline.train_dataset(
+        ids,
+        owners,
+        4,
+        seed=1,
+        first_epoch=0,
+        last_epoch=3,
+        image_features=features,
+        hard_negatives_from_epoch=1,
+    )
+    flags = [b["hard_negatives"] for b in _batches(dataset, 3 * steps)]
+    assert all(f.shape == (4,) and f.dtype == np.int32 for f in flags)
+    assert [bool(f.all()) for f in flags] == [False] * 3 + [True] * 6
+    assert [bool(f.any()) for f in flags] == [False] * 3 + [True] * 6
+    plain, _ = pipeline.train_dataset(
+        ids, owners, 4, seed=1, first_epoch=0, last_epoch=1, image_features=features
+    )
+    assert "hard_negatives" not in _batches(plain, 1)[0]

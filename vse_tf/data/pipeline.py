@@ -4,7 +4,12 @@ Every epoch visits each train caption once, paired with its image, in an
 order drawn from ``(seed, epoch)`` by a stateless shuffle, so a run that
 resumes at epoch ``e`` sees exactly the batches an uninterrupted run sees.
 Batches are gathered from in-memory arrays with vectorised ops (no Python
-per example) and trimmed to their longest caption.
+per example) and trimmed to their longest caption. With length bucketing,
+the shuffled epoch is cut into windows of `BUCKET_WINDOW` batches, each
+window is sorted by caption length (stably, so ties keep the shuffled
+order), cut into batches, and the batch order of the epoch is shuffled
+again: batches hold captions of similar length, so the LSTM runs few
+padding steps, while every batch still draws from a random window.
 """
 
 from __future__ import annotations
@@ -17,18 +22,41 @@ import tensorflow as tf
 
 from vse_tf import features as features_lib
 
+BUCKET_WINDOW = 32
+"""Batches per length-sorted window when bucketing."""
 
-def _epoch_indices(num_examples: int, seed: int, epoch: tf.Tensor) -> tf.data.Dataset:
-    positions = tf.data.Dataset.range(num_examples)
-    return positions.map(
-        lambda i: tf.random.experimental.index_shuffle(
-            i,
-            seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)]),
-            max_index=num_examples - 1,
-        ),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
+
+def _epoch_batches(
+    lengths: tf.Tensor,
+    batch_size: int,
+    steps: int,
+    seed: int,
+    epoch: tf.Tensor,
+    bucket_by_length: bool,
+) -> tf.Tensor:
+    """``int64 [steps, batch_size]`` example indices of one epoch's batches."""
+    num_examples = int(lengths.shape[0])
+    epoch_seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    order = tf.random.experimental.index_shuffle(
+        tf.range(num_examples, dtype=tf.int64),
+        seed=epoch_seed,
+        max_index=num_examples - 1,
+    )[: steps * batch_size]
+    if not bucket_by_length:
+        return tf.reshape(order, [steps, batch_size])
+    window = tf.range(steps * batch_size, dtype=tf.int64) // (
+        BUCKET_WINDOW * batch_size
     )
+    longest = tf.cast(tf.reduce_max(lengths) + 1, tf.int64)
+    key = window * longest + tf.cast(tf.gather(lengths, order), tf.int64)
+    order = tf.gather(order, tf.argsort(key, stable=True))
+    batches = tf.reshape(order, [steps, batch_size])
+    batch_order = tf.random.experimental.index_shuffle(
+        tf.range(steps, dtype=tf.int64),
+        seed=epoch_seed + tf.constant([0, 1 << 32], tf.int64),
+        max_index=steps - 1,
+    )
+    return tf.gather(batches, batch_order)
 
 
 def train_dataset(
@@ -41,6 +69,8 @@ def train_dataset(
     image_features: Optional[np.ndarray] = None,
     image_paths: Optional[Sequence[str]] = None,
     image_size: int = 224,
+    bucket_by_length: bool = False,
+    hard_negatives_from_epoch: Optional[int] = None,
 ) -> tuple[tf.data.Dataset, int]:
     """Batches of caption-image pairs for epochs ``first_epoch..last_epoch-1``.
 
@@ -55,11 +85,15 @@ def train_dataset(
         image_features: ``[N, F]`` cached features (frozen CNN), or
         image_paths: ``[N]`` image files (fine-tuning; decoded per batch).
         image_size: Decode size for ``image_paths``.
+        bucket_by_length: Batch captions of similar length (module doc).
+        hard_negatives_from_epoch: If set, batches carry ``hard_negatives``
+            (``int32 [B]``), 1 from this (0-based) epoch on, else 0.
 
     Returns:
         ``(dataset, steps_per_epoch)``. Elements are dicts with
-        ``token_ids [B, L_b]``, ``image_ids [B]`` and ``image_features
-        [B, F]`` or ``images [B, S, S, 3]``.
+        ``token_ids [B, L_b]``, ``image_ids [B]``, ``image_features
+        [B, F]`` or ``images [B, S, S, 3]``, and ``hard_negatives [B]`` if
+        asked for.
     """
     if (image_features is None) == (image_paths is None):
         raise ValueError("give exactly one of image_features and image_paths")
@@ -75,7 +109,7 @@ def train_dataset(
     feats = None if image_features is None else tf.constant(image_features, tf.float32)
     paths = None if image_paths is None else tf.constant(list(image_paths), tf.string)
 
-    def gather(indices):
+    def gather(indices, epoch):
         image_ids = tf.gather(owners, indices)
         longest = tf.maximum(tf.reduce_max(tf.gather(lengths, indices)), 1)
         batch = {
@@ -90,13 +124,23 @@ def train_dataset(
                 tf.gather(paths, image_ids),
                 fn_output_signature=tf.TensorSpec([image_size, image_size, 3]),
             )
+        if hard_negatives_from_epoch is not None:
+            # int32, not bool: cross-replica ops (all_gather, reduce) sum
+            # tensors, which bool cannot do.
+            batch["hard_negatives"] = tf.fill(
+                tf.shape(indices),
+                tf.cast(epoch >= hard_negatives_from_epoch, tf.int32),
+            )
         return batch
 
     def one_epoch(epoch):
-        return (
-            _epoch_indices(num_examples, seed, epoch)
-            .batch(batch_size, drop_remainder=True)
-            .map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        batches = _epoch_batches(
+            lengths, batch_size, steps, seed, epoch, bucket_by_length
+        )
+        return tf.data.Dataset.from_tensor_slices(batches).map(
+            lambda indices: gather(indices, epoch),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
         )
 
     epochs = tf.data.Dataset.range(first_epoch, last_epoch)
