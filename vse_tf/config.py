@@ -84,8 +84,11 @@ class TrainConfig:
     """Optimisation.
 
     Attributes:
-        loss: ``sum`` (Kiros: all in-batch negatives) or ``max`` (VSE++
-            hardest negative).
+        loss: ``sum`` (Kiros: all in-batch negatives), ``max`` (VSE++
+            hardest negative) or ``sum_then_max`` (``sum`` for the first
+            ``warmup_epochs``, then ``max``: VSE-infinity's guard against
+            the hardest-negative collapse).
+        warmup_epochs: Epochs of ``sum`` before ``max`` in ``sum_then_max``.
         margin: Hinge margin alpha.
         mask_same_image: Captions of the same image in a batch are not
             negatives of each other.
@@ -97,6 +100,16 @@ class TrainConfig:
         grad_clip_norm: Global gradient-norm clip (0 = off).
         seed: Seeds weights, shuffling and the demo data.
         eval_batch_size: Examples per encoder call during evaluation.
+        bucket_by_length: Batch captions of similar length together (within
+            windows of 32 shuffled batches; batch order shuffled again), so
+            the LSTM runs few padding steps (Kiros's code does the same).
+        text_compute_dtype: Matmul input type of the training LSTM,
+            ``float32`` or ``bfloat16`` (float32 accumulation and state).
+        jit_compile_text: Compile the training text tower with XLA.
+        jit_compile_image: Compile the training image tower with XLA (only
+            matters when fine-tuning VGG16; XLA slowed VGG16 on CPU).
+        strategy: ``one_device|mirrored|multi_worker|tpu`` (`tf.distribute`;
+            see `vse_tf.distribute`).
     """
 
     loss: str = "sum"
@@ -109,6 +122,12 @@ class TrainConfig:
     grad_clip_norm: float = 2.0
     seed: int = 0
     eval_batch_size: int = 256
+    warmup_epochs: int = 1
+    bucket_by_length: bool = True
+    text_compute_dtype: str = "float32"
+    jit_compile_text: bool = False
+    jit_compile_image: bool = False
+    strategy: str = "one_device"
 
 
 @dataclasses.dataclass(frozen=True)

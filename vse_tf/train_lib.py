@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from vse_tf import distribute
 from vse_tf import features as features_lib
 from vse_tf import metrics as metrics_lib
 from vse_tf import text as text_lib
@@ -215,6 +216,10 @@ def build_model(
         margin=config.train.margin,
         loss_mode=config.train.loss,
         mask_same_image=config.train.mask_same_image,
+        text_compute_dtype=config.train.text_compute_dtype,
+        jit_compile_text=config.train.jit_compile_text,
+        jit_compile_image=config.train.jit_compile_image,
+        grad_clip_norm=config.train.grad_clip_norm,
         name="vse",
     )
     dummy = {"token_ids": np.ones([1, 2], np.int32)}
@@ -228,7 +233,7 @@ def build_model(
 
 
 def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """Adam with the VSE++ step decay and global-norm gradient clipping."""
+    """Adam with the VSE++ step decay (`VSEModel` clips the gradient)."""
     t = config.train
     learning_rate = t.learning_rate
     if t.lr_decay_epochs and t.lr_decay_epochs < t.epochs:
@@ -236,9 +241,7 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Opt
             [t.lr_decay_epochs * steps_per_epoch],
             [t.learning_rate, t.learning_rate * 0.1],
         )
-    return keras.optimizers.Adam(
-        learning_rate=learning_rate, global_clipnorm=t.grad_clip_norm or None
-    )
+    return keras.optimizers.Adam(learning_rate=learning_rate)
 
 
 # ---------------------------------------------------------------------------
@@ -376,9 +379,21 @@ def report(
 
 
 class _Checkpoints:
-    """Last-epoch state (resume) and best-model checkpoints of a workdir."""
+    """Last-epoch state (resume) and best-model checkpoints of a workdir.
 
-    def __init__(self, workdir: str, model: VSEModel, optimizer):
+    Reads ``workdir``; writes ``write_dir`` (the workdir itself, except on
+    non-chief multi-worker replicas, see `vse_tf.distribute.WriteDir`).
+    """
+
+    def __init__(
+        self,
+        workdir: str,
+        model: VSEModel,
+        optimizer,
+        write_dir: Optional[str] = None,
+    ):
+        self.workdir = workdir
+        write_dir = write_dir or workdir
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.best_rsum = tf.Variable(
             -1.0, dtype=tf.float64, trainable=False, name="best_rsum"
@@ -387,20 +402,22 @@ class _Checkpoints:
             model=model, optimizer=optimizer, epoch=self.epoch, best_rsum=self.best_rsum
         )
         self.last = tf.train.CheckpointManager(
-            self.state, os.path.join(workdir, "checkpoints"), max_to_keep=2
+            self.state, os.path.join(write_dir, "checkpoints"), max_to_keep=2
         )
         self.best = tf.train.CheckpointManager(
             tf.train.Checkpoint(model=model),
-            os.path.join(workdir, "best"),
+            os.path.join(write_dir, "best"),
             max_to_keep=1,
         )
 
+    @property
+    def latest(self) -> Optional[str]:
+        return tf.train.latest_checkpoint(os.path.join(self.workdir, "checkpoints"))
+
     def restore_last(self) -> bool:
-        if not self.last.latest_checkpoint:
+        if not self.latest:
             return False
-        self.state.restore(
-            self.last.latest_checkpoint
-        ).assert_existing_objects_matched()
+        self.state.restore(self.latest).assert_existing_objects_matched()
         return True
 
 
@@ -430,12 +447,14 @@ class _StopOnNonFiniteLoss(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(float(loss)):
+        if loss is not None:
+            loss = float(np.reshape(loss, [-1])[0])  # [1] under multi-worker
+        if loss is not None and not np.isfinite(loss):
             step = self.epoch * self.steps_per_epoch + batch + 1
             raise FloatingPointError(
                 f"training loss became {float(loss)} at step {step} (epoch "
                 f"{self.epoch + 1}, batch {batch + 1}); nothing was saved after "
-                f"it. Last good checkpoint: {self.checkpoints.last.latest_checkpoint}"
+                f"it. Last good checkpoint: {self.checkpoints.latest}"
             )
 
 
@@ -443,14 +462,14 @@ class _EpochEnd(keras.callbacks.Callback):
     """Evaluates on dev, keeps the best model and saves the resume state."""
 
     def __init__(
-        self, checkpoints: _Checkpoints, dev: EvalData, config: Config, workdir: str
+        self, checkpoints: _Checkpoints, dev: EvalData, config: Config, write_dir: str
     ):
         super().__init__()
         self.checkpoints = checkpoints
         self.dev = dev
         self.config = config
         self.writer = tf.summary.create_file_writer(
-            os.path.join(workdir, "tensorboard", "dev")
+            os.path.join(write_dir, "tensorboard", "dev")
         )
 
     def on_epoch_end(self, epoch, logs=None):
@@ -481,10 +500,14 @@ def _check_config(workdir: str, config: Config) -> None:
     if os.path.exists(path):
         with open(path) as f:
             saved = Config.from_dict(json.load(f))
-        # Only the number of epochs may change: more epochs continue the run.
-        old = dataclasses.replace(saved.train, epochs=0)
+        # Free to change on resume: how long to train (more epochs continue
+        # the run) and on what hardware.
+        free = dict(
+            epochs=0, strategy="", jit_compile_text=False, jit_compile_image=False
+        )
+        old = dataclasses.replace(saved.train, **free)
         old = dataclasses.replace(saved, train=old).to_dict()
-        new = dataclasses.replace(config.train, epochs=0)
+        new = dataclasses.replace(config.train, **free)
         new = dataclasses.replace(config, train=new).to_dict()
         diff = [
             f"{section}.{key}: {value!r} -> {new[section][key]!r}"
@@ -540,22 +563,49 @@ def train_and_evaluate(
     Returns:
         ``{split: metrics}`` for the evaluated splits.
     """
+    strategy = distribute.get_strategy(config.train.strategy)
+    chief = distribute.is_chief(strategy)
+    writer = distribute.WriteDir(workdir, chief)
     os.makedirs(workdir, exist_ok=True)
-    _check_config(workdir, config)
+    if chief:
+        _check_config(workdir, config)
+    try:
+        return _train_and_evaluate(config, workdir, strategy, writer, verbose)
+    finally:
+        writer.cleanup()
+
+
+def _train_and_evaluate(
+    config: Config,
+    workdir: str,
+    strategy: tf.distribute.Strategy,
+    writer: distribute.WriteDir,
+    verbose: int,
+) -> dict[str, dict]:
     start = time.time()
     train = load_split(config, "train")
     dev = load_split(config, "dev")
     test = _optional_split(config, "test")
-    vocabulary = _vocabulary(workdir, config, train)
+    vocabulary = _vocabulary(writer.path, config, train)
     print(
         f"train: {train.num_images} images, {train.num_captions} captions; "
         f"dev: {dev.num_images} images; vocabulary: {len(vocabulary)} tokens"
     )
     vectors, word_dim = word_vectors(config, vocabulary)
     precomputed_dim = None if train.features is None else train.features.shape[1]
-    model = build_model(
-        config, vocabulary, vectors, word_dim, feature_dim=precomputed_dim
-    )
+    t = config.train
+    with strategy.scope():
+        model = build_model(
+            config, vocabulary, vectors, word_dim, feature_dim=precomputed_dim
+        )
+        optimizer = make_optimizer(config, max(train.num_captions // t.batch_size, 1))
+        # Keras's jit_compile="auto" would pick XLA here. Batches are trimmed
+        # to their longest caption, so XLA recompiles for every new length
+        # (5-9 s each); the text tower's own jit_compile_text is the switch.
+        model.compile(optimizer=optimizer, jit_compile=False)
+        # Built inside the scope (Keras 3.15 + MultiWorkerMirroredStrategy:
+        # building lazily inside `fit` fails on PerReplica values).
+        optimizer.build(model.trainable_variables)
     tokenizer = model.text_tower.tokenizer
     train_ids = text_lib.encode_captions(tokenizer, train.captions)
     fine_tune = bool(config.model.fine_tune_from)
@@ -563,16 +613,9 @@ def train_and_evaluate(
     dev_data = prepare_eval(config, dev, tokenizer)
     prepare_seconds = time.time() - start  # reading, tokenising, CNN features
 
-    t = config.train
-    optimizer = make_optimizer(config, max(len(train_ids) // t.batch_size, 1))
-    # Keras's jit_compile="auto" would pick XLA here. Batches are trimmed to
-    # their longest caption, so XLA recompiles for every new length (5-9 s
-    # each) and, measured on 2 CPU cores at paper sizes, steps no faster.
-    model.compile(optimizer=optimizer, jit_compile=False)
-    optimizer.build(model.trainable_variables)
-    checkpoints = _Checkpoints(workdir, model, optimizer)
+    checkpoints = _Checkpoints(workdir, model, optimizer, write_dir=writer.path)
     if checkpoints.restore_last():
-        print(f"Resuming from {checkpoints.last.latest_checkpoint}")
+        print(f"Resuming from {checkpoints.latest}")
     first_epoch = int(checkpoints.epoch.numpy())
     train_start = time.time()
     if first_epoch < t.epochs:
@@ -586,13 +629,15 @@ def train_and_evaluate(
             image_features=train_feats,
             image_paths=train.image_paths if fine_tune else None,
             image_size=config.data.image_size,
+            bucket_by_length=t.bucket_by_length,
+            hard_negatives_from_epoch=(
+                t.warmup_epochs if t.loss == "sum_then_max" else None
+            ),
         )
         callbacks = [
             _StopOnNonFiniteLoss(checkpoints, steps),
-            keras.callbacks.TensorBoard(
-                os.path.join(workdir, "tensorboard"), write_graph=False
-            ),
-            _EpochEnd(checkpoints, dev_data, config, workdir),
+            keras.callbacks.TensorBoard(writer.join("tensorboard"), write_graph=False),
+            _EpochEnd(checkpoints, dev_data, config, writer.path),
         ]
         model.fit(
             dataset,
@@ -605,7 +650,7 @@ def train_and_evaluate(
         )
     train_seconds = time.time() - train_start
 
-    best_path = restore_best(model, workdir)
+    best_path = restore_best(model, writer.path)
     results = {}
     timing = {
         "prepare_seconds": round(prepare_seconds, 1),
@@ -616,7 +661,7 @@ def train_and_evaluate(
         if split is None:
             continue
         data = dev_data if split is dev else prepare_eval(config, split, tokenizer)
-        results[split.name] = report(model, data, config, workdir, timing)
+        results[split.name] = report(model, data, config, writer.path, timing)
     return results
 
 

@@ -187,3 +187,71 @@ class TestConfig:
         assert direct.get_config() == config
         out = restored(_batch())
         assert tuple(out["text_embedding"].shape) == (BATCH, DIM)
+
+
+class TestFusedTraining:
+    def test_text_tower_fused_path_matches_keras_lstm(self):
+        _, text_tower = _towers()
+        ids = _batch(seed=4)["token_ids"]
+        np.testing.assert_allclose(
+            text_tower.encode_tokens_fused(ids).numpy(),
+            text_tower.encode_tokens(ids).numpy(),
+            atol=1e-5,
+        )
+
+    @pytest.mark.parametrize(
+        "options",
+        [
+            dict(jit_compile_text=True),
+            dict(text_compute_dtype="bfloat16"),
+        ],
+    )
+    def test_train_step_variants_follow_the_float32_step(self, options):
+        batch = _batch(seed=5)
+
+        def one_step(**kwargs):
+            image_tower, text_tower = _towers()
+            model = VSEModel(image_tower, text_tower, **kwargs)
+            model.compile(optimizer=keras.optimizers.SGD(0.5))
+            model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
+            return [w.numpy() for w in model.trainable_weights]
+
+        reference = one_step()
+        variant = one_step(**options)
+        tolerance = 1e-5 if "jit_compile_text" in options else 2e-2
+        for got, want in zip(variant, reference):
+            np.testing.assert_allclose(got, want, atol=tolerance)
+
+    def test_gradient_is_clipped_to_its_global_norm(self):
+        batch = _batch(seed=7)
+        image_tower, text_tower = _towers()
+        model = VSEModel(image_tower, text_tower, grad_clip_norm=1e-3)
+        model.compile(optimizer=keras.optimizers.SGD(1.0))
+        before = [w.numpy() for w in model.trainable_weights]
+        model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
+        after = [w.numpy() for w in model.trainable_weights]
+        step = np.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(after, before)))
+        np.testing.assert_allclose(step, 1e-3, rtol=1e-3)
+        assert model.get_config()["grad_clip_norm"] == 1e-3
+
+    def test_sum_then_max_follows_the_batch_flag(self):
+        image_tower, text_tower = _towers()
+        schedule = VSEModel(image_tower, text_tower, loss_mode="sum_then_max")
+        by_mode = {
+            mode: VSEModel(image_tower, text_tower, loss_mode=mode)
+            for mode in ("sum", "max")
+        }
+        batch = _batch(seed=6)
+        for hard, mode in ((False, "sum"), (True, "max")):
+            flagged = dict(batch, hard_negatives=tf.fill([BATCH], int(hard)))
+            np.testing.assert_allclose(
+                float(schedule.compute_ranking_loss(flagged)),
+                float(by_mode[mode].compute_ranking_loss(batch)),
+                rtol=1e-6,
+            )
+        # Without the flag (e.g. evaluation) it is the hardest-negative loss.
+        np.testing.assert_allclose(
+            float(schedule.compute_ranking_loss(batch)),
+            float(by_mode["max"].compute_ranking_loss(batch)),
+            rtol=1e-6,
+        )

@@ -9,6 +9,8 @@ from vse_tf import losses
 from vse_tf.models.image_tower import VGG16ImageTower
 from vse_tf.models.text_tower import LSTMTextTower
 
+LOSS_MODES = (*losses.LOSS_MODES, "sum_then_max")
+
 
 @keras.saving.register_keras_serializable(package="vse_tf")
 class VSEModel(keras.Model):
@@ -18,7 +20,19 @@ class VSEModel(keras.Model):
     CNN features; frozen CNN) or ``"images"`` (``[B, S, S, 3]`` RGB 0..255;
     fine-tuning); text as ``"token_ids"`` (``int32 [B, L]``) or ``"text"``
     (``tf.string [B]``). Training batches also carry ``"image_ids"``
-    (``int [B]``) so two captions of one image are not used as negatives.
+    (``int [B]``) so two captions of one image are not used as negatives, and
+    may carry ``"hard_negatives"`` (``int32 [B]``, 0 or 1, equal across the
+    batch):
+    with ``loss_mode="sum_then_max"`` it picks the hardest-negative loss for
+    that batch (the input pipeline sets it from the epoch: a warm-up with
+    the sum of hinges, then the max, as VSE-infinity does).
+
+    Under a `tf.distribute` strategy each replica embeds its share of the
+    global batch; the embeddings (and image ids) are all-gathered inside
+    `train_step` so every pair is contrasted with the negatives of the whole
+    global batch, and each replica's loss is divided by the number of
+    replicas, so the summed gradients equal one device's on the same global
+    batch.
 
     ``call`` returns ``{"image_embedding": [B, D], "text_embedding": [B, D]}``;
     the score of a pair is the dot product (cosine similarity) of the two.
@@ -27,8 +41,18 @@ class VSEModel(keras.Model):
         image_tower: A `VGG16ImageTower`.
         text_tower: An `LSTMTextTower`.
         margin: Hinge margin alpha.
-        loss_mode: ``sum`` or ``max`` (see `vse_tf.losses.ranking_loss`).
+        loss_mode: ``sum`` or ``max`` (see `vse_tf.losses.ranking_loss`),
+            or ``sum_then_max`` (per batch, from ``"hard_negatives"``).
         mask_same_image: Use ``image_ids`` to drop false negatives.
+        text_compute_dtype: Training matmuls of the text LSTM in
+            ``float32`` or ``bfloat16`` (`LSTMTextTower.encode_tokens_fused`).
+        jit_compile_text: Compile the training text tower with XLA.
+        jit_compile_image: Compile the training image tower with XLA.
+        grad_clip_norm: Clip the global batch's gradient to this global norm
+            (0 = off). Done here, after the cross-replica sum, because a
+            Keras optimizer's ``global_clipnorm`` clips each replica's
+            partial gradient before the sum (Keras 3.15), which would make
+            N replicas differ from one device.
     """
 
     def __init__(
@@ -38,21 +62,54 @@ class VSEModel(keras.Model):
         margin: float = 0.2,
         loss_mode: str = "sum",
         mask_same_image: bool = True,
+        text_compute_dtype: str = "float32",
+        jit_compile_text: bool = False,
+        jit_compile_image: bool = False,
+        grad_clip_norm: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if loss_mode not in losses.LOSS_MODES:
-            raise ValueError(f"loss_mode must be one of {losses.LOSS_MODES}")
+        if loss_mode not in LOSS_MODES:
+            raise ValueError(f"loss_mode must be one of {LOSS_MODES}")
         self.image_tower = image_tower
         self.text_tower = text_tower
         self.margin = margin
         self.loss_mode = loss_mode
         self.mask_same_image = mask_same_image
+        self.text_compute_dtype = text_compute_dtype
+        self.jit_compile_text = jit_compile_text
+        self.jit_compile_image = jit_compile_image
+        self.grad_clip_norm = grad_clip_norm
         self.loss_tracker = keras.metrics.Mean(name="loss")
+        self._train_text_fn = tf.function(
+            self._train_text, jit_compile=jit_compile_text, reduce_retracing=True
+        )
+        self._train_image_fn = tf.function(
+            self._train_image, jit_compile=jit_compile_image, reduce_retracing=True
+        )
 
     def build(self, input_shape=None):
         # The towers build their own weights on first use.
         self.built = True
+
+    # Keras 3.15 + MultiWorkerMirroredStrategy workarounds (both here):
+    # 1. fit() first averages a batch across replicas to build the model
+    #    symbolically, and that reduce fails on a dict of PerReplica values.
+    #    `train_lib` builds the model and the optimizer inside the strategy
+    #    scope before fit(), so there is nothing left to build.
+    # 2. fit() reduces the returned logs with a cross-worker MEAN over axis
+    #    0, which fails on scalars: logs get shape [1] under that strategy.
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if self.built and getattr(self.optimizer, "built", False):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _logs(self, value: tf.Tensor) -> dict:
+        strategy = tf.distribute.get_strategy()
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            value = tf.reshape(value, [1])
+        return {"loss": value}
 
     @property
     def metrics(self):
@@ -74,32 +131,89 @@ class VSEModel(keras.Model):
             "text_embedding": self.embed_text(inputs, training),
         }
 
+    def _train_text(self, inputs):
+        if "token_ids" in inputs:
+            return self.text_tower.encode_tokens_fused(
+                inputs["token_ids"], self.text_compute_dtype
+            )
+        return self.text_tower(inputs["text"], training=True)
+
+    def _train_image(self, inputs):
+        return self.embed_images(inputs, training=True)
+
+    def _loss(self, image_emb, text_emb, inputs):
+        """Summed ranking loss of one (global) batch of embeddings."""
+        image_ids = inputs.get("image_ids") if self.mask_same_image else None
+
+        def loss(mode):
+            return losses.ranking_loss(
+                image_emb, text_emb, self.margin, mode=mode, image_ids=image_ids
+            )
+
+        if self.loss_mode != "sum_then_max":
+            return loss(self.loss_mode)
+        hard = inputs.get("hard_negatives")
+        if hard is None:
+            return loss("max")
+        return tf.cond(
+            tf.reduce_any(tf.cast(hard, tf.bool)),
+            lambda: loss("max"),
+            lambda: loss("sum"),
+        )
+
     def compute_ranking_loss(self, inputs, training=False):
         """The batch's summed ranking loss (scalar float32)."""
         outputs = self(inputs, training=training)
-        image_ids = inputs.get("image_ids") if self.mask_same_image else None
-        return losses.ranking_loss(
-            outputs["image_embedding"],
-            outputs["text_embedding"],
-            margin=self.margin,
-            mode=self.loss_mode,
-            image_ids=image_ids,
-        )
+        return self._loss(outputs["image_embedding"], outputs["text_embedding"], inputs)
 
     def train_step(self, data):
         data, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
         with tf.GradientTape() as tape:
-            loss = self.compute_ranking_loss(data, training=True)
+            image_emb = self._train_image_fn(data)
+            text_emb = self._train_text_fn(data)
+            gathered = {
+                key: data[key] for key in ("image_ids", "hard_negatives") if key in data
+            }
+            if replicas > 1:
+                # Negatives span the global batch: every replica sees every
+                # replica's embeddings (all_gather is differentiable: the
+                # gradient of each copy flows back to the replica that made it).
+                image_emb = context.all_gather(image_emb, axis=0)
+                text_emb = context.all_gather(text_emb, axis=0)
+                # int32 (all_gather sums padded copies: no bool), and a new op
+                # in the replica's device scope: a tensor straight from the
+                # input pipeline has no device, which multi-worker collectives
+                # reject ("destinations can not be empty", TF 2.21).
+                gathered = {
+                    key: context.all_gather(
+                        tf.identity(tf.cast(value, tf.int32)), axis=0
+                    )
+                    for key, value in gathered.items()
+                }
+            loss = self._loss(image_emb, text_emb, gathered)
+            # Each replica holds the whole global loss; gradients are summed
+            # across replicas, so 1/replicas makes them equal one device's.
+            scaled_loss = loss / replicas
         variables = self.trainable_variables
-        gradients = tape.gradient(loss, variables)
+        gradients = tape.gradient(scaled_loss, variables)
+        if replicas > 1:
+            # The global batch's gradient on every replica...
+            gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+        if self.grad_clip_norm:
+            gradients, _ = tf.clip_by_global_norm(gradients, self.grad_clip_norm)
+        if replicas > 1:
+            # ...divided again, as the optimizer sums across replicas.
+            gradients = [g / replicas for g in gradients]
         self.optimizer.apply_gradients(zip(gradients, variables))
         self.loss_tracker.update_state(loss)
-        return {"loss": self.loss_tracker.result()}
+        return self._logs(self.loss_tracker.result())
 
     def test_step(self, data):
         data, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         self.loss_tracker.update_state(self.compute_ranking_loss(data))
-        return {"loss": self.loss_tracker.result()}
+        return self._logs(self.loss_tracker.result())
 
     def get_config(self):
         config = super().get_config()
@@ -109,6 +223,10 @@ class VSEModel(keras.Model):
             margin=self.margin,
             loss_mode=self.loss_mode,
             mask_same_image=self.mask_same_image,
+            text_compute_dtype=self.text_compute_dtype,
+            jit_compile_text=self.jit_compile_text,
+            jit_compile_image=self.jit_compile_image,
+            grad_clip_norm=self.grad_clip_norm,
         )
         return config
 
