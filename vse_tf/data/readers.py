@@ -1,9 +1,7 @@
 """Readers that turn the common caption-dataset layouts into `CaptionedSplit`s.
 
 Every reader returns captions grouped by image in image order, with image
-paths made absolute by joining them onto the image folder, and raises
-`DataError` (naming the file and, where known, the 1-based line) on malformed
-input. Supported layouts:
+paths made absolute by joining them onto the image folder. Supported layouts:
 
 * Flickr8k (`read_flickr8k`): ``Flickr8k.token.txt`` or ``captions.txt`` plus
   the ``Flickr_8k.{train,dev,test}Images.txt`` split lists.
@@ -14,20 +12,50 @@ input. Supported layouts:
 * A plain CSV/TSV with ``image`` and ``caption`` columns (`read_caption_csv`).
 
 `read_split` dispatches on a dataset name.
+
+Validation: every reader checks every row or record (UTF-8, column counts,
+JSON schema, empty captions, image paths that are absolute or escape the data
+root, split lists naming unknown images, repeated images, duplicate
+``(image, caption)`` pairs and, with ``check_files``, missing image files) and
+reports *all* problems in one `DataError` (``error.problems`` holds each as a
+`Problem` with file, line, byte offset and kind). With
+``skip_bad_examples=True`` the bad rows (and images left without captions)
+are left out instead and counted on the split's ``skipped``; problems that
+make a whole file unusable (missing files, a bad header, JSON that does not
+parse or is not the expected schema, unusable features) raise either way.
+Duplicate ``(image, caption)`` pairs are only warnings (``split.warnings``)
+unless skipping: the official Flickr8k captions hold nine of them.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import json
 import os
+import posixpath
 import re
+from collections.abc import Iterator
 from typing import Any, Optional, Union
 
 import numpy as np
 
-from vse_tf.data.split import CaptionedSplit, DataError, group_captions
+from vse_tf.data import validation as v
+from vse_tf.data.split import CaptionedSplit, DataError, Problem, kind_counts
+
+__all__ = [
+    "DATASETS",
+    "CaptionedSplit",
+    "DataError",
+    "Problem",
+    "read_caption_csv",
+    "read_coco",
+    "read_flickr8k",
+    "read_karpathy",
+    "read_precomp",
+    "read_split",
+]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -49,146 +77,323 @@ _TOKEN_SUFFIX = re.compile(r"^(?P<image>.+)#(?P<index>\d+)$")
 # Shared helpers.
 
 
+@dataclasses.dataclass
+class _Caption:
+    """One accepted caption and where it was read."""
+
+    text: str
+    path: str
+    line: Optional[int]
+    where: str = ""
+
+
+@dataclasses.dataclass
+class _Image:
+    """One image being assembled, with where it is listed.
+
+    Attributes:
+        key: Absolute image path, or a synthetic key (precomp).
+        path: The annotation file that lists the image.
+        line: Its line there, or None (JSON).
+        where: A JSON locator such as ``images[3]``, or "".
+        captions: Its accepted captions, in file order.
+    """
+
+    key: str
+    path: str
+    line: Optional[int]
+    where: str = ""
+    captions: list[_Caption] = dataclasses.field(default_factory=list)
+
+
+def _at(where: str) -> str:
+    return f"{where}: " if where else ""
+
+
 def _image_path(root: PathLike, *parts: str) -> str:
     """The absolute path of an image under ``root``."""
     return os.path.abspath(os.path.join(os.fspath(root), *parts))
 
 
-def _check_files(split: CaptionedSplit, source: PathLike) -> None:
-    """Raises `DataError` when any image file of ``split`` is missing.
-
-    Args:
-        split: The split whose ``image_paths`` are checked.
-        source: The file or folder the error is attributed to.
-
-    Raises:
-        DataError: Listing up to 10 missing files and the total count.
-    """
-    missing = [p for p in split.image_paths if not os.path.isfile(p)]
-    if missing:
-        listed = ", ".join(missing[:_MAX_LISTED_MISSING])
-        more = "" if len(missing) <= _MAX_LISTED_MISSING else ", ..."
-        raise DataError(
-            source,
-            f"{len(missing)} of {split.num_images} image files missing: {listed}{more}",
-        )
+def _relative_image(parts: list[Any]) -> tuple[Optional[str], Optional[tuple]]:
+    """Joins annotation path parts; ``(None, (kind, reason))`` when unsafe."""
+    for part in parts:
+        problem = v.path_problem(part, allow_parent=len(parts) > 1)
+        if problem is not None:
+            return None, problem
+    joined = posixpath.join(*parts)
+    problem = v.path_problem(joined)
+    if problem is not None:
+        return None, problem
+    return joined, None
 
 
-def _load_json(path: PathLike) -> Any:
-    """Parses a JSON file, turning decode errors into `DataError`."""
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"invalid JSON: {e.msg}", e.lineno) from e
-
-
-def _require(path: PathLike, record: Any, key: str, where: str) -> Any:
-    """``record[key]``, or `DataError` when ``record`` lacks it."""
-    if not isinstance(record, dict) or key not in record:
-        raise DataError(path, f"{where} has no {key!r} key")
-    return record[key]
-
-
-def _caption_text(path: PathLike, raw: Any, where: str, line: Optional[int]) -> str:
-    """A stripped caption; `DataError` when it is not a non-empty string."""
-    if not isinstance(raw, str):
-        raise DataError(path, f"{where}: caption is not a string: {raw!r}", line)
-    text = raw.strip()
-    if not text:
-        raise DataError(path, f"{where}: empty caption", line)
-    return text
-
-
-def _from_ordered(
+def _finish(
     name: str,
+    images: list[_Image],
+    log: v.ProblemLog,
     source: PathLike,
-    images: list[str],
-    captions: list[list[str]],
+    skip: bool,
+    check_files: bool = False,
     features: Optional[np.ndarray] = None,
 ) -> CaptionedSplit:
-    """Builds a split from images and their caption lists, in that order.
+    """Checks image files and duplicates, then builds the split or raises.
+
+    Args:
+        name: Split name.
+        images: The images in split order; those without captions are left
+            out (their problems are already logged).
+        log: The problems found so far.
+        source: What a "nothing left" problem is attributed to.
+        skip: Whether bad examples are left out instead of raising.
+        check_files: Whether to check that each image file exists.
+        features: Optional ``[len(images), F]`` features, one row per image.
+
+    Returns:
+        The split.
 
     Raises:
-        DataError: (attributed to ``source``) when an image repeats.
+        DataError: Listing every problem when one is an error and ``skip`` is
+            False, or when nothing usable is left.
     """
-    seen: set[str] = set()
-    pairs: list[tuple[str, str]] = []
-    for image, caps in zip(images, captions, strict=True):
-        if image in seen:
-            raise DataError(source, f"image {image} appears twice")
-        seen.add(image)
-        pairs.extend((image, c) for c in caps)
-    return group_captions(name, pairs, image_order=images, features=features)
+    notes: list[str] = []
+    usable = [i for i, image in enumerate(images) if image.captions]
+    if check_files:
+        missing = [i for i in usable if not os.path.isfile(images[i].key)]
+        for i in missing:
+            image = images[i]
+            log.add(
+                v.MISSING_IMAGE,
+                image.path,
+                f"{_at(image.where)}missing image file {image.key}",
+                image.line,
+            )
+        if missing:
+            listed = ", ".join(images[i].key for i in missing[:_MAX_LISTED_MISSING])
+            more = "" if len(missing) <= _MAX_LISTED_MISSING else ", ..."
+            notes.append(
+                f"{len(missing)} of {len(usable)} image files missing: {listed}{more}"
+            )
+            gone = set(missing)
+            usable = [i for i in usable if i not in gone]
+    for i in usable:
+        image = images[i]
+        first_seen: dict[str, _Caption] = {}
+        kept = []
+        for caption in image.captions:
+            earlier = first_seen.get(caption.text)
+            if earlier is None:
+                first_seen[caption.text] = caption
+                kept.append(caption)
+                continue
+            same_as = (
+                f"line {earlier.line}" if earlier.line is not None else earlier.where
+            )
+            log.add(
+                v.DUPLICATE_CAPTION,
+                caption.path,
+                f"{_at(caption.where)}duplicate (image, caption) pair for "
+                f"{os.path.basename(image.key)}: same as {same_as}",
+                caption.line,
+            )
+            if not skip:
+                kept.append(caption)
+        image.captions = kept
+    if not skip:
+        log.raise_errors(notes)
+
+    keys: list[str] = []
+    captions: list[str] = []
+    index: list[int] = []
+    rows: list[int] = []
+    for i in usable:
+        keys.append(images[i].key)
+        rows.append(i)
+        captions.extend(c.text for c in images[i].captions)
+        index.extend([len(keys) - 1] * len(images[i].captions))
+    if not keys:
+        log.fatal(
+            v.NO_EXAMPLES,
+            source,
+            f"no usable examples left after leaving out {len(log.problems)} problems",
+            notes=notes,
+        )
+    warnings = tuple(p for p in log.ordered() if p.kind in v.WARNING_KINDS)
+    return CaptionedSplit(
+        name,
+        keys,
+        captions,
+        np.asarray(index, np.int32),
+        None if features is None else features[rows],
+        skipped=kind_counts(log.problems) if skip else {},
+        skipped_problems=tuple(log.ordered()) if skip else (),
+        warnings=() if skip else warnings,
+    )
+
+
+def _load_json(path: PathLike, log: v.ProblemLog) -> Any:
+    """Parses a JSON file; fatal problems when unreadable or not JSON."""
+    text = v.decode_json_text(path, v.read_bytes(path, log), log)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        log.fatal(
+            v.INVALID_JSON,
+            path,
+            f"invalid JSON: {e.msg} (line {e.lineno} column {e.colno})",
+            e.lineno,
+        )
+    except (ValueError, RecursionError) as e:
+        log.fatal(v.INVALID_JSON, path, f"invalid JSON: {e}")
+
+
+def _missing_keys(record: Any, keys: tuple[str, ...], where: str) -> Optional[str]:
+    """A message when ``record`` is not an object holding ``keys``."""
+    if not isinstance(record, dict):
+        return f"{where} is not a JSON object: {v.short_repr(record)}"
+    missing = [repr(k) for k in keys if k not in record]
+    if missing:
+        return f"{where} has no {', '.join(missing)} key"
+    return None
+
+
+def _csv_rows(
+    path: str,
+    lines: list[tuple[int, str, bool]],
+    delimiter: str,
+    log: v.ProblemLog,
+) -> Iterator[tuple[int, Optional[list[str]]]]:
+    """``(first line, row)`` for each CSV row of the decoded ``lines``.
+
+    Rows broken by CSV quoting are logged (``bad_columns``) and skipped; rows
+    that touch a line that is not UTF-8 (already logged) come back as
+    ``(line, None)``. Blank rows are left out.
+    """
+    bad_lines = {number for number, _, valid in lines if not valid}
+    texts = [text for _, text, _ in lines]
+    reader = csv.reader(iter(texts), delimiter=delimiter, strict=True)
+    previous = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            first, previous = previous + 1, reader.line_num
+            log.add(v.BAD_COLUMNS, path, f"broken CSV row: {e}", first)
+            if reader.line_num < first:
+                return
+            continue
+        first, previous = previous + 1, reader.line_num
+        if any(n in bad_lines for n in range(first, previous + 1)):
+            yield first, None
+            continue
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        yield first, row
 
 
 # --------------------------------------------------------------------------
 # Flickr8k.
 
-
-def _read_flickr_token(path: str) -> dict[str, list[str]]:
-    """Parses ``Flickr8k.token.txt`` (``name.jpg#i<TAB>caption`` lines)."""
-    by_image: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8-sig") as f:
-        for line_no, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            fields = line.split("\t")
-            if len(fields) != 2:
-                raise DataError(
-                    path,
-                    f"expected 2 tab-separated columns (name.jpg#i, caption), "
-                    f"got {len(fields)}",
-                    line_no,
-                )
-            match = _TOKEN_SUFFIX.match(fields[0].strip())
-            if match is None:
-                raise DataError(
-                    path, f"bad '#i' suffix in image name {fields[0]!r}", line_no
-                )
-            caption = _caption_text(path, fields[1], "token line", line_no)
-            by_image.setdefault(match["image"], []).append(caption)
-    return by_image
+_Captions = dict[str, list[_Caption]]
 
 
-def _read_flickr_csv(path: str) -> dict[str, list[str]]:
-    """Parses a Kaggle-style ``captions.txt`` (CSV with ``image,caption``)."""
-    by_image: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header] != ["image", "caption"]:
-            raise DataError(path, f"expected header 'image,caption', got {header}", 1)
-        for row in reader:
-            if not row:
-                continue
-            if len(row) != 2:
-                raise DataError(
-                    path,
-                    f"expected 2 columns (image, caption), got {len(row)}",
-                    reader.line_num,
-                )
-            image = row[0].strip()
-            if not image:
-                raise DataError(path, "empty image name", reader.line_num)
-            caption = _caption_text(path, row[1], "caption row", reader.line_num)
-            by_image.setdefault(image, []).append(caption)
-    return by_image
+def _read_flickr_token(path: str, log: v.ProblemLog) -> tuple[_Captions, set[str]]:
+    """Parses ``Flickr8k.token.txt`` (``name.jpg#i<TAB>caption`` lines).
+
+    Returns:
+        The accepted captions by image name, and the names of images that
+        lost a caption line to a problem.
+    """
+    by_image: _Captions = {}
+    rejected: set[str] = set()
+    for number, text, valid in v.decode_lines(path, v.read_bytes(path, log), log):
+        line = text.rstrip("\r\n")
+        fields = line.split("\t")
+        match = _TOKEN_SUFFIX.match(fields[0].strip())
+        if not valid:
+            if match is not None:
+                rejected.add(match["image"])
+            continue
+        if not line.strip():
+            continue
+        if len(fields) != 2:
+            log.add(
+                v.BAD_COLUMNS,
+                path,
+                f"expected 2 tab-separated columns (name.jpg#i, caption), "
+                f"got {len(fields)}",
+                number,
+            )
+            if match is not None:
+                rejected.add(match["image"])
+            continue
+        if match is None:
+            log.add(
+                v.BAD_RECORD,
+                path,
+                f"bad '#i' suffix in image name {fields[0]!r}",
+                number,
+            )
+            continue
+        image = match["image"]
+        problem = v.path_problem(image)
+        if problem is None:
+            caption, problem = v.clean_caption(fields[1])
+        if problem is not None:
+            log.add(problem[0], path, problem[1], number)
+            rejected.add(image)
+            continue
+        by_image.setdefault(image, []).append(_Caption(caption, path, number))
+    return by_image, rejected
 
 
-def _read_name_list(path: str) -> list[tuple[int, str]]:
-    """``(line, name)`` for each non-blank line of a split list."""
-    with open(path, encoding="utf-8-sig") as f:
-        return [
-            (line_no, line.strip())
-            for line_no, line in enumerate(f, start=1)
-            if line.strip()
-        ]
+def _read_flickr_csv(path: str, log: v.ProblemLog) -> tuple[_Captions, set[str]]:
+    """Parses a Kaggle-style ``captions.txt`` (CSV with ``image,caption``).
+
+    Returns:
+        As `_read_flickr_token`.
+    """
+    by_image: _Captions = {}
+    rejected: set[str] = set()
+    lines = v.decode_lines(path, v.read_bytes(path, log), log)
+    rows = _csv_rows(path, lines, ",", log)
+    first = next(rows, None)
+    header = None if first is None or first[0] != 1 else first[1]
+    if header is None or [h.strip() for h in header] != ["image", "caption"]:
+        log.fatal(
+            v.BAD_HEADER, path, f"expected header 'image,caption', got {header}", 1
+        )
+    for number, row in rows:
+        if row is None or len(row) != 2:
+            if row is None:
+                continue  # not UTF-8: already logged
+            log.add(
+                v.BAD_COLUMNS,
+                path,
+                f"expected 2 columns (image, caption), got {len(row)}",
+                number,
+            )
+            rejected.add(row[0].strip())
+            continue
+        image = row[0].strip()
+        problem = v.path_problem(image)
+        if problem is None:
+            caption, problem = v.clean_caption(row[1])
+        if problem is not None:
+            log.add(problem[0], path, problem[1], number)
+            rejected.add(image)
+            continue
+        by_image.setdefault(image, []).append(_Caption(caption, path, number))
+    return by_image, rejected
 
 
 def read_flickr8k(
-    data_dir: PathLike, split: str, check_files: bool = False
+    data_dir: PathLike,
+    split: str,
+    check_files: bool = False,
+    skip_bad_examples: bool = False,
 ) -> CaptionedSplit:
     """Reads one Flickr8k split.
 
@@ -201,34 +406,43 @@ def read_flickr8k(
         data_dir: The Flickr8k folder.
         split: ``train``, ``dev`` or ``test``.
         check_files: Whether to verify that every image file exists.
+        skip_bad_examples: Leave bad rows (and images left without captions)
+            out instead of raising; see the module docstring.
 
     Returns:
         The split; image paths are absolute.
 
     Raises:
         ValueError: For an unknown ``split``.
-        DataError: For missing or malformed files, a listed image without
-            captions, or (with ``check_files``) missing images.
+        DataError: Listing every problem: missing files, lines that are not
+            UTF-8, wrong column counts, bad ``#i`` suffixes, empty captions,
+            unsafe image names, split-list images without captions or listed
+            twice, and (with ``check_files``) missing images.
     """
     if split not in FLICKR8K_SPLITS:
         raise ValueError(
             f"unknown Flickr8k split {split!r}; choose from {FLICKR8K_SPLITS}"
         )
+    log = v.ProblemLog()
     data_dir = os.fspath(data_dir)
     token_path = os.path.join(data_dir, "Flickr8k.token.txt")
     csv_path = os.path.join(data_dir, "captions.txt")
     if os.path.isfile(token_path):
-        caption_path, by_image = token_path, _read_flickr_token(token_path)
+        caption_path = token_path
+        by_image, rejected = _read_flickr_token(token_path, log)
     elif os.path.isfile(csv_path):
-        caption_path, by_image = csv_path, _read_flickr_csv(csv_path)
+        caption_path = csv_path
+        by_image, rejected = _read_flickr_csv(csv_path, log)
     else:
-        raise DataError(
-            data_dir, "no caption file (Flickr8k.token.txt or captions.txt)"
+        log.fatal(
+            v.MISSING_FILE,
+            data_dir,
+            "no caption file (Flickr8k.token.txt or captions.txt)",
         )
 
     list_path = os.path.join(data_dir, f"Flickr_8k.{split}Images.txt")
     if not os.path.isfile(list_path):
-        raise DataError(list_path, "split list not found")
+        log.fatal(v.MISSING_FILE, list_path, "split list not found")
     image_dir = next(
         (
             os.path.join(data_dir, d)
@@ -238,32 +452,50 @@ def read_flickr8k(
         None,
     )
     if image_dir is None:
-        raise DataError(
-            data_dir, f"no image folder; looked for {', '.join(FLICKR8K_IMAGE_DIRS)}"
+        log.fatal(
+            v.MISSING_FILE,
+            data_dir,
+            f"no image folder; looked for {', '.join(FLICKR8K_IMAGE_DIRS)}",
         )
 
-    images: list[str] = []
-    captions: list[list[str]] = []
+    images: list[_Image] = []
     seen: dict[str, int] = {}
-    for line_no, name in _read_name_list(list_path):
+    listed = False
+    lines = v.decode_lines(list_path, v.read_bytes(list_path, log), log)
+    for number, text, valid in lines:
+        name = text.strip()
+        listed = listed or bool(name)
+        if not valid or not name:
+            continue
+        problem = v.path_problem(name)
+        if problem is not None:
+            log.add(problem[0], list_path, problem[1], number)
+            continue
         if name in seen:
-            raise DataError(
-                list_path, f"image {name} already listed on line {seen[name]}", line_no
+            log.add(
+                v.DUPLICATE_IMAGE,
+                list_path,
+                f"image {name} already listed on line {seen[name]}",
+                number,
             )
-        seen[name] = line_no
-        caps = by_image.get(name)
-        if not caps:
-            raise DataError(
-                list_path, f"image {name} has no captions in {caption_path}", line_no
-            )
-        images.append(_image_path(image_dir, name))
-        captions.append(caps)
-    if not images:
-        raise DataError(list_path, "split list is empty")
-    result = _from_ordered(split, list_path, images, captions)
-    if check_files:
-        _check_files(result, image_dir)
-    return result
+            continue
+        seen[name] = number
+        captions = by_image.get(name)
+        if not captions:
+            if name not in rejected:
+                log.add(
+                    v.UNKNOWN_IMAGE,
+                    list_path,
+                    f"image {name} has no captions in {caption_path}",
+                    number,
+                )
+            continue
+        images.append(
+            _Image(_image_path(image_dir, name), list_path, number, "", list(captions))
+        )
+    if not listed:
+        log.fatal(v.NO_EXAMPLES, list_path, "split list is empty")
+    return _finish(split, images, log, list_path, skip_bad_examples, check_files)
 
 
 # --------------------------------------------------------------------------
@@ -275,6 +507,7 @@ def read_karpathy(
     split: str,
     image_root: PathLike,
     check_files: bool = False,
+    skip_bad_examples: bool = False,
 ) -> CaptionedSplit:
     """Reads one split of a Karpathy ``dataset_*.json`` file.
 
@@ -285,68 +518,104 @@ def read_karpathy(
         image_root: Folder the image paths are joined onto, as
             ``image_root/filepath/filename`` (``filepath`` may be absent).
         check_files: Whether to verify that every image file exists.
+        skip_bad_examples: Leave bad records and captions out instead of
+            raising; see the module docstring.
 
     Returns:
         The split, images in file order.
 
     Raises:
         ValueError: For an unknown ``split``.
-        DataError: For invalid JSON, missing keys, unknown split names in the
-            file, images without captions, empty captions, repeated images or
-            (with ``check_files``) missing images.
+        DataError: Listing every problem: invalid JSON or UTF-8 and a top
+            level without an ``images`` list (both fatal); records without
+            ``split``/``filename``/``sentences``, unknown split names, unsafe
+            image paths, images without sentences, empty captions, repeated
+            images and (with ``check_files``) missing images.
     """
     if split not in KARPATHY_SPLITS:
         raise ValueError(
             f"unknown Karpathy split {split!r}; choose from {tuple(KARPATHY_SPLITS)}"
         )
     wanted = KARPATHY_SPLITS[split]
-    data = _load_json(json_path)
-    entries = _require(json_path, data, "images", "top level")
+    json_path = os.fspath(json_path)
+    log = v.ProblemLog()
+    data = _load_json(json_path, log)
+    problem = _missing_keys(data, ("images",), "top level")
+    if problem is not None:
+        log.fatal(v.BAD_SCHEMA, json_path, problem)
+    entries = data["images"]
     if not isinstance(entries, list):
-        raise DataError(json_path, "'images' is not a list")
+        log.fatal(v.BAD_SCHEMA, json_path, "'images' is not a list")
 
-    images: list[str] = []
-    captions: list[list[str]] = []
+    images: list[_Image] = []
+    seen: dict[str, str] = {}
     for i, entry in enumerate(entries):
         where = f"images[{i}]"
-        file_split = _require(json_path, entry, "split", where)
-        if file_split not in KARPATHY_FILE_SPLITS:
-            raise DataError(
+        problem = _missing_keys(entry, ("split", "filename", "sentences"), where)
+        if problem is not None:
+            log.add(v.BAD_RECORD, json_path, problem)
+            continue
+        file_split = entry["split"]
+        if not isinstance(file_split, str) or file_split not in KARPATHY_FILE_SPLITS:
+            log.add(
+                v.BAD_RECORD,
                 json_path,
-                f"{where}: unknown split name {file_split!r}; "
+                f"{where}: unknown split name {v.short_repr(file_split)}; "
                 f"expected one of {KARPATHY_FILE_SPLITS}",
             )
-        filename = _require(json_path, entry, "filename", where)
-        sentences = _require(json_path, entry, "sentences", where)
+            continue
         if file_split not in wanted:
             continue
-        if not isinstance(sentences, list) or not sentences:
-            raise DataError(json_path, f"{where} ({filename}): no sentences")
-        caps = [
-            _caption_text(
+        filepath = entry.get("filepath")
+        parts = [filepath] if filepath not in (None, "") else []
+        relative, problem = _relative_image([*parts, entry["filename"]])
+        if problem is not None:
+            log.add(problem[0], json_path, f"{where}: {problem[1]}")
+            continue
+        key = _image_path(image_root, relative)
+        if key in seen:
+            log.add(
+                v.DUPLICATE_IMAGE,
                 json_path,
-                _require(json_path, s, "raw", f"{where}.sentences[{j}]"),
-                f"{where}.sentences[{j}]",
-                None,
+                f"{where}: image {relative} already listed at {seen[key]}",
             )
-            for j, s in enumerate(sentences)
-        ]
-        parts = [str(entry["filepath"])] if entry.get("filepath") else []
-        images.append(_image_path(image_root, *parts, str(filename)))
-        captions.append(caps)
-    if not images:
-        raise DataError(json_path, f"no images in split {split!r} ({wanted})")
-    result = _from_ordered(split, json_path, images, captions)
-    if check_files:
-        _check_files(result, image_root)
-    return result
+            continue
+        seen[key] = where
+        sentences = entry["sentences"]
+        if not isinstance(sentences, list) or not sentences:
+            log.add(
+                v.NO_CAPTIONS if isinstance(sentences, list) else v.BAD_RECORD,
+                json_path,
+                f"{where} ({relative}): no sentences"
+                if isinstance(sentences, list)
+                else f"{where}: 'sentences' is not a list",
+            )
+            continue
+        image = _Image(key, json_path, None, where)
+        for j, sentence in enumerate(sentences):
+            at = f"{where}.sentences[{j}]"
+            problem = _missing_keys(sentence, ("raw",), at)
+            if problem is not None:
+                log.add(v.BAD_RECORD, json_path, problem)
+                continue
+            caption, bad = v.clean_caption(sentence["raw"])
+            if bad is not None:
+                log.add(bad[0], json_path, f"{at}: {bad[1]}")
+                continue
+            image.captions.append(_Caption(caption, json_path, None, at))
+        images.append(image)
+    if not images and not log.problems:
+        log.fatal(v.NO_EXAMPLES, json_path, f"no images in split {split!r} ({wanted})")
+    return _finish(split, images, log, json_path, skip_bad_examples, check_files)
 
 
 # --------------------------------------------------------------------------
 # MS-COCO.
 
 
-def _coco_annotation_file(data_dir: str, split: str) -> tuple[str, str]:
+def _coco_annotation_file(
+    data_dir: str, split: str, log: v.ProblemLog
+) -> tuple[str, str]:
     """``(annotation json, image folder name)`` for a COCO split name."""
     ann_dir = os.path.join(data_dir, "annotations")
     aliases = {"train": "train2014", "dev": "val2014", "val": "val2014"}
@@ -354,14 +623,16 @@ def _coco_annotation_file(data_dir: str, split: str) -> tuple[str, str]:
     if split == "test":
         found = sorted(glob.glob(os.path.join(ann_dir, "captions_test*.json")))
         if not found:
-            raise DataError(ann_dir, "no captions_test*.json for the test split")
+            log.fatal(
+                v.MISSING_FILE, ann_dir, "no captions_test*.json for the test split"
+            )
         path = found[0]
         tag = os.path.basename(path)[len("captions_") : -len(".json")]
         return path, tag
     path = os.path.join(ann_dir, f"captions_{tag}.json")
     if not os.path.isfile(path):
         if split in aliases or split in ("train2014", "val2014"):
-            raise DataError(path, "annotation file not found")
+            log.fatal(v.MISSING_FILE, path, "annotation file not found")
         raise ValueError(
             f"unknown COCO split {split!r}; choose from train, dev, val, test, "
             "train2014, val2014"
@@ -369,8 +640,16 @@ def _coco_annotation_file(data_dir: str, split: str) -> tuple[str, str]:
     return path, tag
 
 
+def _coco_id(value: Any) -> bool:
+    """Whether ``value`` can be a COCO image id (an int or a string)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
 def read_coco(
-    data_dir: PathLike, split: str, check_files: bool = False
+    data_dir: PathLike,
+    split: str,
+    check_files: bool = False,
+    skip_bad_examples: bool = False,
 ) -> CaptionedSplit:
     """Reads one split of MS-COCO from its official caption annotations.
 
@@ -380,6 +659,8 @@ def read_coco(
         split: ``train`` (or ``train2014``), ``dev``/``val`` (or ``val2014``)
             or ``test`` (needs ``annotations/captions_test*.json``).
         check_files: Whether to verify that every image file exists.
+        skip_bad_examples: Leave bad records out instead of raising; see the
+            module docstring.
 
     Returns:
         The split, images sorted by COCO image id, captions of each image in
@@ -387,125 +668,205 @@ def read_coco(
 
     Raises:
         ValueError: For an unknown ``split``.
-        DataError: For missing or malformed annotation files, annotations of
-            unknown images, images without captions or (with
-            ``check_files``) missing images.
+        DataError: Listing every problem: a missing or unparseable annotation
+            file or one without ``images``/``annotations`` lists (fatal);
+            records without ``id``/``file_name`` or ``image_id``/``caption``,
+            ids that are not numbers or strings, repeated ids or files,
+            unsafe file names, annotations of unknown images, empty captions,
+            images without captions and (with ``check_files``) missing images.
     """
     data_dir = os.fspath(data_dir)
-    path, tag = _coco_annotation_file(data_dir, split)
-    data = _load_json(path)
-    entries = _require(path, data, "images", "top level")
-    annotations = _require(path, data, "annotations", "top level")
+    log = v.ProblemLog()
+    path, tag = _coco_annotation_file(data_dir, split, log)
+    data = _load_json(path, log)
+    problem = _missing_keys(data, ("images", "annotations"), "top level")
+    if problem is not None:
+        log.fatal(v.BAD_SCHEMA, path, problem)
+    entries, annotations = data["images"], data["annotations"]
     if not isinstance(entries, list) or not isinstance(annotations, list):
-        raise DataError(path, "'images' and 'annotations' must be lists")
+        log.fatal(v.BAD_SCHEMA, path, "'images' and 'annotations' must be lists")
+    if not entries:
+        log.fatal(v.NO_EXAMPLES, path, "no images")
 
-    file_names: dict[Any, str] = {}
+    image_dir = os.path.join(data_dir, tag)
+    records: dict[Any, _Image] = {}
+    file_names: dict[str, str] = {}
+    rejected: set[Any] = set()  # ids whose record or a caption was bad
     for i, entry in enumerate(entries):
-        image_id = _require(path, entry, "id", f"images[{i}]")
-        file_name = _require(path, entry, "file_name", f"images[{i}]")
-        if image_id in file_names:
-            raise DataError(path, f"images[{i}]: duplicate image id {image_id}")
-        file_names[image_id] = str(file_name)
+        where = f"images[{i}]"
+        problem = _missing_keys(entry, ("id", "file_name"), where)
+        if problem is not None:
+            log.add(v.BAD_RECORD, path, problem)
+            if isinstance(entry, dict) and _coco_id(entry.get("id")):
+                rejected.add(entry["id"])
+            continue
+        image_id = entry["id"]
+        if not _coco_id(image_id):
+            log.add(
+                v.BAD_RECORD,
+                path,
+                f"{where}: image id {v.short_repr(image_id)} is not a number or string",
+            )
+            continue
+        if image_id in records:
+            log.add(
+                v.DUPLICATE_IMAGE,
+                path,
+                f"{where}: duplicate image id {image_id} "
+                f"(also {records[image_id].where})",
+            )
+            continue
+        file_name, problem = _relative_image([entry["file_name"]])
+        if problem is None and file_name in file_names:
+            problem = (
+                v.DUPLICATE_IMAGE,
+                f"file {file_name} already listed at {file_names[file_name]}",
+            )
+        if problem is not None:
+            log.add(problem[0], path, f"{where}: {problem[1]}")
+            rejected.add(image_id)
+            continue
+        file_names[file_name] = where
+        records[image_id] = _Image(_image_path(image_dir, file_name), path, None, where)
 
-    by_id: dict[Any, list[str]] = {}
     for k, ann in enumerate(annotations):
         where = f"annotations[{k}]"
-        image_id = _require(path, ann, "image_id", where)
-        caption = _caption_text(
-            path, _require(path, ann, "caption", where), where, None
-        )
-        if image_id not in file_names:
-            raise DataError(path, f"{where}: unknown image id {image_id}")
-        by_id.setdefault(image_id, []).append(caption)
-
-    try:
-        ids = sorted(file_names)
-    except TypeError as e:
-        raise DataError(path, f"image ids are not comparable: {e}") from e
-    image_dir = os.path.join(data_dir, tag)
-    images: list[str] = []
-    captions: list[list[str]] = []
-    for image_id in ids:
-        caps = by_id.get(image_id)
-        if not caps:
-            raise DataError(
-                path, f"image id {image_id} ({file_names[image_id]}) has no captions"
+        problem = _missing_keys(ann, ("image_id", "caption"), where)
+        if problem is not None:
+            log.add(v.BAD_RECORD, path, problem)
+            if isinstance(ann, dict) and _coco_id(ann.get("image_id")):
+                rejected.add(ann["image_id"])
+            continue
+        image_id = ann["image_id"]
+        if not _coco_id(image_id):
+            log.add(
+                v.BAD_RECORD,
+                path,
+                f"{where}: image id {v.short_repr(image_id)} is not a number or string",
             )
-        images.append(_image_path(image_dir, file_names[image_id]))
-        captions.append(caps)
-    if not images:
-        raise DataError(path, "no images")
-    result = _from_ordered(split, path, images, captions)
-    if check_files:
-        _check_files(result, image_dir)
-    return result
+            continue
+        if image_id not in records:
+            if image_id not in rejected:
+                log.add(v.UNKNOWN_IMAGE, path, f"{where}: unknown image id {image_id}")
+            continue
+        caption, bad = v.clean_caption(ann["caption"])
+        if bad is not None:
+            log.add(bad[0], path, f"{where}: {bad[1]}")
+            rejected.add(image_id)
+            continue
+        records[image_id].captions.append(_Caption(caption, path, None, where))
+
+    kinds = {type(image_id) for image_id in records}
+    if len(kinds) > 1:
+        log.fatal(v.BAD_SCHEMA, path, "image ids mix numbers and strings")
+    images = [records[image_id] for image_id in sorted(records)]
+    for image_id, image in zip(sorted(records), images):
+        if not image.captions and image_id not in rejected:
+            log.add(
+                v.NO_CAPTIONS,
+                path,
+                f"image id {image_id} ({os.path.relpath(image.key, image_dir)}) "
+                "has no captions",
+            )
+    return _finish(split, images, log, path, skip_bad_examples, check_files)
 
 
 # --------------------------------------------------------------------------
 # VSE++ precomputed features.
 
 
-def _precomp_prefix(data_dir: str, split: str) -> str:
+def _precomp_prefix(data_dir: str, split: str, log: v.ProblemLog) -> str:
     """The file prefix (``dev`` or ``val`` for the dev split) that exists."""
     candidates = {"dev": ("dev", "val"), "val": ("val", "dev")}.get(split, (split,))
     for prefix in candidates:
         if os.path.isfile(os.path.join(data_dir, f"{prefix}_caps.txt")):
             return prefix
-    raise DataError(
+    log.fatal(
+        v.MISSING_FILE,
         os.path.join(data_dir, f"{candidates[0]}_caps.txt"),
         f"caption file not found (tried {', '.join(candidates)})",
     )
 
 
+def _load_features(ims_path: str, log: v.ProblemLog) -> np.ndarray:
+    """``[N, ...]`` float32 features; fatal ``bad_features`` when unusable."""
+    try:
+        features = np.load(ims_path, allow_pickle=False)
+    except Exception as e:  # np.load raises many types on a bad file
+        log.fatal(v.BAD_FEATURES, ims_path, f"cannot load features: {e}")
+    if not isinstance(features, np.ndarray):
+        if hasattr(features, "close"):
+            features.close()
+        log.fatal(v.BAD_FEATURES, ims_path, "not a single .npy array")
+    if features.dtype.kind not in "biuf":
+        log.fatal(
+            v.BAD_FEATURES,
+            ims_path,
+            f"features have dtype {features.dtype}, not numbers",
+        )
+    if features.ndim < 2:
+        log.fatal(
+            v.BAD_FEATURES, ims_path, f"expected [N, F] features, got {features.shape}"
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(features, dtype=np.float32)
+
+
 def read_precomp(
-    data_dir: PathLike, split: str, captions_per_image: int = 5
+    data_dir: PathLike,
+    split: str,
+    captions_per_image: int = 5,
+    skip_bad_examples: bool = False,
 ) -> CaptionedSplit:
     """Reads a VSE++ ``*_precomp`` split (precomputed image features).
 
     ``{split}_ims.npy`` holds either one feature row per image (then every
     image has ``captions / rows`` captions, which must be a whole number) or
     one row per caption, as in Kiros et al. (then only every
-    ``captions_per_image``-th row is kept).
+    ``captions_per_image``-th row is kept). Captions are matched to images by
+    position, so a bad caption line is left out without shifting the others.
 
     Args:
         data_dir: Folder holding ``{split}_ims.npy`` and ``{split}_caps.txt``.
         split: Split name; ``dev`` also finds ``val_*`` files (and vice versa).
         captions_per_image: Captions per image, used only when the feature
             file has one row per caption.
+        skip_bad_examples: Leave bad captions and feature rows out instead of
+            raising; see the module docstring.
 
     Returns:
         The split with ``features`` set; image keys are ``"{split}:{i}"``.
 
     Raises:
-        DataError: For missing files, empty caption lines or inconsistent
-            row and caption counts.
+        DataError: Listing every problem: missing or unloadable files and
+            inconsistent row and caption counts (fatal); lines that are not
+            UTF-8, empty captions and feature rows with NaN or infinity.
     """
     data_dir = os.fspath(data_dir)
-    prefix = _precomp_prefix(data_dir, split)
+    log = v.ProblemLog()
+    prefix = _precomp_prefix(data_dir, split, log)
     caps_path = os.path.join(data_dir, f"{prefix}_caps.txt")
     ims_path = os.path.join(data_dir, f"{prefix}_ims.npy")
     if not os.path.isfile(ims_path):
-        raise DataError(ims_path, "feature file not found")
+        log.fatal(v.MISSING_FILE, ims_path, "feature file not found")
 
-    with open(caps_path, encoding="utf-8-sig") as f:
-        lines = f.read().splitlines()
-    captions = [
-        _caption_text(caps_path, c, "caption", i + 1) for i, c in enumerate(lines)
-    ]
+    captions: list[Optional[str]] = []
+    for number, text, valid in v.decode_lines(
+        caps_path, v.read_bytes(caps_path, log), log
+    ):
+        caption, problem = v.clean_caption(text.rstrip("\r\n"))
+        if valid and problem is not None:
+            log.add(problem[0], caps_path, f"caption: {problem[1]}", number)
+        captions.append(caption if valid else None)
     if not captions:
-        raise DataError(caps_path, "no captions")
-    try:
-        features = np.load(ims_path)
-    except (ValueError, OSError) as e:
-        raise DataError(ims_path, f"cannot load features: {e}") from e
-    if features.ndim < 2:
-        raise DataError(ims_path, f"expected [N, F] features, got {features.shape}")
-    features = np.asarray(features, dtype=np.float32)
+        log.fatal(v.NO_EXAMPLES, caps_path, "no captions")
+    features = _load_features(ims_path, log)
 
     rows, num_caps = len(features), len(captions)
     if rows == num_caps:
         if captions_per_image < 1 or num_caps % captions_per_image:
-            raise DataError(
+            log.fatal(
+                v.BAD_FEATURES,
                 ims_path,
                 f"one feature row per caption, but {num_caps} captions are not a "
                 f"multiple of captions_per_image={captions_per_image}",
@@ -514,21 +875,36 @@ def read_precomp(
         features = features[::per_image]
     else:
         if rows == 0 or num_caps % rows:
-            raise DataError(
+            log.fatal(
+                v.BAD_FEATURES,
                 ims_path,
                 f"{rows} feature rows do not divide {num_caps} captions in {caps_path}",
             )
         per_image = num_caps // rows
-    keys = [f"{split}:{i}" for i in range(len(features))]
-    grouped = [captions[i * per_image : (i + 1) * per_image] for i in range(len(keys))]
-    return _from_ordered(split, ims_path, keys, grouped, features=features)
+    finite = np.isfinite(features.reshape(len(features), -1)).all(axis=1)
+    images: list[_Image] = []
+    for i in range(len(features)):
+        image = _Image(f"{split}:{i}", ims_path, None, f"feature row {i}")
+        if not finite[i]:
+            row = i * per_image if rows == num_caps else i
+            log.add(
+                v.NONFINITE_FEATURES,
+                ims_path,
+                f"feature row {row} holds NaN or infinite values",
+            )
+        else:
+            for j in range(i * per_image, (i + 1) * per_image):
+                if captions[j] is not None:
+                    image.captions.append(_Caption(captions[j], caps_path, j + 1))
+        images.append(image)
+    return _finish(split, images, log, ims_path, skip_bad_examples, features=features)
 
 
 # --------------------------------------------------------------------------
 # Generic CSV / TSV.
 
 
-def _detect_delimiter(path: str, header_line: str) -> str:
+def _detect_delimiter(path: str, header_line: str) -> Optional[str]:
     """The delimiter of a caption table: tab for ``.tsv``, else sniffed."""
     if path.lower().endswith(".tsv"):
         return "\t"
@@ -536,9 +912,7 @@ def _detect_delimiter(path: str, header_line: str) -> str:
         names = [h.strip().strip('"') for h in header_line.split(delimiter)]
         if "image" in names and "caption" in names:
             return delimiter
-    raise DataError(
-        path, f"header needs 'image' and 'caption' columns: {header_line!r}", 1
-    )
+    return None
 
 
 def read_caption_csv(
@@ -546,6 +920,7 @@ def read_caption_csv(
     image_root: PathLike,
     split: Optional[str] = None,
     check_files: bool = False,
+    skip_bad_examples: bool = False,
 ) -> CaptionedSplit:
     """Reads a CSV or TSV table with ``image`` and ``caption`` columns.
 
@@ -555,61 +930,85 @@ def read_caption_csv(
 
     Args:
         path: The table.
-        image_root: Folder the ``image`` values are joined onto.
+        image_root: Folder the ``image`` values are joined onto; values must
+            be relative paths that stay inside it.
         split: When given, keep only rows whose ``split`` column equals it.
         check_files: Whether to verify that every image file exists.
+        skip_bad_examples: Leave bad rows out instead of raising; see the
+            module docstring.
 
     Returns:
         The split (named ``split``, or the file's base name when None).
 
     Raises:
-        DataError: For a bad header, wrong column counts, empty fields, a
-            ``split`` argument without a ``split`` column, no matching rows or
-            (with ``check_files``) missing images.
+        DataError: Listing every problem: a missing file, a bad header, a
+            ``split`` argument without a ``split`` column or no matching rows
+            (fatal); lines that are not UTF-8, broken quoting, wrong column
+            counts, unsafe or empty image names, empty captions and (with
+            ``check_files``) missing images.
     """
     path = os.fspath(path)
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        header_line = f.readline()
-        if not header_line.strip():
-            raise DataError(path, "missing header line", 1)
-        delimiter = _detect_delimiter(path, header_line)
-        f.seek(0)
-        reader = csv.reader(f, delimiter=delimiter)
-        header = [h.strip() for h in next(reader)]
-        for column in ("image", "caption"):
-            if column not in header:
-                raise DataError(path, f"header has no {column!r} column", 1)
-        image_col, caption_col = header.index("image"), header.index("caption")
-        split_col = header.index("split") if "split" in header else None
-        if split is not None and split_col is None:
-            raise DataError(path, f"split {split!r} requested but no 'split' column", 1)
+    log = v.ProblemLog()
+    lines = v.decode_lines(path, v.read_bytes(path, log), log)
+    header_line = lines[0][1] if lines else ""
+    if not header_line.strip():
+        log.fatal(v.BAD_HEADER, path, "missing header line", 1)
+    delimiter = _detect_delimiter(path, header_line)
+    if delimiter is None:
+        log.fatal(
+            v.BAD_HEADER,
+            path,
+            f"header needs 'image' and 'caption' columns: {header_line!r}",
+            1,
+        )
+    rows = _csv_rows(path, lines, delimiter, log)
+    first = next(rows, None)
+    header = [] if first is None or first[1] is None else [h.strip() for h in first[1]]
+    if first is None or first[0] != 1:
+        log.fatal(v.BAD_HEADER, path, f"unreadable header line: {header_line!r}", 1)
+    for column in ("image", "caption"):
+        if column not in header:
+            log.fatal(v.BAD_HEADER, path, f"header has no {column!r} column", 1)
+    image_col, caption_col = header.index("image"), header.index("caption")
+    split_col = header.index("split") if "split" in header else None
+    if split is not None and split_col is None:
+        log.fatal(
+            v.BAD_HEADER, path, f"split {split!r} requested but no 'split' column", 1
+        )
 
-        pairs: list[tuple[str, str]] = []
-        for row in reader:
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            line_no = reader.line_num
-            if len(row) != len(header):
-                raise DataError(
-                    path,
-                    f"expected {len(header)} columns, got {len(row)}",
-                    line_no,
-                )
-            if split is not None and row[split_col].strip() != split:
-                continue
-            image = row[image_col].strip()
-            if not image:
-                raise DataError(path, "empty image name", line_no)
-            caption = _caption_text(path, row[caption_col], "row", line_no)
-            pairs.append((_image_path(image_root, image), caption))
-    if not pairs:
+    by_key: dict[str, _Image] = {}
+    matched = False
+    for line_no, row in rows:
+        if row is None:
+            continue  # not UTF-8: already logged
+        if len(row) != len(header):
+            log.add(
+                v.BAD_COLUMNS,
+                path,
+                f"expected {len(header)} columns, got {len(row)}",
+                line_no,
+            )
+            continue
+        if split is not None and row[split_col].strip() != split:
+            continue
+        matched = True
+        image, problem = _relative_image([row[image_col].strip()])
+        if problem is None:
+            caption, problem = v.clean_caption(row[caption_col])
+        if problem is not None:
+            log.add(problem[0], path, problem[1], line_no)
+            continue
+        key = _image_path(image_root, image)
+        if key not in by_key:
+            by_key[key] = _Image(key, path, line_no)
+        by_key[key].captions.append(_Caption(caption, path, line_no))
+    if not matched:
         which = f" with split {split!r}" if split is not None else ""
-        raise DataError(path, f"no caption rows{which}")
+        log.fatal(v.NO_EXAMPLES, path, f"no caption rows{which}")
     name = split if split is not None else os.path.splitext(os.path.basename(path))[0]
-    result = group_captions(name, pairs)
-    if check_files:
-        _check_files(result, image_root)
-    return result
+    return _finish(
+        name, list(by_key.values()), log, path, skip_bad_examples, check_files
+    )
 
 
 # --------------------------------------------------------------------------
@@ -625,6 +1024,7 @@ def _find_karpathy_json(data_dir: str) -> str:
             data_dir,
             f"expected exactly one dataset_*.json, found {len(found)}"
             + (f": {', '.join(os.path.basename(p) for p in found)}" if found else ""),
+            kind=v.MISSING_FILE,
         )
     return found[0]
 
@@ -636,7 +1036,7 @@ def _find_caption_table(data_dir: str) -> str:
         candidate = os.path.join(data_dir, name)
         if os.path.isfile(candidate):
             return candidate
-    raise DataError(data_dir, "no captions.csv or captions.tsv")
+    raise DataError(data_dir, "no captions.csv or captions.tsv", kind=v.MISSING_FILE)
 
 
 def _default_image_root(folder: str) -> str:
@@ -644,10 +1044,45 @@ def _default_image_root(folder: str) -> str:
     return images if os.path.isdir(images) else folder
 
 
+def _first_table_image(table: str) -> Optional[str]:
+    """The first usable ``image`` value of a caption table, or None.
+
+    Only used to guess the image folder; problems are left for the real read.
+    """
+    scratch = v.ProblemLog()
+    try:
+        lines = v.decode_lines(table, v.read_bytes(table, scratch), scratch)
+    except DataError:
+        return None
+    delimiter = _detect_delimiter(table, lines[0][1]) if lines else None
+    if delimiter is None:
+        return None
+    rows = _csv_rows(table, lines, delimiter, scratch)
+    first = next(rows, None)
+    if first is None or first[1] is None:
+        return None
+    header = [h.strip() for h in first[1]]
+    if "image" not in header:
+        return None
+    column = header.index("image")
+    for _, row in rows:
+        if row is not None and len(row) == len(header):
+            name = row[column].strip()
+            if v.path_problem(name) is None:
+                return name
+    return None
+
+
 def read_split(
-    dataset: str, data_dir: PathLike, split: Optional[str], **kwargs: Any
+    dataset: str,
+    data_dir: PathLike,
+    split: Optional[str],
+    *,
+    check_files: bool = False,
+    skip_bad_examples: bool = False,
+    **kwargs: Any,
 ) -> CaptionedSplit:
-    """Reads one split of a dataset given by name.
+    """Reads and validates one split of a dataset given by name.
 
     Args:
         dataset: ``flickr8k``, ``karpathy``, ``coco``, ``precomp`` or ``csv``.
@@ -656,40 +1091,54 @@ def read_split(
             or a folder holding ``captions.csv``/``captions.tsv``.
         split: Split name, as the reader for ``dataset`` accepts it (``csv``
             also takes None: every row of the table).
-        **kwargs: Passed on to the reader (``check_files``,
-            ``captions_per_image``, ``image_root``...). For ``karpathy`` and
-            ``csv``, ``image_root`` defaults to the table's folder when the
-            first listed image is found there, else to its ``images/``
-            subfolder (``karpathy``: ``images/`` when it exists).
+        check_files: Whether to check that every image file exists (ignored
+            for ``precomp``, which has no image files).
+        skip_bad_examples: False (default): raise one `DataError` listing
+            every problem found. True: leave the bad examples out and return
+            the rest, with ``split.skipped`` (``{kind: count}``) and
+            ``split.skipped_problems`` saying what was left out; problems
+            that make a whole file unusable still raise.
+        **kwargs: Passed on to the reader (``captions_per_image``,
+            ``image_root``...). For ``karpathy`` and ``csv``, ``image_root``
+            defaults to the table's folder when the first listed image is
+            found there, else to its ``images/`` subfolder (``karpathy``:
+            ``images/`` when it exists).
 
     Returns:
-        The split.
+        The split. ``split.warnings`` lists problems that were kept
+        (duplicate ``(image, caption)`` pairs) when not skipping.
 
     Raises:
         ValueError: For an unknown dataset or split.
-        DataError: For missing or malformed data.
+        DataError: For missing or malformed data; ``error.problems`` lists
+            every `Problem` found.
     """
     name = dataset.lower()
     data_dir = os.fspath(data_dir)
+    options = dict(skip_bad_examples=skip_bad_examples, **kwargs)
+    if name != "precomp":
+        options["check_files"] = check_files
     if name == "flickr8k":
-        return read_flickr8k(data_dir, split, **kwargs)
+        return read_flickr8k(data_dir, split, **options)
     if name == "karpathy":
         json_path = _find_karpathy_json(data_dir)
-        kwargs.setdefault("image_root", _default_image_root(os.path.dirname(json_path)))
-        return read_karpathy(json_path, split, **kwargs)
+        options.setdefault(
+            "image_root", _default_image_root(os.path.dirname(json_path))
+        )
+        return read_karpathy(json_path, split, **options)
     if name == "coco":
-        return read_coco(data_dir, split, **kwargs)
+        return read_coco(data_dir, split, **options)
     if name == "precomp":
-        return read_precomp(data_dir, split, **kwargs)
+        return read_precomp(data_dir, split, **options)
     if name == "csv":
         table = _find_caption_table(data_dir)
-        if "image_root" not in kwargs:
-            whole = read_caption_csv(table, image_root=os.path.dirname(table))
-            first = whole.image_paths[0]
-            kwargs["image_root"] = (
-                os.path.dirname(table)
-                if os.path.exists(first)
-                else _default_image_root(os.path.dirname(table))
+        if "image_root" not in options:
+            folder = os.path.dirname(table)
+            first = _first_table_image(table)
+            options["image_root"] = (
+                folder
+                if first is not None and os.path.exists(os.path.join(folder, first))
+                else _default_image_root(folder)
             )
-        return read_caption_csv(table, split=split, **kwargs)
+        return read_caption_csv(table, split=split, **options)
     raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
