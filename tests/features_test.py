@@ -1,5 +1,7 @@
 """Image decoding and the on-disk feature cache."""
 
+import hashlib
+import json
 import os
 
 import numpy as np
@@ -95,3 +97,151 @@ def test_bf16_extraction_agrees_with_float32(image_paths, tmp_path):
 def test_bad_dtype_is_rejected(image_paths):
     with pytest.raises(ValueError, match="dtype"):
         features.extract_features(image_paths, "pool5", 32, "none", dtype="float16")
+
+
+def _pool5_kwargs(**changes):
+    return dict(
+        dict(image_feature="pool5", image_size=32, vgg_weights="none", dtype="float32"),
+        **changes,
+    )
+
+
+def test_shards_add_up_to_one_extraction(image_paths, tmp_path):
+    whole = features.extract_features_with_report(
+        image_paths, cache_dir=str(tmp_path / "a"), verbose=0, **_pool5_kwargs()
+    )
+    calls = []
+    sharded = features.extract_features_with_report(
+        image_paths,
+        cache_dir=str(tmp_path / "b"),
+        verbose=0,
+        batch_size=2,
+        shard_size=2,
+        on_shard=lambda shard, count: calls.append((shard, count)),
+        **_pool5_kwargs(),
+    )
+    assert calls == [(0, 3), (1, 3), (2, 3)]
+    assert sharded.shards_computed == 3 and sharded.shards_reused == 0
+    # batch_size=2 both times within a shard vs 32 once: float32 round-off only.
+    np.testing.assert_allclose(whole.features, sharded.features, rtol=1e-5, atol=1e-5)
+    assert sharded.valid.all() and sharded.skipped == []
+    names = sorted(n for n in os.listdir(sharded.cache_folder) if n.endswith(".npy"))
+    assert names == ["shard-00000.npy", "shard-00001.npy", "shard-00002.npy"]
+
+
+def test_manifest_describes_the_features(image_paths, tmp_path):
+    report = features.extract_features_with_report(
+        image_paths,
+        cache_dir=str(tmp_path),
+        verbose=0,
+        shard_size=4,
+        **_pool5_kwargs(),
+    )
+    with open(report.manifest_path) as f:
+        manifest = json.load(f)
+    assert manifest["complete"] is True
+    assert manifest["backbone"] == features.BACKBONE
+    assert manifest["weights"] == "none" and manifest["feature"] == "pool5"
+    assert manifest["image_size"] == 32 and manifest["resize"] == features.RESIZE
+    assert manifest["used_dtype"] == "float32" and manifest["feature_dim"] == 512
+    assert manifest["count"] == len(image_paths) and manifest["num_skipped"] == 0
+    expected_list = hashlib.sha256(
+        "\n".join(os.path.abspath(p) for p in image_paths).encode()
+    ).hexdigest()
+    assert manifest["image_list_sha256"] == expected_list
+    assert [(s["start"], s["stop"], s["rows"]) for s in manifest["shards"]] == [
+        (0, 4, 4),
+        (4, 6, 2),
+    ]
+    for shard in manifest["shards"]:
+        with open(os.path.join(report.cache_folder, shard["file"]), "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == shard["sha256"]
+    assert report.cache_folder == features.cache_folder(
+        "pool5", 32, "none", image_paths, dtype="float32", cache_dir=str(tmp_path)
+    )
+
+
+def test_bf16_that_disagrees_falls_back_to_float32(image_paths, tmp_path, monkeypatch):
+    f32 = features.extract_features_with_report(
+        image_paths, cache_dir=str(tmp_path / "a"), verbose=0, **_pool5_kwargs()
+    )
+    monkeypatch.setattr(features, "BF16_MIN_COSINE", 1.5)  # no cosine reaches it
+    fallback = features.extract_features_with_report(
+        image_paths,
+        cache_dir=str(tmp_path / "b"),
+        verbose=0,
+        **_pool5_kwargs(dtype="mixed_bfloat16"),
+    )
+    assert fallback.used_dtype == "float32"
+    np.testing.assert_array_equal(f32.features, fallback.features)
+    with open(fallback.manifest_path) as f:
+        manifest = json.load(f)
+    assert manifest["dtype"] == "mixed_bfloat16"
+    assert manifest["used_dtype"] == "float32"
+    assert 0.99 < manifest["bf16_min_cosine"] < 1.5
+
+
+def test_extract_for_config_shares_the_training_cache(image_paths, tmp_path):
+    from vse_tf import config as config_lib
+
+    config = config_lib.override(config_lib.get_config("tiny"), cache_dir=str(tmp_path))
+    report = features.extract_for_config(config, image_paths, verbose=0)
+    assert report.shards_computed == 1
+    again = features.extract_features(
+        image_paths,
+        config.model.image_feature,
+        config.data.image_size,
+        config.model.vgg_weights,
+        batch_size=config.data.extract_batch_size,
+        dtype=config.data.extract_dtype,
+        cache_dir=str(tmp_path),
+        verbose=0,
+    )
+    np.testing.assert_array_equal(report.features, again)
+    assert features.extract_for_config(config, image_paths, verbose=0).shards_reused
+
+
+def test_no_images_gives_no_rows(tmp_path):
+    report = features.extract_features_with_report(
+        [], cache_dir=str(tmp_path), verbose=0, **_pool5_kwargs()
+    )
+    assert report.features.shape == (0, 512) and report.valid.shape == (0,)
+    assert report.skipped == [] and report.shards_computed == 0
+
+
+def test_format2_cache_is_taken_over_without_vgg16(image_paths, tmp_path, monkeypatch):
+    computed = features.extract_features_with_report(
+        image_paths, cache_dir=str(tmp_path / "a"), verbose=0, **_pool5_kwargs()
+    )
+    # The previous layout: <cache>/features/<key id>/<list id>.npy + .json.
+    old_key = {
+        "format": 2,
+        "weights": "none",
+        "feature": "pool5",
+        "image_size": 32,
+        "dtype": "float32",
+        "resize": "bilinear-antialias",
+    }
+    key_id = hashlib.sha256(json.dumps(old_key, sort_keys=True).encode()).hexdigest()
+    absolute = [os.path.abspath(p) for p in image_paths]
+    list_id = hashlib.sha256("\n".join(absolute).encode()).hexdigest()[:16]
+    old = tmp_path / "b" / "features" / key_id[:16]
+    old.mkdir(parents=True)
+    np.save(old / f"{list_id}.npy", computed.features)
+    (old / f"{list_id}.json").write_text(
+        json.dumps(dict(old_key, used_dtype="float32", count=len(image_paths)))
+    )
+
+    def fail(*args, **kwargs):
+        raise AssertionError("VGG16 was rebuilt although the features are cached")
+
+    monkeypatch.setattr(features.backbone_lib, "build_vgg16_backbone", fail)
+    adopted = features.extract_features_with_report(
+        image_paths, cache_dir=str(tmp_path / "b"), verbose=0, **_pool5_kwargs()
+    )
+    np.testing.assert_array_equal(adopted.features, computed.features)
+    assert adopted.shards_computed == 0 and adopted.valid.all()
+    with open(adopted.manifest_path) as f:
+        manifest = json.load(f)
+    assert manifest["complete"] and manifest["adopted_from"].endswith(".npy")
+    assert manifest["used_dtype"] == "float32"
