@@ -101,7 +101,8 @@ def test_load_trained_model_embeds_image_files(tiny_data, tmp_path):
     from_files, _ = train_lib.embed_split(
         model, np.ones([1, 2], np.int32), image_paths=split.image_paths, image_size=32
     )
-    feats = train_lib.split_features(config, split, verbose=0)
+    _, feats, skipped = train_lib.split_features(config, split, verbose=0)
+    assert skipped == 0
     from_features = model.image_tower.embed_features(feats).numpy()
     np.testing.assert_allclose(from_files, from_features, atol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(from_files, axis=1), 1.0, atol=1e-5)

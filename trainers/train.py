@@ -33,7 +33,37 @@ _EMBED_DIM = flags.DEFINE_integer("embed_dim", None, "Joint embedding size D.")
 _WORD_DIM = flags.DEFINE_integer("word_dim", None, "Word vector size (without GloVe).")
 _GLOVE = flags.DEFINE_string("glove", None, "kumo-6b-50d|PATH|none.")
 _LOSS = flags.DEFINE_enum(
-    "loss", None, ["sum", "max"], "Ranking loss: sum or max of hinges."
+    "loss",
+    None,
+    ["sum", "max", "sum_then_max"],
+    "Ranking loss: sum or max of hinges, or sum for --warmup_epochs then max.",
+)
+_WARMUP_EPOCHS = flags.DEFINE_integer(
+    "warmup_epochs", None, "Epochs of sum before max (sum_then_max)."
+)
+_LR_DECAY_EPOCHS = flags.DEFINE_integer(
+    "lr_decay_epochs", None, "Learning rate x0.1 after N epochs (0 = never)."
+)
+_STRATEGY = flags.DEFINE_enum(
+    "strategy",
+    None,
+    ["one_device", "mirrored", "multi_worker", "tpu"],
+    "tf.distribute strategy (multi_worker reads TF_CONFIG).",
+)
+_TEXT_COMPUTE_DTYPE = flags.DEFINE_enum(
+    "text_compute_dtype", None, ["float32", "bfloat16"], "Training LSTM matmuls."
+)
+_JIT_COMPILE_TEXT = flags.DEFINE_bool(
+    "jit_compile_text", None, "Compile the training text tower with XLA."
+)
+_BUCKET_BY_LENGTH = flags.DEFINE_bool(
+    "bucket_by_length", None, "Batch captions of similar length together."
+)
+_SKIP_BAD_EXAMPLES = flags.DEFINE_bool(
+    "skip_bad_examples",
+    None,
+    "Train on the good examples when the annotations have problems "
+    "(default: stop and list every problem).",
 )
 _MARGIN = flags.DEFINE_float("margin", None, "Hinge margin.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Pairs per batch.")
@@ -65,6 +95,13 @@ def main(argv):
         word_dim=_WORD_DIM.value,
         glove=_GLOVE.value,
         loss=_LOSS.value,
+        warmup_epochs=_WARMUP_EPOCHS.value,
+        lr_decay_epochs=_LR_DECAY_EPOCHS.value,
+        strategy=_STRATEGY.value,
+        text_compute_dtype=_TEXT_COMPUTE_DTYPE.value,
+        jit_compile_text=_JIT_COMPILE_TEXT.value,
+        bucket_by_length=_BUCKET_BY_LENGTH.value,
+        skip_bad_examples=_SKIP_BAD_EXAMPLES.value,
         margin=_MARGIN.value,
         batch_size=_BATCH_SIZE.value,
         epochs=_EPOCHS.value,

@@ -38,6 +38,8 @@ class DataConfig:
         extract_batch_size: Images per VGG16 call when extracting features.
         extract_dtype: ``mixed_bfloat16`` (checked against float32 on the
             first batch, falls back when they disagree) or ``float32``.
+        skip_bad_examples: Train on the good examples when the annotations
+            have problems (default: stop with the full report).
     """
 
     dataset: str = "demo"
@@ -50,6 +52,7 @@ class DataConfig:
     cache_dir: str = ""
     extract_batch_size: int = 32
     extract_dtype: str = "mixed_bfloat16"
+    skip_bad_examples: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,11 +15,14 @@ Workdir layout:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
+import shutil
 import time
 import weakref
+from collections.abc import Sequence
 from typing import Optional
 
 import keras
@@ -32,7 +35,7 @@ from vse_tf import metrics as metrics_lib
 from vse_tf import text as text_lib
 from vse_tf.config import Config
 from vse_tf.data import glove as glove_lib
-from vse_tf.data import pipeline, readers
+from vse_tf.data import pipeline, readers, validation
 from vse_tf.data.split import CaptionedSplit
 from vse_tf.models.image_tower import VGG16ImageTower
 from vse_tf.models.text_tower import LSTMTextTower
@@ -71,20 +74,54 @@ def load_split(config: Config, split: str) -> CaptionedSplit:
 
     Returns:
         The split, cut to ``max_train_images`` / ``max_eval_images``.
+
+    Raises:
+        readers.DataError: listing every problem found in the annotations
+            (unless ``skip_bad_examples``, which leaves the bad examples out
+            and records them on ``split.skipped``).
     """
     dataset = config.data.dataset
+    options = dict(check_files=True, skip_bad_examples=config.data.skip_bad_examples)
     if dataset == "demo":
-        result = readers.read_split("csv", demo_data_dir(config), split)
+        result = readers.read_split("csv", demo_data_dir(config), split, **options)
     else:
         if not config.data.data_dir:
             raise ValueError(f"dataset {dataset!r} needs --data_dir")
-        result = readers.read_split(dataset, config.data.data_dir, split)
+        result = readers.read_split(dataset, config.data.data_dir, split, **options)
+    for warning in result.warnings:
+        logging.warning("%s", warning)
+    if result.skipped:
+        print(
+            f"{split}: skipped {sum(result.skipped.values())} bad examples "
+            f"({_counts(result.skipped)}); see the log for each"
+        )
+        for problem in result.skipped_problems:
+            logging.warning("skipped: %s", problem)
     limit = (
         config.data.max_train_images
         if split == "train"
         else config.data.max_eval_images
     )
     return result.take_images(limit) if limit else result
+
+
+def _counts(kinds: dict[str, int]) -> str:
+    return ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
+
+
+def select_images(split: CaptionedSplit, keep: Sequence[int]) -> CaptionedSplit:
+    """The split restricted to images ``keep`` (sorted indices) and their captions."""
+    new_index = np.full(split.num_images, -1, np.int64)
+    new_index[np.asarray(keep, np.int64)] = np.arange(len(keep))
+    owners = new_index[split.caption_image_index]
+    kept = owners >= 0
+    return dataclasses.replace(
+        split,
+        image_paths=[split.image_paths[i] for i in keep],
+        captions=[c for c, k in zip(split.captions, kept) if k],
+        caption_image_index=owners[kept],
+        features=None if split.features is None else split.features[keep],
+    )
 
 
 def protocol_view(split: CaptionedSplit, k: int = CAPTIONS_PER_IMAGE) -> CaptionedSplit:
@@ -111,32 +148,43 @@ def protocol_view(split: CaptionedSplit, k: int = CAPTIONS_PER_IMAGE) -> Caption
             k,
         )
     remap = {old: new for new, old in enumerate(keep_images)}
-    return CaptionedSplit(
-        split.name,
-        [split.image_paths[i] for i in keep_images],
-        [split.captions[i] for i in keep_captions],
-        np.asarray([remap[split.caption_image_index[i]] for i in keep_captions]),
-        None if split.features is None else split.features[keep_images],
+    return dataclasses.replace(
+        split,
+        image_paths=[split.image_paths[i] for i in keep_images],
+        captions=[split.captions[i] for i in keep_captions],
+        caption_image_index=np.asarray(
+            [remap[split.caption_image_index[i]] for i in keep_captions]
+        ),
+        features=None if split.features is None else split.features[keep_images],
     )
 
 
 def split_features(
     config: Config, split: CaptionedSplit, verbose: int = 1
-) -> np.ndarray:
-    """Cached backbone features of a split's images (``[N, F]``)."""
+) -> tuple[CaptionedSplit, np.ndarray, int]:
+    """Cached backbone features of a split's images.
+
+    Images that cannot be read or decoded (missing, truncated, not an image)
+    are skipped: they and their captions leave the split, and the count is
+    logged (the feature cache's manifest lists each with its reason).
+
+    Returns:
+        ``(split, features [N', F], skipped_images)``: the split without the
+        skipped images, their features, and how many were skipped.
+    """
     if split.features is not None:
-        return split.features
-    data = config.data
-    return features_lib.extract_features(
-        split.image_paths,
-        config.model.image_feature,
-        data.image_size,
-        config.model.vgg_weights,
-        batch_size=data.extract_batch_size,
-        dtype=data.extract_dtype,
-        cache_dir=data.cache_dir or None,
-        verbose=verbose,
+        return split, split.features, 0
+    report = features_lib.extract_for_config(config, split.image_paths, verbose)
+    if not report.num_skipped:
+        return split, report.features, 0
+    print(
+        f"{split.name}: skipped {report.num_skipped} unreadable images "
+        f"(listed in {report.manifest_path})"
     )
+    for skipped in report.skipped[:20]:
+        logging.warning("skipped image %s: %s", skipped.path, skipped.reason)
+    keep = report.valid_indices()
+    return select_images(split, keep), report.features[keep], report.num_skipped
 
 
 # ---------------------------------------------------------------------------
@@ -294,6 +342,52 @@ def embed_split(
     return np.concatenate(image_emb), np.concatenate(caption_emb)
 
 
+def extract_split_features(
+    config: Config,
+    splits: Sequence[str] = ("train", "dev", "test"),
+    verbose: int = 1,
+) -> dict[str, features_lib.FeatureReport]:
+    """Precomputes the CNN features training and evaluation read from the cache.
+
+    The same image lists as `train_and_evaluate`: the whole train split, the
+    protocol view (`protocol_view`) of dev and test, so the same cache keys.
+
+    Args:
+        config: The run's config.
+        splits: Split names; a missing ``test`` split is skipped.
+        verbose: 1 shows progress bars.
+
+    Returns:
+        ``{split: FeatureReport}`` for the splits with image files
+        (precomputed-feature data sets have nothing to extract).
+
+    Raises:
+        ValueError: for a fine-tuning config (it reads images, not features).
+    """
+    if config.model.fine_tune_from:
+        raise ValueError(
+            "fine_tune_from is set: fine-tuning reads images, not cached features"
+        )
+    reports = {}
+    for name in splits:
+        split = _optional_split(config, name)
+        if split is None or split.features is not None:
+            continue
+        view = split if name == "train" else protocol_view(split)
+        if name != "train":
+            validation.check_captions_per_image(
+                split, CAPTIONS_PER_IMAGE, "evaluation", allow_more=True
+            )
+        report = features_lib.extract_for_config(config, view.image_paths, verbose)
+        reports[name] = report
+        print(
+            f"{name}: {len(view.image_paths)} images, {report.num_skipped} skipped, "
+            f"{report.shards_computed} shards computed, {report.shards_reused} "
+            f"reused ({report.used_dtype}) in {report.cache_folder}"
+        )
+    return reports
+
+
 @dataclasses.dataclass
 class EvalData:
     """A split prepared for evaluation (5 captions per image)."""
@@ -301,15 +395,27 @@ class EvalData:
     split: CaptionedSplit
     token_ids: np.ndarray
     features: Optional[np.ndarray]
+    skipped_images: int = 0
 
 
 def prepare_eval(
     config: Config, split: CaptionedSplit, tokenizer: text_lib.SentenceTokenizer
 ) -> EvalData:
+    """The protocol view of a split, its caption ids and its features.
+
+    Raises:
+        readers.DataError: naming the images with fewer than 5 captions
+            (more are allowed: the first 5 are used).
+    """
+    validation.check_captions_per_image(
+        split, CAPTIONS_PER_IMAGE, "evaluation", allow_more=True
+    )
     view = protocol_view(split)
-    needs_images = bool(config.model.fine_tune_from)
-    feats = None if needs_images else split_features(config, view)
-    return EvalData(view, text_lib.encode_captions(tokenizer, view.captions), feats)
+    feats, skipped = None, 0
+    if not config.model.fine_tune_from:
+        view, feats, skipped = split_features(config, view)
+    ids = text_lib.encode_captions(tokenizer, view.captions)
+    return EvalData(view, ids, feats, skipped_images=skipped)
 
 
 def embed_eval_data(
@@ -495,6 +601,41 @@ class _EpochEnd(keras.callbacks.Callback):
 # Entry points.
 
 
+MIN_FREE_BYTES = 256 * 2**20
+"""Free space a workdir needs at start (checkpoints of paper-size models are
+~100 MB each and two are kept, plus the best one)."""
+
+
+def check_workdir(workdir: str, min_free_bytes: int = MIN_FREE_BYTES) -> None:
+    """Fails fast if ``workdir`` cannot be written or its disk is nearly full.
+
+    Raises:
+        OSError: naming the folder and what is wrong.
+    """
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write-test-{os.getpid()}")
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        os.remove(probe)
+    except OSError as error:
+        raise OSError(
+            error.errno,
+            f"workdir {workdir} is not writable ({error.strerror or error}); "
+            "choose another --workdir",
+        ) from error
+    free = shutil.disk_usage(workdir).free
+    if free < min_free_bytes:
+        raise OSError(
+            errno.ENOSPC,
+            f"only {free / 2**20:.0f} MB free on the disk of {workdir}; training "
+            f"needs at least {min_free_bytes / 2**20:.0f} MB for checkpoints. "
+            "Free some space or choose another --workdir",
+        )
+
+
 def _check_config(workdir: str, config: Config) -> None:
     path = os.path.join(workdir, CONFIG_FILE)
     if os.path.exists(path):
@@ -566,8 +707,8 @@ def train_and_evaluate(
     strategy = distribute.get_strategy(config.train.strategy)
     chief = distribute.is_chief(strategy)
     writer = distribute.WriteDir(workdir, chief)
-    os.makedirs(workdir, exist_ok=True)
     if chief:
+        check_workdir(workdir)
         _check_config(workdir, config)
     try:
         return _train_and_evaluate(config, workdir, strategy, writer, verbose)
@@ -586,6 +727,18 @@ def _train_and_evaluate(
     train = load_split(config, "train")
     dev = load_split(config, "dev")
     test = _optional_split(config, "test")
+    for warning in validation.check_captions_per_image(
+        train, CAPTIONS_PER_IMAGE, "training", allow_more=True
+    ):
+        logging.warning("%s", warning)
+    fine_tune = bool(config.model.fine_tune_from)
+    train_feats, skipped_images = None, {}
+    if not fine_tune:
+        # First: images that cannot be decoded leave the split with their
+        # captions, before the vocabulary and the batches are made.
+        train, train_feats, skipped_images["train"] = split_features(
+            config, train, verbose
+        )
     vocabulary = _vocabulary(writer.path, config, train)
     print(
         f"train: {train.num_images} images, {train.num_captions} captions; "
@@ -608,8 +761,6 @@ def _train_and_evaluate(
         optimizer.build(model.trainable_variables)
     tokenizer = model.text_tower.tokenizer
     train_ids = text_lib.encode_captions(tokenizer, train.captions)
-    fine_tune = bool(config.model.fine_tune_from)
-    train_feats = None if fine_tune else split_features(config, train, verbose)
     dev_data = prepare_eval(config, dev, tokenizer)
     prepare_seconds = time.time() - start  # reading, tokenising, CNN features
 
@@ -652,16 +803,20 @@ def _train_and_evaluate(
 
     best_path = restore_best(model, writer.path)
     results = {}
-    timing = {
+    extra = {
         "prepare_seconds": round(prepare_seconds, 1),
         "train_seconds": round(train_seconds, 1),
         "checkpoint": best_path,
+        "skipped_train_examples": dict(train.skipped),
     }
-    for split in (dev, test):
-        if split is None:
-            continue
-        data = dev_data if split is dev else prepare_eval(config, split, tokenizer)
-        results[split.name] = report(model, data, config, writer.path, timing)
+    evaluations = [dev_data]
+    if test is not None:
+        evaluations.append(prepare_eval(config, test, tokenizer))
+    for data in evaluations:
+        skipped_images[data.split.name] = data.skipped_images
+    extra["skipped_images"] = skipped_images
+    for data in evaluations:
+        results[data.split.name] = report(model, data, config, writer.path, extra)
     return results
 
 
@@ -735,4 +890,4 @@ def evaluate_workdir(
         )
         config = dataclasses.replace(config, data=data)
     data = prepare_eval(config, load_split(config, split), model.text_tower.tokenizer)
-    return report(model, data, config, workdir)
+    return report(model, data, config, workdir, {"skipped_images": data.skipped_images})
