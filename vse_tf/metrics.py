@@ -156,6 +156,50 @@ def _t2i_ranks(
     return ranks
 
 
+def _both_ranks(
+    images: np.ndarray, captions: np.ndarray, k: int, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`_i2t_ranks` and `_t2i_ranks` from one pass over the score matrix.
+
+    Each ``[b, N*k]`` block of image rows gives its images' i2t ranks and
+    adds to every caption's count of images scoring >= its true image. The
+    true caption scores are taken first from the diagonal blocks; if any
+    differs (bitwise) from the same entry in the full-width blocks (BLAS
+    may round differently for other shapes) the t2i ranks are recomputed
+    the two-pass way, so the result is always exactly `_t2i_ranks`.
+    """
+    n = images.shape[0]
+    true_scores = np.empty(n * k, np.float32)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        rows = np.arange(stop - start)
+        diagonal = images[start:stop] @ captions[start * k : stop * k].T
+        true_scores[start * k : stop * k] = diagonal.reshape(
+            stop - start, stop - start, k
+        )[rows, rows].reshape(-1)
+    i2t = np.empty(n, dtype=np.int64)
+    t2i = np.zeros(n * k, dtype=np.int64)
+    exact = True
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        rows = np.arange(stop - start)
+        scores = images[start:stop] @ captions.T  # [b, N*k]
+        true = scores.reshape(stop - start, n, k)[rows, np.arange(start, stop)]
+        exact = exact and np.array_equal(
+            true.reshape(-1), true_scores[start * k : stop * k]
+        )
+        best = true.max(axis=1)
+        at_least = np.count_nonzero(scores >= best[:, None], axis=1)
+        true_at_least = np.count_nonzero(true >= best[:, None], axis=1)
+        i2t[start:stop] = at_least - true_at_least + 1
+        if exact:
+            # Counts the true image itself once; it stands in for the "1 +".
+            t2i += np.count_nonzero(scores >= true_scores[None, :], axis=0)
+    if not exact:
+        t2i = _t2i_ranks(images, captions, k, batch_size)
+    return i2t, t2i
+
+
 def _summarise(ranks: np.ndarray, prefix: str) -> dict[str, float]:
     out = {
         f"{prefix}_r{top}": float(100.0 * np.mean(ranks <= top)) for top in (1, 5, 10)
@@ -197,8 +241,9 @@ def retrieval_metrics(
     images, captions = _validate(image_emb, caption_emb, captions_per_image)
     k = int(captions_per_image)
     batch_size = _batch_size(batch_size)
-    out = _summarise(_i2t_ranks(images, captions, k, batch_size), "i2t")
-    out.update(_summarise(_t2i_ranks(images, captions, k, batch_size), "t2i"))
+    i2t, t2i = _both_ranks(images, captions, k, batch_size)
+    out = _summarise(i2t, "i2t")
+    out.update(_summarise(t2i, "t2i"))
     out["rsum"] = float(
         sum(out[f"{d}_r{top}"] for d in ("i2t", "t2i") for top in (1, 5, 10))
     )
