@@ -46,7 +46,12 @@ class VSEModel(keras.Model):
         mask_same_image: Use ``image_ids`` to drop false negatives.
         text_compute_dtype: Training matmuls of the text LSTM in
             ``float32`` or ``bfloat16`` (`LSTMTextTower.encode_tokens_fused`).
-        jit_compile_text: Compile the training text tower with XLA.
+        jit_compile_text: Compile the training text tower with XLA. The
+            LSTM's gradient keeps per-step values in TensorLists, which may
+            not cross an XLA cluster's edge (TF 2.21), so this compiles the
+            whole train step; with cached features the rest of it is only
+            the image head and the loss. Not available when fine-tuning the
+            CNN (XLA made VGG16 6x slower on CPU).
         jit_compile_image: Compile the training image tower with XLA.
         grad_clip_norm: Clip the global batch's gradient to this global norm
             (0 = off). Done here, after the cross-replica sum, because a
@@ -81,9 +86,6 @@ class VSEModel(keras.Model):
         self.jit_compile_image = jit_compile_image
         self.grad_clip_norm = grad_clip_norm
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self._train_text_fn = tf.function(
-            self._train_text, jit_compile=jit_compile_text, reduce_retracing=True
-        )
         self._train_image_fn = tf.function(
             self._train_image, jit_compile=jit_compile_image, reduce_retracing=True
         )
@@ -131,6 +133,18 @@ class VSEModel(keras.Model):
             "text_embedding": self.embed_text(inputs, training),
         }
 
+    def compile(self, *args, jit_compile=False, **kwargs):
+        """`keras.Model.compile`; ``jit_compile_text`` turns on ``jit_compile``."""
+        if self.jit_compile_text:
+            if self.image_tower.backbone is not None:
+                raise ValueError(
+                    "jit_compile_text needs cached image features (a frozen "
+                    "CNN): it compiles the whole train step, and XLA makes "
+                    "VGG16 slower on CPU"
+                )
+            jit_compile = True
+        super().compile(*args, jit_compile=jit_compile, **kwargs)
+
     def _train_text(self, inputs):
         if "token_ids" in inputs:
             return self.text_tower.encode_tokens_fused(
@@ -172,7 +186,7 @@ class VSEModel(keras.Model):
         replicas = context.num_replicas_in_sync if context is not None else 1
         with tf.GradientTape() as tape:
             image_emb = self._train_image_fn(data)
-            text_emb = self._train_text_fn(data)
+            text_emb = self._train_text(data)
             gathered = {
                 key: data[key] for key in ("image_ids", "hard_negatives") if key in data
             }
