@@ -7,14 +7,17 @@ prints:
 
 * size in MB;
 * per-example CPU latency: median over ``--num_runs`` calls at batch 1;
-* mean and min cosine of the LiteRT embeddings to the Keras ones (the
-  SavedModel serves the same Keras graph);
+* mean and min cosine of the LiteRT embeddings to the reference ones: the
+  Keras towers, or with ``--saved_model`` the TF Serving SavedModel
+  exported from the same workdir (its ``encode_image_pixels`` and
+  ``encode_text`` signatures; its own cosine to Keras is printed too);
 * retrieval R@1 (i2t, t2i) of the LiteRT embeddings, next to Keras's.
 
 The last line is one JSON object holding every figure.
 
 Example:
-    python -m benchmarks.tflite_parity --workdir=runs/demo96 --quantize=all
+    python -m benchmarks.tflite_parity --workdir=runs/demo96 --quantize=all \
+        --saved_model=runs/models_demo/1
 """
 
 from __future__ import annotations
@@ -43,6 +46,13 @@ _NUM_RUNS = flags.DEFINE_integer("num_runs", 30, "Batch-1 runs timed per tower."
 _NUM_THREADS = flags.DEFINE_integer("num_threads", 1, "LiteRT interpreter threads.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size of the parity runs.")
 _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate on.")
+_SAVED_MODEL = flags.DEFINE_string(
+    "saved_model",
+    None,
+    "Optional SavedModel version folder exported from --workdir "
+    "(export.export_saved_model); cosines are then measured against its "
+    "encode_image_pixels / encode_text signatures instead of Keras.",
+)
 
 TOWERS = (tflite_lib.IMAGE_FILE, tflite_lib.TEXT_FILE, tflite_lib.STRINGS_FILE)
 
@@ -76,6 +86,45 @@ def _r1(image_emb: np.ndarray, caption_emb: np.ndarray) -> dict[str, float]:
     return {"i2t_r1": metrics["i2t_r1"], "t2i_r1": metrics["t2i_r1"]}
 
 
+def _summary(cosine: np.ndarray) -> dict[str, float]:
+    return {"cos_mean": float(cosine.mean()), "cos_min": float(cosine.min())}
+
+
+def _saved_model_embeddings(
+    path: str, images: np.ndarray, captions: list[str], batch_size: int
+) -> dict[str, np.ndarray]:
+    """Embeddings from a TF Serving SavedModel's pixel and text signatures.
+
+    Args:
+        path: SavedModel version folder (`vse_tf.serving.saved_model_lib`).
+        images: ``float32 [N, S, S, 3]`` RGB 0..255.
+        captions: ``5N`` sentences.
+        batch_size: Examples per call.
+
+    Returns:
+        Tower file name -> ``float32 [N or 5N, D]``; both text towers get
+        the ``encode_text`` embeddings of the captions.
+    """
+    loaded = tf.saved_model.load(path)
+    pixels = loaded.signatures["encode_image_pixels"]
+    text = loaded.signatures["encode_text"]
+    image_emb = _batched(
+        lambda x: pixels(pixels=tf.constant(x))["embedding"].numpy(),
+        images,
+        batch_size,
+    )
+    text_emb = _batched(
+        lambda x: text(text=tf.constant(x))["embedding"].numpy(),
+        captions,
+        batch_size,
+    )
+    return {
+        tflite_lib.IMAGE_FILE: image_emb,
+        tflite_lib.TEXT_FILE: text_emb,
+        tflite_lib.STRINGS_FILE: text_emb,
+    }
+
+
 def main(argv):
     del argv
     modes = (
@@ -106,6 +155,22 @@ def main(argv):
             lambda x: encode_text(tf.constant(x)).numpy(), captions, _BATCH.value
         ),
     }
+    reference = keras_emb
+    saved_model = None
+    if _SAVED_MODEL.value:
+        reference = _saved_model_embeddings(
+            _SAVED_MODEL.value, images, captions, _BATCH.value
+        )
+        saved_model = {
+            "path": os.path.abspath(_SAVED_MODEL.value),
+            "cos_to_keras": {
+                name: _summary(_cosine(reference[name], keras_emb[name]))
+                for name in TOWERS
+            },
+            "retrieval": _r1(
+                reference[tflite_lib.IMAGE_FILE], reference[tflite_lib.TEXT_FILE]
+            ),
+        }
     inputs = {
         tflite_lib.IMAGE_FILE: images,
         tflite_lib.TEXT_FILE: tokens,
@@ -126,6 +191,8 @@ def main(argv):
         "max_length": config.data.max_length,
         "num_threads": _NUM_THREADS.value,
         "num_runs": _NUM_RUNS.value,
+        "reference": "saved_model" if saved_model else "keras",
+        "saved_model": saved_model,
         "keras": {
             "latency_ms": {
                 name: _median_ms(keras_fns[name], inputs[name][:1], _NUM_RUNS.value)
@@ -146,7 +213,7 @@ def main(argv):
         for name in TOWERS:
             runner = tflite_lib.TFLiteTower(files[name], num_threads=_NUM_THREADS.value)
             emb[name] = _batched(runner, inputs[name], _BATCH.value)
-            cosine = _cosine(emb[name], keras_emb[name])
+            cosine = _cosine(emb[name], reference[name])
             towers[name] = {
                 "size_mb": len(files[name]) / 1e6,
                 "latency_ms": _median_ms(runner, inputs[name][:1], _NUM_RUNS.value),
@@ -183,9 +250,22 @@ def _print_table(results: dict) -> None:
     print(header)
     print("-" * len(header))
     retrieval = keras["retrieval"]
+    saved_model = results["saved_model"]
     for name in TOWERS:
+        cos = (
+            saved_model["cos_to_keras"][name]
+            if saved_model
+            else {"cos_mean": 1.0, "cos_min": 1.0}
+        )
         print(
             f"{'keras':8} {name:26} {'':>7} {keras['latency_ms'][name]:8.2f} "
+            f"{cos['cos_mean']:9.6f} {cos['cos_min']:9.6f}  "
+            f"{retrieval['i2t_r1']:7.1f} {retrieval['t2i_r1']:7.1f}"
+        )
+    if saved_model:
+        retrieval = saved_model["retrieval"]
+        print(
+            f"{'savedmdl':8} {'encode_image_pixels/text':26} {'':>7} {'':>8} "
             f"{1.0:9.6f} {1.0:9.6f}  {retrieval['i2t_r1']:7.1f} "
             f"{retrieval['t2i_r1']:7.1f}"
         )
@@ -201,8 +281,10 @@ def _print_table(results: dict) -> None:
                 f"{tower['cos_min']:9.6f}  {r1['i2t_r1']:7.1f} {r1['t2i_r1']:7.1f}"
             )
     print(
-        "R@1 on a text-tower row pairs that text model with the same variant's "
-        "image tower; keras rows are the reference.\n"
+        f"cos = cosine to the {results['reference']} embeddings (the keras "
+        "rows: the SavedModel's cosine to Keras, when one is given). R@1 on a "
+        "text-tower row pairs that text model with the same variant's image "
+        "tower.\n"
     )
     for quantize, variant in results["variants"].items():
         for name in TOWERS:

@@ -48,6 +48,37 @@ each conv bias also absorbs the mean output error its int8 weights cause on
 the calibration images (bias correction, Nagel et al. 2019), which halves
 the error: min cosine 0.9993 on the demo test split. Files are ~1/4 of
 float32; latency and run-time memory are float32's.
+
+What ``quantize="int8"`` makes of the image tower (and why it is not the
+converter's plain full-integer model, which had a mean cosine of 0.899, min
+0.32, on the demo test split). ``tf.lite.experimental.QuantizationDebugger``
+showed two causes:
+
+* A converter bug: the int8 ``REVERSE_V2`` of the RGB -> BGR flip got an
+  output scale and zero point (1.45, -48) other than its input's (1.0,
+  -128), but its int8 kernel copies bytes without requantising, so every
+  pixel reached the first conv wrong (debugger RMSE: 45 quantisation steps
+  at ``REVERSE_V2``, 35 at the mean subtraction, < 1 at every conv).
+  `int8_requantization_mismatches` finds such ops; an ``int8`` export with
+  one left raises.
+* One activation range: ``block5_conv3``'s output (per-tensor int8, as
+  TFLite activations are) spans 0..930 on the calibration images while its
+  RMS is 12, so one int8 step is a third of a typical value. Its global
+  average over a few pixels and ``W_emb`` (which cancels the common
+  component of the all-positive features) amplify that error ~30-fold in
+  ``1 - cosine``. Every other conv output quantised to int8 costs < 0.001
+  of mean cosine together.
+
+So `convert_image_tower(quantize="int8")` converts through the debugger's
+selective quantisation (`int8_float_nodes` lists the nodes kept float32):
+the preprocessing (flip, mean subtraction: 3 channels) runs in float32; the
+first 12 convs and 4 max-pools run in int8 (int8 weights per output
+channel, int8 activations per tensor, calibrated on real training images);
+the last conv (``block5_conv3``, ~3% of the multiply-adds at 96x96) computes
+in float32 from int8-stored, bias-corrected weights (`quantize_weights_int8`);
+the head (pool5 max-pool and global average, feature L2, ``W_emb``,
+embedding L2) runs in float32. All 13 convs thus store int8 weights; only
+``W_emb`` stores float32 ones.
 """
 
 from __future__ import annotations
@@ -81,6 +112,23 @@ _DYNAMIC_IMAGE_OPS = ("CONV_2D",)
 _DYNAMIC_TEXT_OPS = ("FULLY_CONNECTED",)
 # Calibration images for the image tower's bias correction.
 NUM_BIAS_CORRECTION_IMAGES = 64
+# Ops whose TFLite int8 kernels move bytes without requantising: their int8
+# output must have the scale and zero point of their data input (index).
+_SAME_SCALE_OPS = {
+    "EXPAND_DIMS": 0,
+    "GATHER": 0,
+    "MAX_POOL_2D": 0,
+    "RESHAPE": 0,
+    "REVERSE_V2": 0,
+    "SLICE": 0,
+    "SPLIT": 1,
+    "SPLIT_V": 0,
+    "SQUEEZE": 0,
+    "STRIDED_SLICE": 0,
+    "TILE": 0,
+    "TRANSPOSE": 0,
+    "UNPACK": 0,
+}
 
 IMAGE_FILE = "image_tower.tflite"
 TEXT_FILE = "text_tower.tflite"
@@ -150,6 +198,7 @@ def _convert(
     allow_custom_ops: bool = False,
     int8_weight_ops: Sequence[str] = (),
     bias_correction: Optional[np.ndarray] = None,
+    int8_float_nodes: Optional[Callable[[bytes], list[str]]] = None,
 ) -> bytes:
     """Writes an ExportArchive SavedModel of ``fn`` and converts it.
 
@@ -161,10 +210,13 @@ def _convert(
         quantize: One of `QUANTIZE_MODES`.
         representative: Calibration data generator (``int8`` only).
         allow_custom_ops: Keep non-builtin ops as custom ops (tf_text).
-        int8_weight_ops: ``dynamic`` only: the op types whose weights
+        int8_weight_ops: ``dynamic``, and ``int8`` with
+            ``int8_float_nodes``: the op types whose float32 weights
             `quantize_weights_int8` stores as int8.
-        bias_correction: ``dynamic`` only: model inputs for its bias
-            correction (None: none).
+        bias_correction: Model inputs for that bias correction (None: none).
+        int8_float_nodes: ``int8`` only: maps the calibrated float model
+            (``.tflite`` bytes) to the names of the nodes to keep float32
+            (selective quantisation); None quantises all it can.
 
     Returns:
         The ``.tflite`` flatbuffer.
@@ -187,10 +239,159 @@ def _convert(
             converter.target_spec.supported_types = [tf.float16]
         elif quantize == "int8":
             converter.representative_dataset = representative
-        content = converter.convert()
-    if quantize == "dynamic":
+        if quantize == "int8" and int8_float_nodes is not None:
+            content = _selective_int8(converter, representative, int8_float_nodes)
+        else:
+            content = converter.convert()
+    if quantize == "dynamic" or (quantize == "int8" and int8_float_nodes is not None):
         content = quantize_weights_int8(content, int8_weight_ops, bias_correction)
+    if quantize == "int8":
+        mismatches = int8_requantization_mismatches(content)
+        if mismatches:
+            raise ValueError(
+                "the converter gave these int8 ops an output scale/zero point "
+                "other than their input's, which their kernels do not "
+                f"requantise (wrong outputs): {mismatches}"
+            )
     return content
+
+
+def _selective_int8(
+    converter: tf.lite.TFLiteConverter,
+    representative: Callable[[], Iterator[list[np.ndarray]]],
+    float_nodes: Callable[[bytes], list[str]],
+) -> bytes:
+    """Full-integer conversion that keeps some nodes float32.
+
+    Uses the selective quantisation of ``tf.lite.experimental.
+    QuantizationDebugger``: it calibrates once, then quantises the
+    calibrated model with the ``float_nodes(calibrated model)`` denylisted
+    (they run in float32, with (DE)QUANTIZE ops at their boundaries).
+
+    Args:
+        converter: A converter set up for ``int8`` (optimizations and
+            representative dataset).
+        representative: Its representative dataset.
+        float_nodes: Calibrated ``.tflite`` bytes -> node (output tensor)
+            names to keep float32.
+
+    Returns:
+        The ``.tflite`` bytes.
+    """
+    import warnings
+
+    debug = tf.lite.experimental
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter is deprecated
+        debugger = debug.QuantizationDebugger(
+            converter=converter, debug_dataset=representative
+        )
+        nodes = float_nodes(debugger.calibrated_model)
+        debugger.options = debug.QuantizationDebugOptions(denylisted_nodes=nodes)
+        return debugger.get_nondebug_quantized_model()
+
+
+def _ops_and_outputs(content: bytes) -> list[tuple[str, str]]:
+    """``(op name, first output tensor name)`` of each op, in order."""
+    schema = _schema()
+    flat = schema.Model.GetRootAsModel(content, 0)
+    subgraph = flat.Subgraphs(0)
+    names = _builtin_names()
+    result = []
+    for i in range(subgraph.OperatorsLength()):
+        op = subgraph.Operators(i)
+        code = flat.OperatorCodes(op.OpcodeIndex())
+        name = names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "?")
+        output = subgraph.Tensors(op.Outputs(0)).Name().decode()
+        result.append((name, output))
+    return result
+
+
+def int8_float_nodes(calibrated: ModelSource) -> list[str]:
+    """The image tower's nodes that ``int8`` keeps float32 (see module doc).
+
+    The ops before the first ``CONV_2D`` (the VGG preprocessing), the last
+    ``CONV_2D`` and every op after it (pool5, the global average, the L2
+    norms and ``W_emb``).
+
+    Args:
+        calibrated: The converter's calibrated float image tower (``.tflite``
+            bytes or path); any image tower ``.tflite`` with the same ops.
+
+    Returns:
+        Node names (each op's output tensor name), in graph order.
+    """
+    ops = _ops_and_outputs(_read(calibrated))
+    convs = [i for i, (name, _) in enumerate(ops) if name == "CONV_2D"]
+    if not convs:
+        raise ValueError("no CONV_2D in the model: not a VGG16 image tower")
+    return [
+        output for i, (_, output) in enumerate(ops) if i < convs[0] or i >= convs[-1]
+    ]
+
+
+def int8_requantization_mismatches(model: ModelSource) -> list[str]:
+    """Int8 data-movement ops whose output and input quantisation differ.
+
+    TFLite's int8 kernels of ``REVERSE_V2``, ``RESHAPE``, ``GATHER``,
+    ``MAX_POOL_2D``... copy bytes without requantising, so their output must
+    share the scale and zero point of their data input; the converter does
+    not always ensure it (it did not for the image tower's ``REVERSE_V2``).
+
+    Args:
+        model: ``.tflite`` bytes or path.
+
+    Returns:
+        ``"OP tensor: (scale, zero point) -> (scale, zero point)"`` for each
+        offending op output; empty when there is none.
+    """
+    schema = _schema()
+    flat = schema.Model.GetRootAsModel(_read(model), 0)
+    names = _builtin_names()
+    found = []
+    for s in range(flat.SubgraphsLength()):
+        subgraph = flat.Subgraphs(s)
+        for i in range(subgraph.OperatorsLength()):
+            op = subgraph.Operators(i)
+            code = flat.OperatorCodes(op.OpcodeIndex())
+            name = names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()))
+            if name not in _SAME_SCALE_OPS:
+                continue
+            source = subgraph.Tensors(op.Inputs(_SAME_SCALE_OPS[name]))
+            for j in range(op.OutputsLength()):
+                target = subgraph.Tensors(op.Outputs(j))
+                if source.Type() != schema.TensorType.INT8 or target.Type() != (
+                    schema.TensorType.INT8
+                ):
+                    continue
+                params = [_quant_params(t) for t in (source, target)]
+                if params[0] != params[1]:
+                    found.append(
+                        f"{name} {target.Name().decode()}: {params[0]} -> {params[1]}"
+                    )
+    return found
+
+
+def _quant_params(tensor) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    quantization = tensor.Quantization()
+    if quantization is None:
+        return (), ()
+    return (
+        tuple(float(x) for x in quantization.ScaleAsNumpy())
+        if quantization.ScaleLength()
+        else (),
+        tuple(int(x) for x in quantization.ZeroPointAsNumpy())
+        if quantization.ZeroPointLength()
+        else (),
+    )
+
+
+def _builtin_names() -> dict[int, str]:
+    return {
+        value: name
+        for name, value in vars(_schema().BuiltinOperator).items()
+        if not name.startswith("_")
+    }
 
 
 def _op_name(flat_model, op) -> str:
@@ -371,11 +572,15 @@ def convert_image_tower(
         image_tower: A tower built with its backbone.
         quantize: ``none|float16|dynamic|int8``. ``dynamic``: int8 weights
             for the 13 conv layers (`quantize_weights_int8`), ``W_emb``
-            float32.
+            float32. ``int8``: int8 weights and activations for the first
+            12 convs and 4 max-pools; preprocessing, ``block5_conv3`` (with
+            int8-stored weights) and the head in float32 (`int8_float_nodes`
+            and the module doc say why).
         representative_images: ``float32 [K, S, S, 3]`` real RGB 0..255
-            training images: ``int8`` calibration (required), ``dynamic``
-            bias correction on the first `NUM_BIAS_CORRECTION_IMAGES`
-            (optional, but without it the error is about twice as large).
+            training images: ``int8`` calibration (required), and bias
+            correction of the convs computed in float32 from int8 weights on
+            the first `NUM_BIAS_CORRECTION_IMAGES` (``dynamic``: optional,
+            but without it the error is about twice as large).
 
     Returns:
         ``.tflite`` bytes; signature ``encode_image``:
@@ -405,6 +610,7 @@ def convert_image_tower(
         bias_correction=None
         if representative_images is None
         else np.asarray(representative_images)[:NUM_BIAS_CORRECTION_IMAGES],
+        int8_float_nodes=int8_float_nodes if quantize == "int8" else None,
     )
 
 
@@ -724,8 +930,12 @@ def describe_quantization(model: ModelSource) -> dict[str, Any]:
 
     Returns:
         ``{"weights": {storage dtype: {op: count}}, "activations": [dtypes],
-        "dequantize_weights": n}`` where ``dequantize_weights`` counts the
-        constants dequantised to float at run time (weight-only storage).
+        "dequantize_weights": n, "ops_by_output_type": {dtype: {op: count}}}``
+        where ``dequantize_weights`` counts the constants dequantised to
+        float at run time (weight-only storage) and ``ops_by_output_type``
+        counts the ops by the type they compute into (so which ops run in
+        int8 and which in float32; ``QUANTIZE``/``DEQUANTIZE`` conversions
+        are not counted).
     """
     schema = _schema()
     flat = schema.Model.GetRootAsModel(_read(model), 0)
@@ -752,12 +962,17 @@ def describe_quantization(model: ModelSource) -> dict[str, Any]:
             dequantized_from[op.Outputs(0)] = op.Inputs(0)
     weights: dict[str, dict[str, int]] = {}
     activations = set()
+    by_output: dict[str, dict[str, int]] = {}
     seen = set()
     for i in range(subgraph.OperatorsLength()):
         op = subgraph.Operators(i)
         name = op_name(op)
         if name == "DEQUANTIZE" and op.Inputs(0) in dequantized_from.values():
             continue
+        if name not in ("QUANTIZE", "DEQUANTIZE") and op.OutputsLength():
+            dtype = types[subgraph.Tensors(op.Outputs(0)).Type()]
+            by_output.setdefault(dtype, {}).setdefault(name, 0)
+            by_output[dtype][name] += 1
         if name in ("CONV_2D", "FULLY_CONNECTED", "DEPTHWISE_CONV_2D", "GATHER"):
             index = op.Inputs(0 if name == "GATHER" else 1)
             source = dequantized_from.get(index, index)
@@ -777,6 +992,7 @@ def describe_quantization(model: ModelSource) -> dict[str, Any]:
         "weights": weights,
         "activations": sorted(activations),
         "dequantize_weights": len(set(dequantized_from.values())),
+        "ops_by_output_type": by_output,
     }
 
 
@@ -808,6 +1024,19 @@ def quantization_note(name: str, quantize: str, bias_corrected: bool = False) ->
             "and recurrent kernels, dequantised to float32 inside the model "
             "(DEQUANTIZE ops on constants); word embeddings, LSTM bias, the L2 "
             "norm and every activation float32"
+        )
+    if image:
+        return (
+            "selective full-integer post-training quantisation (TFLite "
+            "converter, Optimize.DEFAULT + representative training images, "
+            "QuantizationDebugger denylisted nodes): the first 12 VGG16 convs "
+            "and 4 max-pools in int8 (int8 weights per output channel, int8 "
+            "activations per tensor); float32: the preprocessing (RGB->BGR "
+            "flip, mean subtraction: the converter mis-scales an int8 "
+            "REVERSE_V2), block5_conv3 (computed in float32 from int8 weights, "
+            "DEQUANTIZE on constants, bias-corrected: its int8 output range "
+            "cost most of the error) and the head (pool5, global average, "
+            "feature L2, W_emb, embedding L2); float32 input and output"
         )
     return (
         "full-integer post-training quantisation (TFLite converter, "
