@@ -38,6 +38,12 @@ _LOSS = flags.DEFINE_enum(
     ["sum", "max", "sum_then_max"],
     "Ranking loss: sum or max of hinges, or sum for --warmup_epochs then max.",
 )
+_FEATURE_NORM = flags.DEFINE_enum(
+    "feature_norm", None, ["l2", "batchnorm", "none"], "CNN feature normalisation."
+)
+_TRAIN_WORD_EMBEDDINGS = flags.DEFINE_bool(
+    "train_word_embeddings", None, "Fine-tune the (GloVe) word vectors."
+)
 _WARMUP_EPOCHS = flags.DEFINE_integer(
     "warmup_epochs", None, "Epochs of sum before max (sum_then_max)."
 )
@@ -96,6 +102,8 @@ def main(argv):
         glove=_GLOVE.value,
         loss=_LOSS.value,
         warmup_epochs=_WARMUP_EPOCHS.value,
+        feature_norm=_FEATURE_NORM.value,
+        train_word_embeddings=_TRAIN_WORD_EMBEDDINGS.value,
         lr_decay_epochs=_LR_DECAY_EPOCHS.value,
         strategy=_STRATEGY.value,
         text_compute_dtype=_TEXT_COMPUTE_DTYPE.value,

@@ -64,7 +64,8 @@ class ModelConfig:
         word_dim: Word vector size (taken from GloVe when GloVe is used).
         vgg_weights: ``imagenet|none|hed|PATH``.
         image_feature: ``fc7`` (4096-d, 224x224) or ``pool5`` (512-d).
-        feature_norm: ``l2`` (Kiros: normalise CNN features before W_emb) or
+        feature_norm: ``l2`` (Kiros: normalise CNN features before W_emb),
+            ``batchnorm`` (standardise each dimension, then ``l2``) or
             ``none``.
         glove: ``kumo-6b-50d|PATH|none``.
         train_word_embeddings: Fine-tune the GloVe-initialised embedding.

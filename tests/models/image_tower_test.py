@@ -84,6 +84,47 @@ class TestImageTower:
             np.asarray(head.embed_features(features)), want, rtol=1e-5, atol=1e-6
         )
 
+    def test_feature_norm_batchnorm(self, tmp_path):
+        keras.utils.set_random_seed(0)
+        head = VGG16ImageTower(
+            embed_dim=DIM, include_backbone=False, feature_norm="batchnorm"
+        )
+        rng = np.random.default_rng(5)
+        features = rng.uniform(0, 3, size=(6, 512)).astype(np.float32)
+        kernel, bias = (np.asarray(w) for w in head.w_emb.weights)
+
+        def by_hand(mean, variance):
+            standard = (features - mean) / np.sqrt(variance + 1e-3)
+            unit = standard / np.linalg.norm(standard, axis=1, keepdims=True)
+            proj = unit @ kernel + bias
+            return proj / np.linalg.norm(proj, axis=1, keepdims=True)
+
+        # Training: the batch's own statistics (and the moving ones move).
+        np.testing.assert_allclose(
+            np.asarray(head.embed_features(features, training=True)),
+            by_hand(features.mean(0), features.var(0)),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+        moving_mean = np.asarray(head.feature_bn.moving_mean)
+        np.testing.assert_allclose(moving_mean, 0.01 * features.mean(0), rtol=1e-5)
+        # Inference: the moving statistics.
+        np.testing.assert_allclose(
+            np.asarray(head.embed_features(features)),
+            by_hand(moving_mean, np.asarray(head.feature_bn.moving_variance)),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+        assert len(head.trainable_weights) == 4  # gamma, beta, W_emb kernel, bias
+        path = str(tmp_path / "head.keras")
+        head.save(path)
+        clone = keras.saving.load_model(path)
+        np.testing.assert_allclose(
+            np.asarray(clone.embed_features(features)),
+            np.asarray(head.embed_features(features)),
+            atol=1e-6,
+        )
+
     def test_feature_norm_validation(self):
         with pytest.raises(ValueError, match="feature_norm"):
             VGG16ImageTower(embed_dim=DIM, include_backbone=False, feature_norm="l1")

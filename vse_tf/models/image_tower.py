@@ -29,6 +29,12 @@ class L2Normalize(keras.layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
+FEATURE_NORMS = ("l2", "batchnorm", "none")
+"""``l2``: unit-normalise CNN features (Kiros); ``batchnorm``: standardise
+each feature dimension with batch statistics (moving averages at
+inference), then unit-normalise; ``none``."""
+
+
 @keras.saving.register_keras_serializable(package="vse_tf")
 class VGG16ImageTower(keras.Model):
     """RGB images (or their cached CNN features) -> unit D-dim embeddings.
@@ -73,9 +79,9 @@ class VGG16ImageTower(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if feature_norm not in ("l2", "none"):
+        if feature_norm not in FEATURE_NORMS:
             raise ValueError(
-                f"feature_norm must be 'l2' or 'none', got {feature_norm!r}"
+                f"feature_norm must be one of {FEATURE_NORMS}, got {feature_norm!r}"
             )
         self.embed_dim = embed_dim
         self.image_feature = image_feature
@@ -99,15 +105,25 @@ class VGG16ImageTower(keras.Model):
             )
             backbone_lib.set_fine_tuning(self.backbone, fine_tune_from)
         self.feature_normalize = L2Normalize(name="feature_l2")
+        self.feature_bn = None
+        if feature_norm == "batchnorm":
+            # Synchronized: under tf.distribute the batch statistics are
+            # those of the global batch, as on one device.
+            self.feature_bn = keras.layers.BatchNormalization(
+                synchronized=True, name="feature_bn"
+            )
+            self.feature_bn.build((None, self.feature_dim))
         self.w_emb = keras.layers.Dense(embed_dim, name="W_emb")
         self.normalize = L2Normalize(name="embedding_l2")
         self.w_emb.build((None, self.feature_dim))
         self.built = True  # the backbone and W_emb are built above
 
-    def embed_features(self, features):
+    def embed_features(self, features, training=False):
         """``[B, F]`` CNN features -> ``[B, D]`` unit embeddings."""
         features = keras.ops.cast(features, "float32")
-        if self.feature_norm == "l2":
+        if self.feature_bn is not None:
+            features = self.feature_bn(features, training=training)
+        if self.feature_norm in ("l2", "batchnorm"):
             features = self.feature_normalize(features)
         return self.normalize(self.w_emb(features))
 
@@ -117,7 +133,9 @@ class VGG16ImageTower(keras.Model):
                 "this image tower was built without its backbone "
                 "(include_backbone=False); use embed_features()"
             )
-        return self.embed_features(self.backbone(pixels, training=training))
+        return self.embed_features(
+            self.backbone(pixels, training=training), training=training
+        )
 
     def get_config(self):
         config = super().get_config()

@@ -119,7 +119,9 @@ class VSEModel(keras.Model):
 
     def embed_images(self, inputs, training=False):
         if "image_features" in inputs:
-            return self.image_tower.embed_features(inputs["image_features"])
+            return self.image_tower.embed_features(
+                inputs["image_features"], training=training
+            )
         return self.image_tower(inputs["images"], training=training)
 
     def embed_text(self, inputs, training=False):
