@@ -7,7 +7,10 @@ Signatures (names and keys are a contract; see the README):
   ``serving_default`` is the same function.
 * ``encode_tokens``: ``token_ids`` int32 ``[N, L]`` -> ``embedding``.
 * ``encode_image``: ``image_bytes`` tf.string ``[N]`` (JPEG, PNG, GIF or BMP)
-  -> ``embedding`` (decode, resize, VGG preprocessing in-graph).
+  -> ``embedding`` (decode, resize, VGG preprocessing in-graph). Decoding is
+  bounded (`vse_tf.serving.image_decode`): at most 4096 x 4096 decoded
+  pixels per image; larger baseline JPEGs are decoded at 1/2..1/8 scale,
+  other larger images refused.
 * ``encode_image_pixels``: ``pixels`` float32 ``[N, H, W, 3]`` RGB 0..255,
   any H and W (resized in-graph) -> ``embedding``.
 * ``encode_image_features``: ``features`` float32 ``[N, F]`` backbone features
@@ -17,6 +20,15 @@ Signatures (names and keys are a contract; see the README):
   tf.string ``[N]`` -> ``ids`` int32 ``[N, k]``, ``scores`` float32
   ``[N, k]`` (cosine, best first) and ``items`` tf.string ``[N, k]`` (the
   indexed image paths), so TF Serving alone answers a sentence query.
+
+Bad requests (see the README, "When things go wrong") fail with
+``InvalidArgumentError`` and a message naming the input, never a crash or a
+made-up embedding: a wrong rank or inner size (every signature checks its
+input's shape at run time; a scalar ``text`` used to crash the tokenizer op),
+text that is not UTF-8, token ids outside ``[0, V)`` or a row of padding only,
+NaN or infinite pixels or features, empty, corrupt, unknown-format or too
+large images (`vse_tf.serving.image_decode`). An empty batch returns an
+empty ``[0, D]`` embedding.
 
 The graph holds tensorflow-text ops: load it only after
 ``import tensorflow_text`` (`load_saved_model` does that), as the TF Serving
@@ -28,6 +40,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import tempfile
 from typing import Optional
 
@@ -38,6 +51,7 @@ import tensorflow as tf
 from vse_tf import features as features_lib
 from vse_tf import train_lib
 from vse_tf.models.vse_model import VSEModel
+from vse_tf.serving import image_decode
 
 SIGNATURES = (
     "encode_text",
@@ -49,6 +63,141 @@ SIGNATURES = (
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 VOCAB_ASSET = "vocab.txt"
 WARMUP_SENTENCE = "A dog runs on the beach."
+# Unfinished versions are written to ".tmp-<version>-<pid>-<host>-<random>".
+STAGING_PREFIX = ".tmp-"
+_STAGING_RE = re.compile(r"\.tmp-\d+-(\d+)-(.*)-[^-]+")
+
+
+def _after(checks: list, tensor: tf.Tensor) -> tf.Tensor:
+    """``tensor``, computed only once every op in ``checks`` has passed."""
+    with tf.control_dependencies(checks):
+        return tf.identity(tensor)
+
+
+def _first_false(flags: tf.Tensor) -> tf.Tensor:
+    """int64 index of the first False in a bool ``[N]`` (N if none)."""
+    padded = tf.concat([tf.cast(flags, tf.int32), [0]], axis=0)
+    return tf.argmin(padded, output_type=tf.int64)
+
+
+def check_text(text: tf.Tensor) -> tf.Tensor:
+    """Validates a ``text`` input: ``tf.string [N]`` of UTF-8 sentences.
+
+    Args:
+        text: The signature input, as fed.
+
+    Returns:
+        ``text``, once checked.
+
+    Raises:
+        InvalidArgumentError: (when run) if ``text`` is not of rank 1 (a
+            scalar used to crash the tokenizer op) or a sentence is not
+            valid UTF-8 (``text 3: not valid UTF-8``). Any valid sentence,
+            empty or of any length, is accepted.
+    """
+    text = tf.ensure_shape(text, [None])
+    repaired = tf.strings.unicode_transcode(
+        text, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD
+    )
+    valid = tf.equal(repaired, text)
+    message = tf.strings.format("text {}: not valid UTF-8", [_first_false(valid)])
+    return _after([tf.debugging.Assert(tf.reduce_all(valid), [message])], text)
+
+
+def check_token_ids(token_ids: tf.Tensor, length: int, vocab_size: int) -> tf.Tensor:
+    """Validates a ``token_ids`` input: ``int32 [N, L]``, 0-padded ids.
+
+    Args:
+        token_ids: The signature input, as fed.
+        length: L, the model's ``max_length``.
+        vocab_size: V; ids must be in ``[0, V)``.
+
+    Returns:
+        ``token_ids``, once checked.
+
+    Raises:
+        InvalidArgumentError: (when run) for another shape, an id outside
+            ``[0, V)`` (a gather would fail on CPU but silently read zeros
+            on GPU) or a row of padding only (its embedding would be the
+            zero vector; the empty sentence is ``[1, 0, ..., 0]``).
+    """
+    token_ids = tf.ensure_shape(token_ids, [None, length])
+    in_range = tf.reduce_all(
+        tf.logical_and(token_ids >= 0, token_ids < vocab_size), axis=1
+    )
+    has_word = tf.reduce_any(tf.not_equal(token_ids, 0), axis=1)
+    row = _first_false(in_range)
+    range_message = tf.strings.format(
+        "token_ids row {}: ids must be in [0, {}), got {}",
+        # (a padding row keeps the gather in range when every row is valid)
+        [row, vocab_size, tf.gather(tf.pad(token_ids, [[0, 1], [0, 0]]), row)],
+        summarize=length,
+    )
+    empty_message = tf.strings.format(
+        "token_ids row {}: no token, only padding (0); the empty sentence is "
+        "[1, 0, ..., 0]",
+        [_first_false(has_word)],
+    )
+    checks = [
+        tf.debugging.Assert(tf.reduce_all(in_range), [range_message]),
+        tf.debugging.Assert(tf.reduce_all(has_word), [empty_message]),
+    ]
+    return _after(checks, token_ids)
+
+
+def check_pixels(pixels: tf.Tensor) -> tf.Tensor:
+    """Validates a ``pixels`` input: finite ``float32 [N, H, W, 3]``.
+
+    Values outside 0..255 are clipped by the resize, as in training.
+
+    Args:
+        pixels: The signature input, as fed.
+
+    Returns:
+        ``pixels``, once checked.
+
+    Raises:
+        InvalidArgumentError: (when run) for another rank or channel count,
+            H or W of 0, or any NaN or infinite value.
+    """
+    pixels = tf.ensure_shape(pixels, [None, None, None, 3])
+    shape = tf.shape(pixels)
+    size_message = tf.strings.format(
+        "pixels: height and width must be at least 1, got shape {}", [shape]
+    )
+    has_area = tf.logical_and(shape[1] > 0, shape[2] > 0)
+    pixels = _after([tf.debugging.Assert(has_area, [size_message])], pixels)
+    return tf.debugging.assert_all_finite(pixels, "pixels: NaN or infinite value")
+
+
+def check_features(features: tf.Tensor, feature_dim: int) -> tf.Tensor:
+    """Validates a ``features`` input: finite ``float32 [N, F]``.
+
+    Args:
+        features: The signature input, as fed.
+        feature_dim: F.
+
+    Returns:
+        ``features``, once checked.
+
+    Raises:
+        InvalidArgumentError: (when run) for another shape or any NaN or
+            infinite value (it would make the whole embedding NaN).
+    """
+    features = tf.ensure_shape(features, [None, feature_dim])
+    return tf.debugging.assert_all_finite(features, "features: NaN or infinite value")
+
+
+def _unless_empty(batch: tf.Tensor, fn, dim: int) -> tf.Tensor:
+    """``fn(batch)``, or ``float32 [0, dim]`` for an empty batch.
+
+    VGG16's convolutions reject a batch of 0 with an unrelated message.
+    """
+    return tf.cond(
+        tf.shape(batch)[0] > 0,
+        lambda: tf.cast(fn(batch), tf.float32),
+        lambda: tf.zeros([0, dim], tf.float32),
+    )
 
 
 def build_export_archive(
@@ -56,8 +205,11 @@ def build_export_archive(
     index_embeddings: Optional[np.ndarray] = None,
     index_items: Optional[list[str]] = None,
     search_k: int = 10,
+    max_image_pixels: int = image_decode.MAX_IMAGE_PIXELS,
 ):
     """An ExportArchive with every signature the model can serve.
+
+    Every signature checks its input first (see the module docstring).
 
     Args:
         model: A trained `VSEModel` (with its image backbone, for the image
@@ -66,29 +218,42 @@ def build_export_archive(
             with this model); adds the ``search_images`` signature.
         index_items: ``[M]`` names returned for the index rows (paths).
         search_k: Results per query of ``search_images`` (capped at M).
+        max_image_pixels: Largest raster ``encode_image`` decodes per image
+            (`vse_tf.serving.image_decode`); larger baseline JPEGs are
+            decoded at reduced scale, other larger images refused.
 
     Returns:
         A ``keras.export.ExportArchive`` ready for ``write_out``.
     """
     text_tower, image_tower = model.text_tower, model.image_tower
     length = text_tower.max_length
+    vocab_size = len(text_tower.vocabulary)
+    feature_dim = image_tower.feature_dim
     archive = keras.export.ExportArchive()
     archive.track(text_tower)
     archive.track(image_tower)
 
     archive.add_endpoint(
         "encode_text",
-        lambda text: {"embedding": text_tower(text)},
+        lambda text: {"embedding": text_tower(check_text(text))},
         input_signature=[tf.TensorSpec([None], tf.string, name="text")],
     )
     archive.add_endpoint(
         "encode_tokens",
-        lambda token_ids: {"embedding": text_tower.encode_tokens(token_ids)},
+        lambda token_ids: {
+            "embedding": text_tower.encode_tokens(
+                check_token_ids(token_ids, length, vocab_size)
+            )
+        },
         input_signature=[tf.TensorSpec([None, length], tf.int32, name="token_ids")],
     )
     archive.add_endpoint(
         "encode_image_features",
-        lambda features: {"embedding": image_tower.embed_features(features)},
+        lambda features: {
+            "embedding": image_tower.embed_features(
+                check_features(features, feature_dim)
+            )
+        },
         input_signature=[
             tf.TensorSpec([None, image_tower.feature_dim], tf.float32, name="features")
         ],
@@ -99,14 +264,16 @@ def build_export_archive(
         )
     if image_tower.backbone is not None:
         size = image_tower.image_size
+        dim = image_tower.embed_dim
 
         def encode_image(image_bytes):
-            pixels = tf.map_fn(
-                lambda data: features_lib.decode_image(data, size),
-                image_bytes,
-                fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
-            )
-            return {"embedding": image_tower(pixels)}
+            image_bytes = tf.ensure_shape(image_bytes, [None])
+            pixels = image_decode.decode_images(image_bytes, size, max_image_pixels)
+            return {"embedding": _unless_empty(pixels, image_tower, dim)}
+
+        def encode_image_pixels(pixels):
+            pixels = features_lib.resize_pixels(check_pixels(pixels), size)
+            return {"embedding": _unless_empty(pixels, image_tower, dim)}
 
         archive.add_endpoint(
             "encode_image",
@@ -115,9 +282,7 @@ def build_export_archive(
         )
         archive.add_endpoint(
             "encode_image_pixels",
-            lambda pixels: {
-                "embedding": image_tower(features_lib.resize_pixels(pixels, size))
-            },
+            encode_image_pixels,
             input_signature=[
                 tf.TensorSpec([None, None, None, 3], tf.float32, name="pixels")
             ],
@@ -145,7 +310,7 @@ def _add_search_endpoint(archive, text_tower, embeddings, items, k):
     archive.track(names)
 
     def search_images(text):
-        queries = text_tower(text)  # [N, D], unit norm
+        queries = text_tower(check_text(text))  # [N, D], unit norm
         scores, ids = tf.math.top_k(tf.matmul(queries, index, transpose_b=True), k)
         return {"ids": ids, "scores": scores, "items": tf.gather(names, ids)}
 
@@ -214,6 +379,63 @@ def next_version(output_dir: str) -> int:
     return max(numbers, default=0) + 1
 
 
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_staging(output_dir: str) -> list[str]:
+    """Deletes unfinished versions left by exports that died (e.g. kill -9).
+
+    A staging folder is ``.tmp-<version>-<pid>-<host>-<random>``; it is
+    removed only when it was made on this host by a process that no longer
+    runs, so a concurrent export (here or on another machine sharing the
+    folder) is never disturbed. TF Serving and `next_version` ignore such
+    folders anyway (their names are not numbers); this only frees the space.
+
+    Args:
+        output_dir: The model base path.
+
+    Returns:
+        The paths removed.
+    """
+    if not os.path.isdir(output_dir):
+        return []
+    removed = []
+    for name in sorted(os.listdir(output_dir)):
+        match = _STAGING_RE.fullmatch(name)
+        if not match or match.group(2) != _host_tag():
+            continue
+        pid = int(match.group(1))
+        if pid != os.getpid() and not _pid_alive(pid):
+            path = os.path.join(output_dir, name)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _fsync_tree(path: str) -> None:
+    """Flushes every file and folder under ``path`` to disk."""
+    for root, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def export_saved_model(
     workdir: str,
     output_dir: str,
@@ -221,12 +443,16 @@ def export_saved_model(
     model_name: str = "vse",
     image_index: Optional[str] = None,
     search_k: int = 10,
+    max_image_pixels: int = image_decode.MAX_IMAGE_PIXELS,
 ) -> str:
     """Exports a trained workdir as version ``N`` of a TF Serving model base.
 
-    The version is written to a temporary folder inside ``output_dir`` and
-    renamed to ``output_dir/N`` only when complete, so a model server that
-    watches ``output_dir`` never sees a partial version.
+    The version is written to a staging folder inside ``output_dir``
+    (``.tmp-<version>-<pid>-<host>-<random>``), flushed to disk and renamed
+    to ``output_dir/N`` only when complete, so a model server that watches
+    ``output_dir`` never sees a partial version, even if the export is
+    killed. Staging folders of dead exports are deleted first
+    (`remove_stale_staging`).
 
     Args:
         workdir: A training workdir (`vse_tf.train_lib`).
@@ -237,21 +463,28 @@ def export_saved_model(
             built with this model) to embed as the ``search_images``
             signature.
         search_k: Results per ``search_images`` query.
+        max_image_pixels: ``encode_image``'s decoding limit per image
+            (`build_export_archive`).
 
     Returns:
         The path of the new version folder.
 
     Raises:
-        FileExistsError: if that version exists already.
+        FileExistsError: if that version exists already (or appeared while
+            this one was written).
     """
     config, model = train_lib.load_trained_model(workdir)
     del config
+    remove_stale_staging(output_dir)
     version = next_version(output_dir) if version is None else int(version)
     final = os.path.join(output_dir, str(version))
     if os.path.exists(final):
         raise FileExistsError(f"{final} exists; choose another --version")
     os.makedirs(output_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=output_dir)
+    staging = tempfile.mkdtemp(
+        prefix=f"{STAGING_PREFIX}{version}-{os.getpid()}-{_host_tag()}-",
+        dir=output_dir,
+    )
     try:
         export_dir = os.path.join(staging, "model")
         embeddings = items = None
@@ -262,7 +495,9 @@ def export_saved_model(
             if index.kind != "image":
                 raise ValueError(f"{image_index} is a {index.kind} index, not images")
             embeddings, items = index.embeddings, index.items
-        archive = build_export_archive(model, embeddings, items, search_k)
+        archive = build_export_archive(
+            model, embeddings, items, search_k, max_image_pixels
+        )
         archive.write_out(export_dir, verbose=False)
         # The vocabulary (id = line number) for clients that tokenise
         # themselves (encode_tokens, the TFLite token-id tower).
@@ -276,7 +511,13 @@ def export_saved_model(
         with tf.io.TFRecordWriter(os.path.join(export_dir, WARMUP_FILE)) as writer:
             for record in records:
                 writer.write(record)
-        os.rename(export_dir, final)
+        _fsync_tree(export_dir)
+        try:
+            os.rename(export_dir, final)
+        except OSError as error:  # another export took the number meanwhile
+            if os.path.exists(final):
+                raise FileExistsError(f"{final} appeared during the export") from error
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
