@@ -307,6 +307,10 @@ class SentenceTokenizer(keras.layers.Layer):
 
     def call(self, sentences):
         sentences = tf.reshape(tf.convert_to_tensor(sentences, tf.string), [-1])
+        # Grappler can drop the reshape of a [None] input, and the tf_text
+        # kernels crash (SIGSEGV) on a scalar; ensure_shape is checked at run
+        # time and kept.
+        sentences = tf.ensure_shape(sentences, [None])
         pieces = self._wordpiece.tokenize(self._normalizer.normalize(sentences))
         ids = pieces.flat_values
         keep = ids < len(self.vocabulary)  # punctuation ids come after the words
