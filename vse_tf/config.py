@@ -6,8 +6,10 @@ Presets:
   a meaningful model in a few minutes on 2 CPU cores.
 * ``tiny``: seconds; what the tests use (random-weight VGG16 at 32x32, tiny
   dimensions).
-* ``flickr8k``, ``flickr30k``, ``coco``: paper-like defaults (D=1024,
-  margin 0.2, batch 128, Adam 2e-4, x0.1 after 15 epochs, clip 2.0).
+* ``flickr30k``, ``coco``: paper-like defaults (D=1024, margin 0.2, batch
+  128, Adam 2e-4, x0.1 after 15 epochs, clip 2.0).
+* ``flickr8k``: the paper sizes with the recipe measured on Flickr8k (see
+  ``docs/flickr8k_recipe.md``).
 
 Example:
     >>> cfg = get_config("flickr8k")
@@ -201,10 +203,33 @@ def _paper(dataset: str) -> Config:
     )
 
 
+def _flickr8k() -> Config:
+    # The recipe measured on ../shared/data/flickr8k with the offline HED
+    # trunk (docs/flickr8k_recipe.md has the ablation): batch-normalised
+    # features, fine-tuned GloVe, a 3x higher learning rate decayed after 7
+    # of 10 epochs, the sum of hinges (the hardest negative collapsed here,
+    # even after 5 warm-up epochs), bf16 LSTM matmuls.
+    paper = _paper("flickr8k")
+    return Config(
+        data=paper.data,
+        model=dataclasses.replace(
+            paper.model, feature_norm="batchnorm", train_word_embeddings=True
+        ),
+        train=dataclasses.replace(
+            paper.train,
+            loss="sum",
+            learning_rate=6e-4,
+            epochs=10,
+            lr_decay_epochs=7,
+            text_compute_dtype="bfloat16",
+        ),
+    )
+
+
 PRESETS = {
     "demo": _demo,
     "tiny": _tiny,
-    "flickr8k": lambda: _paper("flickr8k"),
+    "flickr8k": _flickr8k,
     "flickr30k": lambda: _paper("karpathy"),
     "coco": lambda: _paper("karpathy"),
 }
