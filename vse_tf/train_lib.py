@@ -414,6 +414,12 @@ def prepare_eval(
     feats, skipped = None, 0
     if not config.model.fine_tune_from:
         view, feats, skipped = split_features(config, view)
+    elif view.features is None:  # fine-tuning embeds the image files
+        bad = features_lib.unreadable_images(view.image_paths, config.data.image_size)
+        if bad:
+            print(f"{view.name}: skipped {len(bad)} unreadable images")
+            keep = sorted(set(range(view.num_images)) - {b.index for b in bad})
+            view, skipped = select_images(view, keep), len(bad)
     ids = text_lib.encode_captions(tokenizer, view.captions)
     return EvalData(view, ids, feats, skipped_images=skipped)
 
@@ -733,12 +739,21 @@ def _train_and_evaluate(
         logging.warning("%s", warning)
     fine_tune = bool(config.model.fine_tune_from)
     train_feats, skipped_images = None, {}
+    # First: images that cannot be decoded leave the split with their
+    # captions, before the vocabulary and the batches are made.
     if not fine_tune:
-        # First: images that cannot be decoded leave the split with their
-        # captions, before the vocabulary and the batches are made.
         train, train_feats, skipped_images["train"] = split_features(
             config, train, verbose
         )
+    elif train.features is None:
+        bad = features_lib.unreadable_images(train.image_paths, config.data.image_size)
+        skipped_images["train"] = len(bad)
+        if bad:
+            print(f"train: skipped {len(bad)} unreadable images")
+            for skipped in bad[:20]:
+                logging.warning("skipped image %s: %s", skipped.path, skipped.reason)
+            keep = sorted(set(range(train.num_images)) - {s.index for s in bad})
+            train = select_images(train, keep)
     vocabulary = _vocabulary(writer.path, config, train)
     print(
         f"train: {train.num_images} images, {train.num_captions} captions; "

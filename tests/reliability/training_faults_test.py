@@ -203,3 +203,18 @@ def test_nearly_full_disk_fails_fast(tmp_path, monkeypatch):
     )
     with pytest.raises(OSError, match="only 10 MB free"):
         train_lib.check_workdir(str(tmp_path / "run"))
+
+
+def test_fine_tuning_skips_unreadable_images_before_training(data_root, tmp_path):
+    root = _copy_data(data_root, tmp_path)
+    images = os.path.join(root, "data", "images")
+    with open(os.path.join(images, "img_0005.png"), "r+b") as f:
+        f.truncate(50)  # train
+    with open(os.path.join(images, "img_0030.png"), "wb") as f:
+        f.write(b"")  # dev
+    workdir = str(tmp_path / "run")
+    config = _config(root, fine_tune_from="block5", max_train_images=16, epochs=1)
+    results = train_lib.train_and_evaluate(config, workdir, verbose=0)
+    assert np.isfinite(results["dev"]["rsum"])
+    with open(os.path.join(workdir, "metrics_dev.json")) as f:
+        assert json.load(f)["skipped_images"] == {"train": 1, "dev": 1, "test": 0}
