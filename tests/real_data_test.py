@@ -64,8 +64,9 @@ def test_flickr8k_subset_with_hed_trunk_learns(tmp_path):
 def test_flickr8k_preset_is_well_above_chance_after_a_short_run(tmp_path):
     """The flickr8k preset's recipe (loss schedule, learning rate, feature
     normalisation) on real photos: a short run (3 epochs on 1,000 images)
-    must already separate the images it saw. VSE++'s default hardest-negative loss stays at chance on these
-    features (its users' issue 27); a collapse would show here."""
+    must already separate the images it saw. VSE++'s default
+    hardest-negative loss stays at chance on these features (its users'
+    issue 27); a collapse would show here."""
     _require()
     config = config_lib.override(
         config_lib.get_config("flickr8k"),
