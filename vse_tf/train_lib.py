@@ -161,30 +161,37 @@ def protocol_view(split: CaptionedSplit, k: int = CAPTIONS_PER_IMAGE) -> Caption
 
 def split_features(
     config: Config, split: CaptionedSplit, verbose: int = 1
-) -> tuple[CaptionedSplit, np.ndarray, int]:
-    """Cached backbone features of a split's images.
+) -> tuple[CaptionedSplit, Optional[np.ndarray], int]:
+    """A split's cached backbone features, without its unreadable images.
 
     Images that cannot be read or decoded (missing, truncated, not an image)
     are skipped: they and their captions leave the split, and the count is
-    logged (the feature cache's manifest lists each with its reason).
+    logged (the feature cache's manifest lists each with its reason). When
+    fine-tuning (no feature cache) the image files are only checked.
 
     Returns:
-        ``(split, features [N', F], skipped_images)``: the split without the
-        skipped images, their features, and how many were skipped.
+        ``(split, features [N', F] or None when fine-tuning, skipped)``:
+        the split without the skipped images, their features, and how many
+        were skipped.
     """
     if split.features is not None:
         return split, split.features, 0
-    report = features_lib.extract_for_config(config, split.image_paths, verbose)
-    if not report.num_skipped:
-        return split, report.features, 0
-    print(
-        f"{split.name}: skipped {report.num_skipped} unreadable images "
-        f"(listed in {report.manifest_path})"
-    )
-    for skipped in report.skipped[:20]:
-        logging.warning("skipped image %s: %s", skipped.path, skipped.reason)
-    keep = report.valid_indices()
-    return select_images(split, keep), report.features[keep], report.num_skipped
+    if config.model.fine_tune_from:
+        features = None
+        skipped = features_lib.unreadable_images(
+            split.image_paths, config.data.image_size
+        )
+    else:
+        report = features_lib.extract_for_config(config, split.image_paths, verbose)
+        features, skipped = report.features, report.skipped
+    if not skipped:
+        return split, features, 0
+    print(f"{split.name}: skipped {len(skipped)} unreadable images")
+    for image in skipped[:20]:
+        logging.warning("skipped image %s: %s", image.path, image.reason)
+    keep = sorted(set(range(split.num_images)) - {image.index for image in skipped})
+    kept_features = None if features is None else features[keep]
+    return select_images(split, keep), kept_features, len(skipped)
 
 
 # ---------------------------------------------------------------------------
@@ -410,16 +417,7 @@ def prepare_eval(
     validation.check_captions_per_image(
         split, CAPTIONS_PER_IMAGE, "evaluation", allow_more=True
     )
-    view = protocol_view(split)
-    feats, skipped = None, 0
-    if not config.model.fine_tune_from:
-        view, feats, skipped = split_features(config, view)
-    elif view.features is None:  # fine-tuning embeds the image files
-        bad = features_lib.unreadable_images(view.image_paths, config.data.image_size)
-        if bad:
-            print(f"{view.name}: skipped {len(bad)} unreadable images")
-            keep = sorted(set(range(view.num_images)) - {b.index for b in bad})
-            view, skipped = select_images(view, keep), len(bad)
+    view, feats, skipped = split_features(config, protocol_view(split))
     ids = text_lib.encode_captions(tokenizer, view.captions)
     return EvalData(view, ids, feats, skipped_images=skipped)
 
@@ -738,22 +736,10 @@ def _train_and_evaluate(
     ):
         logging.warning("%s", warning)
     fine_tune = bool(config.model.fine_tune_from)
-    train_feats, skipped_images = None, {}
     # First: images that cannot be decoded leave the split with their
     # captions, before the vocabulary and the batches are made.
-    if not fine_tune:
-        train, train_feats, skipped_images["train"] = split_features(
-            config, train, verbose
-        )
-    elif train.features is None:
-        bad = features_lib.unreadable_images(train.image_paths, config.data.image_size)
-        skipped_images["train"] = len(bad)
-        if bad:
-            print(f"train: skipped {len(bad)} unreadable images")
-            for skipped in bad[:20]:
-                logging.warning("skipped image %s: %s", skipped.path, skipped.reason)
-            keep = sorted(set(range(train.num_images)) - {s.index for s in bad})
-            train = select_images(train, keep)
+    skipped_images = {}
+    train, train_feats, skipped_images["train"] = split_features(config, train, verbose)
     vocabulary = _vocabulary(writer.path, config, train)
     print(
         f"train: {train.num_images} images, {train.num_captions} captions; "
