@@ -36,7 +36,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
@@ -45,6 +44,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from vse_tf import io_utils
 from vse_tf.config import Config
 from vse_tf.models import backbone as backbone_lib
 
@@ -174,21 +174,6 @@ def _file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
@@ -272,7 +257,7 @@ def _read_manifest(folder: str) -> Optional[dict]:
 
 def _write_manifest(folder: str, manifest: dict) -> None:
     data = (json.dumps(manifest, indent=2) + "\n").encode()
-    _atomic_write(os.path.join(folder, MANIFEST_FILE), data)
+    io_utils.atomic_write_bytes(os.path.join(folder, MANIFEST_FILE), data)
 
 
 def _entry_ok(entry: Any, shard_size: int, count: int) -> bool:
@@ -528,7 +513,7 @@ def _adopt_format2_cache(cache_dir: str, folder: str, fresh: dict) -> Optional[d
     for shard, start in enumerate(range(0, count, size)):
         stop = min(start + size, count)
         data = _npy_bytes(np.ascontiguousarray(features[start:stop]))
-        _atomic_write(os.path.join(folder, _shard_file(shard)), data)
+        io_utils.atomic_write_bytes(os.path.join(folder, _shard_file(shard)), data)
         manifest["shards"].append(
             {
                 "shard": shard,
@@ -678,7 +663,7 @@ def extract_features_with_report(
             if not np.all(np.isfinite(array)):
                 raise FloatingPointError("non-finite VGG16 features; check the weights")
             data = _npy_bytes(array)
-            _atomic_write(os.path.join(folder, _shard_file(shard)), data)
+            io_utils.atomic_write_bytes(os.path.join(folder, _shard_file(shard)), data)
             entries[shard] = {
                 "shard": shard,
                 "start": begin,

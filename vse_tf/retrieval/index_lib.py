@@ -36,6 +36,7 @@ from typing import Any, NamedTuple, Optional, Protocol, Union
 import numpy as np
 import tensorflow as tf
 
+from vse_tf import io_utils
 from vse_tf.retrieval import search as search_lib
 from vse_tf.serving import client as client_lib
 from vse_tf.serving import saved_model_lib
@@ -141,23 +142,8 @@ def _is_invalid_input(error: Exception) -> bool:
     return isinstance(error, client_lib.ServingError) and error.is_invalid_input
 
 
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _atomic_write_json(path: str, value: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
+    io_utils.atomic_write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
 
 
 def _atomic_save_npy(path: str, array: np.ndarray) -> None:
@@ -524,7 +510,7 @@ def _build_index(
         "build": build,
     }
     _atomic_save_npy(os.path.join(output_dir, EMBEDDINGS_FILE), embeddings)
-    _atomic_write_bytes(
+    io_utils.atomic_write_bytes(
         os.path.join(output_dir, ITEMS_FILE),
         "".join(item + "\n" for item in items).encode("utf-8"),
     )
