@@ -1,7 +1,8 @@
 """Caption-image pairs per second of the cached-feature train step.
 
-Paper settings (VSE++ sizes): D = LSTM = 1024, word dim 300 (frozen word
-vectors), batch 128, 512-d image features (VGG16 pool5), captions up to 30
+Paper settings (VSE++ sizes): D = LSTM (or GRU) = 1024, word dim 300
+(frozen word vectors; ``--train_word_embeddings`` trains them, as VSE++
+does), batch 128, 512-d image features (VGG16 pool5), captions up to 30
 tokens. Caption lengths follow Flickr8k's train captions when
 ``../shared/data/flickr8k`` is there (tokenised as vse_tf does), else a
 fixed synthetic distribution with the same mean.
@@ -16,15 +17,19 @@ hits every variant alike:
   ``model.fit``): length-bucketed batches from `vse_tf.data.pipeline`,
   the fused LSTM (`vse_tf.models.recurrent`).
 * ``bf16``: the same with ``text_compute_dtype="bfloat16"``.
+* ``gru_bf16``: ``bf16`` with a GRU text tower (``rnn="gru"``, VSE++'s
+  recurrent layer: 3 gate blocks instead of 4).
 * ``xla``: the same with ``jit_compile_text=True``.
 * ``no_buckets``: float32 without length bucketing (batches padded to their
   longest caption, as VSE++ does).
 
-FLOPs per step are counted from the shapes (LSTM forward, and backward
-without the input gradient, since word vectors are frozen; the image head;
-the score matrix) over the tokens actually run (padded lengths), and
-divided by the step time; ``fraction_of_peak`` compares that with a large
-matmul of the same precision timed in the same run.
+FLOPs per step are counted from the shapes (recurrent forward, and backward
+with the input gradient only when word vectors are trained; the image head;
+the score matrix) over the steps actually run (each caption's own length
+for the packed recurrence, the batch's padded length for XLA's masked
+one and the baseline), and divided by the step time; ``fraction_of_peak``
+compares that with a large matmul of the same precision timed in the same
+run.
 
 Prints a table and ends with one line of JSON holding every figure
 (``pairs_per_s_f32``, ``pairs_per_s_bf16``, ``pairs_per_s_xla``,
@@ -32,6 +37,7 @@ Prints a table and ends with one line of JSON holding every figure
 
 Usage:
     python -m benchmarks.train_throughput [--steps=12] [--rounds=2]
+        [--variants=bf16,gru_bf16] [--train_word_embeddings]
 """
 
 from __future__ import annotations
@@ -56,7 +62,12 @@ _STEPS = flags.DEFINE_integer("steps", 12, "Timed steps per variant per round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Interleaved rounds (best is kept).")
 _BASELINE_STEPS = flags.DEFINE_integer("baseline_steps", 3, "Timed baseline steps.")
 _VARIANTS = flags.DEFINE_list(
-    "variants", ["float32", "bf16", "xla", "no_buckets"], "vse_tf variants to time."
+    "variants",
+    ["float32", "bf16", "gru_bf16", "xla", "no_buckets"],
+    "vse_tf variants to time.",
+)
+_TRAIN_WORDS = flags.DEFINE_bool(
+    "train_word_embeddings", False, "Train the word vectors (VSE++ does)."
 )
 
 BATCH, DIM, WORD_DIM, FEATURE_DIM, MAX_LENGTH, VOCAB = 128, 1024, 300, 512, 30, 3000
@@ -83,14 +94,25 @@ def caption_lengths(count: int, rng: np.random.Generator) -> tuple[np.ndarray, s
     return rng.choice(lengths, count).astype(np.int64), source
 
 
-def step_flops(padded_lengths: np.ndarray) -> float:
-    """FLOPs of one train step over batches padded to ``padded_lengths`` [B]."""
-    tokens = float(np.sum(padded_lengths))  # sum over the batch of padded T
-    gates = 4 * DIM
+def step_flops(
+    run_lengths: np.ndarray, gate_blocks: int = 4, input_gradient: bool = False
+) -> float:
+    """FLOPs of one train step whose rows run ``run_lengths`` [B] steps.
+
+    Args:
+        run_lengths: ``[B]`` recurrent steps run per caption (its length
+            when packed, the batch's padded length when masked).
+        gate_blocks: 4 (LSTM) or 3 (GRU).
+        input_gradient: Whether the word vectors get a gradient.
+    """
+    tokens = float(np.sum(run_lengths))
+    gates = gate_blocks * DIM
     forward = 2 * tokens * (WORD_DIM + DIM) * gates
-    # Backward: kernel and recurrent-kernel gradients, and the state
-    # gradient; no input gradient (frozen word vectors).
+    # Backward: kernel and recurrent-kernel gradients, the state gradient
+    # and, with trained word vectors, the input gradient.
     backward = 2 * tokens * gates * (WORD_DIM + DIM + DIM)
+    if input_gradient:
+        backward += 2 * tokens * gates * WORD_DIM
     head = 3 * 2 * BATCH * FEATURE_DIM * DIM
     scores = 3 * 2 * BATCH * BATCH * DIM
     return forward + backward + head + scores
@@ -115,14 +137,19 @@ def _vocabulary() -> list[str]:
     return text_lib.Vocabulary([f"w{i}" for i in range(VOCAB - 4)]).tokens
 
 
-def _model(**options) -> VSEModel:
+def _model(rnn: str = "lstm", **options) -> VSEModel:
     keras.utils.set_random_seed(0)
     image_tower = VGG16ImageTower(
         embed_dim=DIM, include_backbone=False, image_feature="pool5"
     )
     vocabulary = _vocabulary()
     text_tower = LSTMTextTower(
-        vocabulary, embed_dim=DIM, word_dim=WORD_DIM, max_length=MAX_LENGTH
+        vocabulary,
+        embed_dim=DIM,
+        word_dim=WORD_DIM,
+        max_length=MAX_LENGTH,
+        train_word_embeddings=_TRAIN_WORDS.value,
+        rnn=rnn,
     )
     model = VSEModel(image_tower, text_tower, grad_clip_norm=2.0, **options)
     model.compile(optimizer=keras.optimizers.Adam(2e-4))
@@ -148,6 +175,9 @@ class Variant:
 
     def __init__(self, name, token_ids, owners, features, bucket, **options):
         self.name = name
+        self.gate_blocks = 3 if options.get("rnn") == "gru" else 4
+        # XLA runs the masked recurrence: every row runs every padded step.
+        self.packed = not options.get("jit_compile_text", False)
         self.model = _model(**options)
         self.dataset, _ = pipeline.train_dataset(
             token_ids,
@@ -166,7 +196,14 @@ class Variant:
 
     def run(self, steps: int, warmup: int) -> float:
         batches = [next(self.iterator) for _ in range(steps + warmup)]
-        lengths = [int(b["token_ids"].shape[1]) for b in batches[warmup:]]
+        lengths = []
+        for batch in batches[warmup:]:
+            ids = batch["token_ids"].numpy()
+            lengths.append(
+                np.count_nonzero(ids, axis=1)
+                if self.packed
+                else np.full(len(ids), ids.shape[1])
+            )
         data = tf.data.Dataset.from_tensor_slices([0]).flat_map(
             lambda _: tf.data.Dataset.from_generator(
                 lambda: iter(batches),
@@ -181,23 +218,31 @@ class Variant:
         pairs_per_s = steps * BATCH / seconds
         if pairs_per_s > self.best:
             self.best = pairs_per_s
-            self.flops = sum(step_flops(np.full(BATCH, n)) for n in lengths) / seconds
-        self.lengths.extend(lengths)
+            self.flops = (
+                sum(
+                    step_flops(n, self.gate_blocks, _TRAIN_WORDS.value) for n in lengths
+                )
+                / seconds
+            )
+        self.lengths.extend(float(np.mean(n)) for n in lengths)
         return pairs_per_s
 
 
 def baseline_pairs_per_s(token_ids, owners, features, steps: int) -> float:
     """The naive loop: eager steps, Keras LSTM, per-example py_function input."""
     keras.utils.set_random_seed(0)
-    embedding = tf.constant(
+    embedding = tf.Variable(
         np.random.default_rng(0).normal(0, 0.1, (len(_vocabulary()), WORD_DIM)),
-        tf.float32,
+        dtype=tf.float32,
+        trainable=_TRAIN_WORDS.value,
     )
     lstm = keras.layers.LSTM(DIM)
     lstm.build((None, MAX_LENGTH, WORD_DIM))
     head = keras.layers.Dense(DIM)
     head.build((None, FEATURE_DIM))
     variables = lstm.trainable_variables + head.trainable_variables
+    if _TRAIN_WORDS.value:
+        variables.append(embedding)
     optimizer = keras.optimizers.Adam(2e-4)
     optimizer.build(variables)
 
@@ -248,6 +293,7 @@ def main(argv):
     options = {
         "float32": dict(bucket=True),
         "bf16": dict(bucket=True, text_compute_dtype="bfloat16"),
+        "gru_bf16": dict(bucket=True, text_compute_dtype="bfloat16", rnn="gru"),
         "xla": dict(bucket=True, jit_compile_text=True),
         "no_buckets": dict(bucket=False),
     }
@@ -268,11 +314,11 @@ def main(argv):
     peak = {dtype: max(values) for dtype, values in peaks.items()}
 
     print()
-    header = ("variant", "pairs/s", "GFLOP/s", "of peak", "mean T")
+    header = ("variant", "pairs/s", "GFLOP/s", "of peak", "steps/row")
     print("{:12s} {:>8s} {:>8s} {:>8s} {:>7s}".format(*header))
     results = {}
     for variant in variants:
-        dtype = "bfloat16" if variant.name == "bf16" else "float32"
+        dtype = "bfloat16" if "bf16" in variant.name else "float32"
         fraction = variant.flops / 1e9 / peak[dtype]
         results[variant.name] = (variant.best, variant.flops / 1e9, fraction)
         print(
@@ -290,6 +336,9 @@ def main(argv):
         if "float32" in results
         else None,
         "pairs_per_s_bf16": round(results["bf16"][0], 1) if "bf16" in results else None,
+        "pairs_per_s_gru_bf16": round(results["gru_bf16"][0], 1)
+        if "gru_bf16" in results
+        else None,
         "pairs_per_s_xla": round(results["xla"][0], 1) if "xla" in results else None,
         "pairs_per_s_no_buckets": round(results["no_buckets"][0], 1)
         if "no_buckets" in results
@@ -304,6 +353,7 @@ def main(argv):
         "batch": BATCH,
         "dim": DIM,
         "word_dim": WORD_DIM,
+        "train_word_embeddings": _TRAIN_WORDS.value,
         "caption_lengths": source,
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }

@@ -16,6 +16,7 @@ from absl import app, flags
 
 from vse_tf import config as config_lib
 from vse_tf import train_lib
+from vse_tf.models import backbone as backbone_lib
 
 _PRESET = flags.DEFINE_enum(
     "preset", "demo", sorted(config_lib.PRESETS), "Config preset."
@@ -32,7 +33,7 @@ _DATASET = flags.DEFINE_enum(
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Data set root.")
 _VGG_WEIGHTS = flags.DEFINE_string("vgg_weights", None, "imagenet|none|hed|PATH.")
 _IMAGE_FEATURE = flags.DEFINE_enum(
-    "image_feature", None, ["fc7", "pool5"], "CNN feature."
+    "image_feature", None, list(backbone_lib.IMAGE_FEATURES), "CNN feature."
 )
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Square image input size.")
 _SEED = flags.DEFINE_integer("seed", None, "Random seed (the demo data depend on it).")

@@ -10,6 +10,7 @@ from absl import app, flags
 
 from vse_tf import config as config_lib
 from vse_tf import train_lib
+from vse_tf.models import backbone as backbone_lib
 
 _PRESET = flags.DEFINE_enum(
     "preset", "demo", sorted(config_lib.PRESETS), "Config preset."
@@ -26,7 +27,7 @@ _DATASET = flags.DEFINE_enum(
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Data set root.")
 _VGG_WEIGHTS = flags.DEFINE_string("vgg_weights", None, "imagenet|none|hed|PATH.")
 _IMAGE_FEATURE = flags.DEFINE_enum(
-    "image_feature", None, ["fc7", "pool5"], "CNN feature."
+    "image_feature", None, list(backbone_lib.IMAGE_FEATURES), "CNN feature."
 )
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Square image input size.")
 _EMBED_DIM = flags.DEFINE_integer("embed_dim", None, "Joint embedding size D.")
@@ -40,6 +41,9 @@ _LOSS = flags.DEFINE_enum(
 )
 _FEATURE_NORM = flags.DEFINE_enum(
     "feature_norm", None, ["l2", "batchnorm", "none"], "CNN feature normalisation."
+)
+_TEXT_RNN = flags.DEFINE_enum(
+    "text_rnn", None, ["lstm", "gru"], "Text tower recurrent layer."
 )
 _TRAIN_WORD_EMBEDDINGS = flags.DEFINE_bool(
     "train_word_embeddings", None, "Fine-tune the (GloVe) word vectors."
@@ -104,6 +108,7 @@ def main(argv):
         warmup_epochs=_WARMUP_EPOCHS.value,
         feature_norm=_FEATURE_NORM.value,
         train_word_embeddings=_TRAIN_WORD_EMBEDDINGS.value,
+        text_rnn=_TEXT_RNN.value,
         lr_decay_epochs=_LR_DECAY_EPOCHS.value,
         strategy=_STRATEGY.value,
         text_compute_dtype=_TEXT_COMPUTE_DTYPE.value,

@@ -65,12 +65,15 @@ class ModelConfig:
         embed_dim: D, the joint embedding size (also the LSTM size).
         word_dim: Word vector size (taken from GloVe when GloVe is used).
         vgg_weights: ``imagenet|none|hed|PATH``.
-        image_feature: ``fc7`` (4096-d, 224x224) or ``pool5`` (512-d).
+        image_feature: ``fc7`` (4096-d, 224x224), ``pool5`` (512-d average
+            of the last conv block), ``pool5_max`` or ``pool5_avgmax``
+            (1024-d).
         feature_norm: ``l2`` (Kiros: normalise CNN features before W_emb),
             ``batchnorm`` (standardise each dimension, then ``l2``) or
             ``none``.
         glove: ``kumo-6b-50d|PATH|none``.
         train_word_embeddings: Fine-tune the GloVe-initialised embedding.
+        text_rnn: ``lstm`` (Kiros) or ``gru`` (VSE++; a quarter fewer FLOPs).
         fine_tune_from: ``""`` (frozen CNN), a block such as ``block5``, or
             ``all``. Non-empty means training reads images, not features.
     """
@@ -82,6 +85,7 @@ class ModelConfig:
     feature_norm: str = "l2"
     glove: str = "kumo-6b-50d"
     train_word_embeddings: bool = False
+    text_rnn: str = "lstm"
     fine_tune_from: str = ""
 
 

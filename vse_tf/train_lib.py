@@ -263,6 +263,7 @@ def build_model(
         max_length=config.data.max_length,
         train_word_embeddings=m.train_word_embeddings,
         word_vectors=vectors,
+        rnn=m.text_rnn,
         name="text_tower",
     )
     model = VSEModel(

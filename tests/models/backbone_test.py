@@ -42,9 +42,9 @@ def _conv_shape(block: int, i: int) -> tuple[int, int, int, int]:
     return (3, 3, c_in if i == 1 else c_out, c_out)
 
 
-def _pixels(batch: int = 2, seed: int = 0) -> np.ndarray:
+def _pixels(batch: int = 2, seed: int = 0, size: int = SIZE) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return rng.uniform(0, 255, size=(batch, SIZE, SIZE, 3)).astype(np.float32)
+    return rng.uniform(0, 255, size=(batch, size, size, 3)).astype(np.float32)
 
 
 def _inner_vgg(backbone: keras.Model) -> keras.Model:
@@ -94,6 +94,34 @@ class TestBuild:
         np.testing.assert_allclose(
             np.asarray(random_backbone(pixels)), expected, rtol=1e-4, atol=1e-5
         )
+
+    def test_max_and_avgmax_pool_the_same_conv_output(self):
+        # 64x64 leaves a 2x2 map, so the maximum differs from the mean.
+        pixels = _pixels(2, seed=4, size=64)
+        built = {
+            feature: build_vgg16_backbone(feature, 64, "none")
+            for feature in ("pool5", "pool5_max", "pool5_avgmax")
+        }
+        conv = np.asarray(
+            _inner_vgg(built["pool5_max"])(
+                keras.applications.vgg16.preprocess_input(pixels.copy())
+            )
+        )
+        assert conv.shape[1:3] == (2, 2)
+        want_max = conv.max(axis=(1, 2))
+        want_avg = conv.mean(axis=(1, 2))
+        assert np.abs(want_max - want_avg).max() > 1e-3
+        got = {name: np.asarray(model(pixels)) for name, model in built.items()}
+        np.testing.assert_allclose(got["pool5_max"], want_max, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got["pool5"], want_avg, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            got["pool5_avgmax"],
+            np.concatenate([want_avg, want_max], axis=1),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+        dim = backbone_lib.FEATURE_DIMS["pool5_avgmax"]
+        assert built["pool5_avgmax"].output_shape == (None, dim)
 
     def test_fc7_needs_224(self):
         with pytest.raises(ValueError, match="224"):

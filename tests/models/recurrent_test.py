@@ -1,4 +1,4 @@
-"""The fused training LSTM computes what keras.layers.LSTM computes."""
+"""The fused training LSTM/GRU compute what keras.layers.LSTM/GRU compute."""
 
 from __future__ import annotations
 
@@ -10,12 +10,17 @@ import tensorflow as tf
 from vse_tf.models import recurrent
 
 BATCH, STEPS, INPUT, UNITS = 6, 5, 7, 8
+LAYERS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
 
 
-def _case(seed=0):
+def _case(cell="lstm", seed=0):
     keras.utils.set_random_seed(seed)
-    layer = keras.layers.LSTM(UNITS)
+    layer = LAYERS[cell](UNITS)
     layer.build((None, STEPS, INPUT))
+    # Non-zero biases, so every bias path is exercised.
+    for weight in layer.cell.weights:
+        if "bias" in weight.path:
+            weight.assign(np.random.default_rng(seed).normal(size=weight.shape) * 0.3)
     rng = np.random.default_rng(seed)
     inputs = rng.normal(size=(BATCH, STEPS, INPUT)).astype(np.float32)
     lengths = np.array([1, 5, 3, 2, 5, 4])  # right-padded, one full row
@@ -24,70 +29,116 @@ def _case(seed=0):
     return layer, tf.constant(inputs), tf.constant(mask)
 
 
-def _fused(layer, inputs, mask, compute_dtype="float32"):
-    cell = layer.cell
-    return recurrent.lstm_last_state(
+def _fused(cell, layer, inputs, mask, compute_dtype="float32", packed=True):
+    return recurrent.rnn_last_state(
+        cell,
         inputs,
         mask,
-        cell.kernel,
-        cell.recurrent_kernel,
-        cell.bias,
+        layer.cell.kernel,
+        layer.cell.recurrent_kernel,
+        layer.cell.bias,
         compute_dtype=compute_dtype,
+        packed=packed,
     )
 
 
-def test_matches_keras_lstm_with_mask():
-    layer, inputs, mask = _case()
+def _grads(fn, layer, inputs):
+    """Gradients of a fixed non-linear function of the state: weights + inputs."""
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        loss = tf.reduce_sum(tf.sin(3.0 * fn(inputs)))
+    grads = tape.gradient(loss, [inputs, *layer.trainable_variables])
+    return [tf.convert_to_tensor(g).numpy() for g in grads]
+
+
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("cell", recurrent.CELLS)
+def test_matches_keras_layer_with_mask(cell, packed):
+    layer, inputs, mask = _case(cell)
     want = layer(inputs, mask=mask).numpy()
-    got = _fused(layer, inputs, mask).numpy()
+    got = _fused(cell, layer, inputs, mask, packed=packed).numpy()
     np.testing.assert_allclose(got, want, atol=1e-5)
     # A one-step row is one cell update from the zero state.
     assert np.abs(got[0]).max() > 0
 
 
-def test_gradients_match_keras_lstm():
-    layer, inputs, mask = _case(1)
-    weights = layer.trainable_variables
-
-    def grads(fn):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(tf.sin(fn()))
-        return [g.numpy() for g in tape.gradient(loss, weights)]
-
-    want = grads(lambda: layer(inputs, mask=mask))
-    got = grads(lambda: _fused(layer, inputs, mask))
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("cell", recurrent.CELLS)
+def test_gradients_match_keras_layer(cell, packed):
+    layer, inputs, mask = _case(cell, 1)
+    want = _grads(lambda x: layer(x, mask=mask), layer, inputs)
+    got = _grads(lambda x: _fused(cell, layer, x, mask, packed=packed), layer, inputs)
+    assert len(got) == len(want) == 4  # inputs, kernel, recurrent kernel, bias
     for g, w in zip(got, want):
+        assert np.abs(w).max() > 0
         np.testing.assert_allclose(g, w, atol=1e-5)
+    # Padded steps get no gradient: they do not touch the state.
+    np.testing.assert_array_equal(got[0][~mask.numpy()], 0.0)
 
 
-def test_xla_and_dynamic_length_traces_agree():
-    layer, inputs, mask = _case(2)
-    want = _fused(layer, inputs, mask).numpy()
-    jitted = tf.function(lambda x, m: _fused(layer, x, m), jit_compile=True)
-    np.testing.assert_allclose(jitted(inputs, mask).numpy(), want, atol=1e-5)
-    dynamic = tf.function(
-        lambda x, m: _fused(layer, x, m),
-        input_signature=[
-            tf.TensorSpec([None, None, INPUT]),
-            tf.TensorSpec([None, None], tf.bool),
-        ],
-    )
-    np.testing.assert_allclose(dynamic(inputs, mask).numpy(), want, atol=1e-5)
+@pytest.mark.parametrize("cell", recurrent.CELLS)
+def test_xla_and_dynamic_length_traces_agree(cell):
+    layer, inputs, mask = _case(cell, 2)
+    want = _grads(lambda x: _fused(cell, layer, x, mask), layer, inputs)
+
+    def grads(x, m, packed):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            state = _fused(cell, layer, x, m, packed=packed)
+            loss = tf.reduce_sum(tf.sin(3.0 * state))
+        return tape.gradient(loss, [x, *layer.trainable_variables])
+
+    # XLA needs static shapes: the masked form.
+    jitted = tf.function(lambda x, m: grads(x, m, False), jit_compile=True)
+    signature = [
+        tf.TensorSpec([None, None, INPUT]),
+        tf.TensorSpec([None, None], tf.bool),
+    ]
+    for fn in (
+        jitted,
+        tf.function(lambda x, m: grads(x, m, True), input_signature=signature),
+        tf.function(lambda x, m: grads(x, m, False), input_signature=signature),
+    ):
+        for g, w in zip(fn(inputs, mask), want):
+            np.testing.assert_allclose(tf.convert_to_tensor(g).numpy(), w, atol=1e-5)
 
 
-def test_bfloat16_matmuls_stay_close():
-    layer, inputs, mask = _case(3)
-    want = _fused(layer, inputs, mask).numpy()
-    got = _fused(layer, inputs, mask, "bfloat16").numpy()
+def test_packed_handles_all_padding_rows_and_full_rows():
+    layer, inputs, mask = _case("lstm", 4)
+    mask = tf.constant(np.array([[0] * STEPS, [1] * STEPS] * 3, bool))
+    inputs = inputs * tf.cast(mask, tf.float32)[:, :, None]
+    want = layer(inputs, mask=mask).numpy()
+    got = _fused("lstm", layer, inputs, mask).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_array_equal(got[::2], 0.0)  # no step: the zero state
+    nothing = tf.zeros_like(mask)
+    np.testing.assert_array_equal(_fused("gru", _case("gru")[0], inputs, nothing), 0.0)
+
+
+@pytest.mark.parametrize("cell", recurrent.CELLS)
+def test_bfloat16_matmuls_stay_close(cell):
+    layer, inputs, mask = _case(cell, 3)
+    want = _fused(cell, layer, inputs, mask).numpy()
+    got = _fused(cell, layer, inputs, mask, "bfloat16").numpy()
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=2e-2)
     cosine = (
         (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     )
     assert cosine.min() > 0.999
+    want_grads = _grads(lambda x: _fused(cell, layer, x, mask), layer, inputs)
+    got_grads = _grads(
+        lambda x: _fused(cell, layer, x, mask, "bfloat16"), layer, inputs
+    )
+    for g, w in zip(got_grads, want_grads):
+        assert g.dtype == np.float32
+        # bf16 inputs carry 8 significant bits: relative error ~1e-2.
+        assert np.abs(g - w).max() <= 3e-2 * np.abs(w).max()
 
 
-def test_rejects_unknown_dtype():
+def test_rejects_unknown_dtype_and_cell():
     layer, inputs, mask = _case()
     with pytest.raises(ValueError, match="compute_dtype"):
-        _fused(layer, inputs, mask, "float16")
+        _fused("lstm", layer, inputs, mask, "float16")
+    with pytest.raises(ValueError, match="cell"):
+        _fused("rnn", layer, inputs, mask)

@@ -185,3 +185,33 @@ class TestTextTower:
         np.testing.assert_array_equal(
             np.asarray(loaded.tokenizer(strings)), np.asarray(tower.tokenizer(strings))
         )
+
+
+class TestGRU:
+    """``rnn="gru"``: VSE++'s recurrent layer, same interface."""
+
+    def test_gru_tower_encodes_saves_and_matches_fused_path(self, tmp_path):
+        tower = _make_tower(rnn="gru")
+        assert isinstance(tower.recurrent_layer, keras.layers.GRU)
+        assert tower.get_config()["rnn"] == "gru"
+        strings = tf.constant(SENTENCES)
+        embeddings = np.asarray(tower(strings))
+        np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+        ids = tower.tokenizer(strings)
+        fused = tower.encode_tokens_fused(ids).numpy()
+        np.testing.assert_allclose(fused, embeddings, atol=1e-5)
+        path = tmp_path / "gru.keras"
+        tower.save(path)
+        loaded = keras.saving.load_model(path)
+        assert loaded.rnn == "gru"
+        np.testing.assert_allclose(np.asarray(loaded(strings)), embeddings, atol=1e-6)
+
+    def test_lstm_tower_keeps_its_weight_paths(self, tower):
+        # Checkpoints written before the GRU option load into LSTM towers.
+        assert tower.recurrent_layer is tower.lstm
+        paths = [w.path for w in tower.weights]
+        assert any(path.startswith("lstm/") for path in paths), paths
+
+    def test_unknown_rnn(self):
+        with pytest.raises(ValueError, match="rnn"):
+            _make_tower(rnn="transformer")

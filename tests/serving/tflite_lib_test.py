@@ -4,6 +4,7 @@ import functools
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -17,6 +18,7 @@ from vse_tf import config as config_lib  # noqa: E402
 from vse_tf import features as features_lib  # noqa: E402
 from vse_tf import text as text_lib  # noqa: E402
 from vse_tf import train_lib  # noqa: E402
+from vse_tf.models.text_tower import LSTMTextTower  # noqa: E402
 from vse_tf.serving import tflite_lib  # noqa: E402
 
 # Sentences the tokenizer must get right inside the strings model.
@@ -459,3 +461,19 @@ def test_hed_model_int8_image_tower_meets_the_bar(hed_run):
 def test_hed_model_int8_text_tower_meets_the_bar(hed_run):
     cosine = _hed_cosines(hed_run, "int8")[tflite_lib.TEXT_FILE]
     assert cosine.mean() >= 0.99, (cosine.mean(), cosine.min())
+
+
+def test_gru_text_tower_converts_builtin_only():
+    keras.utils.set_random_seed(0)
+    vocabulary = text_lib.Vocabulary(["a", "dog", "runs", "on", "grass"]).tokens
+    tower = LSTMTextTower(vocabulary, embed_dim=8, word_dim=4, max_length=6, rnn="gru")
+    tokens = np.array([[2, 3, 4, 0, 0, 0], [5, 6, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]])
+    tokens = tokens.astype(np.int32)
+    model = tflite_lib.convert_text_tower(tower)
+    ops = tflite_lib.model_ops(model)
+    assert not {"WHILE", "IF", "CALL_ONCE"} & set(ops), ops
+    assert not tflite_lib.custom_ops(model)
+    got = tflite_lib.run_tflite(model, tokens)
+    want = tower.encode_tokens(tokens).numpy()
+    assert _cosine(got, want).min() >= 0.99999
+    assert tower.recurrent_layer.unroll is False

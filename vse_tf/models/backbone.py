@@ -26,8 +26,8 @@ from typing import Optional
 import keras
 import numpy as np
 
-IMAGE_FEATURES = ("fc7", "pool5")
-FEATURE_DIMS = {"fc7": 4096, "pool5": 512}
+IMAGE_FEATURES = ("fc7", "pool5", "pool5_max", "pool5_avgmax")
+FEATURE_DIMS = {"fc7": 4096, "pool5": 512, "pool5_max": 512, "pool5_avgmax": 1024}
 _VGG_BLOCK_SIZES = (2, 2, 3, 3, 3)
 # Caffe/VGG BGR channel means (keras.applications.vgg16.preprocess_input).
 _BGR_MEAN = (103.939, 116.779, 123.68)
@@ -155,8 +155,10 @@ def build_vgg16_backbone(
 
     Args:
         image_feature: ``"fc7"`` (4096-d; needs the classifier top and
-            224x224 input) or ``"pool5"`` (global average of the last conv
-            block, 512-d, any input size >= 32).
+            224x224 input), ``"pool5"`` (global average of the last conv
+            block, 512-d, any input size >= 32), ``"pool5_max"`` (its global
+            maximum, 512-d) or ``"pool5_avgmax"`` (both concatenated,
+            average first, 1024-d).
         image_size: Square input size.
         vgg_weights: ``imagenet``, ``none``, ``hed`` or a weights file path.
         dtype: Keras dtype policy, e.g. ``"mixed_bfloat16"``; default float32.
@@ -199,7 +201,19 @@ def build_vgg16_backbone(
             trunk = keras.Model(vgg.input, vgg.get_layer("fc2").output)
             features = trunk(x)
         else:
-            features = keras.layers.GlobalAveragePooling2D(name="pool5_avg")(vgg(x))
+            conv = vgg(x)
+            pooled = []
+            if image_feature in ("pool5", "pool5_avgmax"):
+                pooled.append(
+                    keras.layers.GlobalAveragePooling2D(name="pool5_avg")(conv)
+                )
+            if image_feature in ("pool5_max", "pool5_avgmax"):
+                pooled.append(keras.layers.GlobalMaxPooling2D(name="pool5_max")(conv))
+            features = (
+                pooled[0]
+                if len(pooled) == 1
+                else keras.layers.Concatenate(name="pool5_avgmax")(pooled)
+            )
         features = keras.layers.Activation("linear", dtype="float32", name="features")(
             features
         )

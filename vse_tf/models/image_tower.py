@@ -45,7 +45,8 @@ class VGG16ImageTower(keras.Model):
 
     Args:
         embed_dim: D.
-        image_feature: ``fc7`` or ``pool5`` (see `build_vgg16_backbone`).
+        image_feature: ``fc7``, ``pool5``, ``pool5_max`` or ``pool5_avgmax``
+            (see `build_vgg16_backbone`).
         image_size: Input size S.
         vgg_weights: ``imagenet|none|hed|PATH``.
         feature_norm: ``l2`` or ``none``: normalisation of the features

@@ -1,20 +1,36 @@
-"""A fast LSTM for training: one input projection, a lean recurrent loop.
+"""Fast LSTM and GRU for training: one input projection, hand-written gradient.
 
-`keras.layers.LSTM` on CPU runs a generic ``while`` loop whose body projects
-the inputs and the state separately at every step. For training we compute
-the same function faster:
+`keras.layers.LSTM` / `keras.layers.GRU` on CPU run a generic ``while`` loop
+whose body projects the inputs and the state separately at every step, and
+autodiff of that loop adds a ``[H, G*H]`` weight-gradient matmul and
+accumulation at every step. For training we compute the same functions with
+the matmuls laid out the way cuDNN does:
 
-* the input projection of every time step is one ``[B*T, E] x [E, 4H]``
-  matmul before the loop (large, so near matmul peak);
-* the loop body is one ``[B, H] x [H, 4H]`` matmul plus the gates;
-* the matmuls can run in bfloat16 (float32 accumulation and state), the
-  format this CPU's AVX512-BF16 units (and every TPU/GPU) multiply fastest;
-* the whole function can be compiled with XLA (a static trip count).
+* the input projection of every time step is one ``[T*B, E] x [E, G*H]``
+  matmul before the loop (G = 4 gates for the LSTM, 3 for the GRU);
+* the forward loop body is one ``[B, H] x [H, G*H]`` matmul plus the gates;
+* the backward loop (a `tf.custom_gradient`, not autodiff) only carries the
+  state gradient: one ``[B, G*H] x [G*H, H]`` matmul per step; the recurrent
+  weight gradient is one ``[H, T*B] x [T*B, G*H]`` matmul after the loop,
+  and the input side's gradient is left to autodiff of the big projection;
+* the matmuls can run in bfloat16 (state, gates and gradients stay float32),
+  the format this CPU's AVX512-BF16 units (and every TPU/GPU) multiply
+  fastest.
 
-The weights are those of a `keras.layers.LSTM` (kernel ``[E, 4H]``,
-recurrent kernel ``[H, 4H]``, bias ``[4H]``, gate order i, f, c, o, sigmoid
-gates and tanh cell), so inference and export keep using the Keras layer and
-both paths compute the same embedding (tested to 1e-5 in float32).
+The weights are those of the Keras layers (LSTM: kernel ``[E, 4H]``,
+recurrent kernel ``[H, 4H]``, bias ``[4H]``, gate order i, f, c, o; GRU with
+``reset_after=True``: kernel ``[E, 3H]``, recurrent kernel ``[H, 3H]``, bias
+``[2, 3H]`` (input, recurrent), gate order z, r, h), so inference and export
+keep using the Keras layers and both paths compute the same embedding (tested
+to 1e-5 in float32, gradients included).
+
+Masked steps leave the state unchanged (as the Keras layers do with a mask),
+so right-padded sequences end on their last real token. By default the
+sequences are *packed* (PyTorch's ``pack_padded_sequence``, cuDNN's
+variable-length mode): rows are sorted by length and step ``t`` runs only
+the rows still going, so padding costs no FLOPs. Packing needs dynamic
+shapes; ``packed=False`` runs every row at every step behind a mask, the
+form XLA (``jit_compile``) accepts.
 """
 
 from __future__ import annotations
@@ -22,6 +38,124 @@ from __future__ import annotations
 import tensorflow as tf
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
+CELLS = ("lstm", "gru")
+
+
+def _compute_dtype(compute_dtype: str) -> tf.DType:
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}")
+    return tf.as_dtype(compute_dtype)
+
+
+def _project_inputs(inputs, kernel, bias, dtype):
+    """``[B, T, E]`` -> time-major ``float32 [T, B, G*H]`` (one matmul)."""
+    inputs = tf.convert_to_tensor(inputs, tf.float32)
+    batch = tf.shape(inputs)[0]
+    steps = inputs.shape[1] if inputs.shape[1] is not None else tf.shape(inputs)[1]
+    time_major = tf.transpose(inputs, [1, 0, 2])
+    flat = tf.reshape(time_major, [-1, inputs.shape[-1]])
+    projected = tf.matmul(tf.cast(flat, dtype), tf.cast(kernel, dtype))
+    projected = tf.cast(projected, tf.float32) + bias
+    return tf.reshape(projected, [steps, batch, kernel.shape[-1]])
+
+
+def _matmul(a, b, dtype):
+    """``a @ b`` with ``dtype`` inputs, float32 result (``b`` already cast)."""
+    return tf.cast(tf.matmul(tf.cast(a, dtype), b), tf.float32)
+
+
+class _Schedule:
+    """Which rows run at step ``t``: a packed prefix, or all rows behind a mask.
+
+    Packed: rows are sorted by length (longest first), so the rows still
+    running at step ``t`` are the first ``active[t]``; ``rows(x, t)`` slices
+    them and ``merge(new, old, t)`` writes them back. Masked: every row runs
+    and ``merge`` keeps the old value where the mask is False.
+    """
+
+    def __init__(self, mask: tf.Tensor, packed: bool):
+        mask = tf.convert_to_tensor(mask, tf.bool)
+        self.packed = packed
+        self.steps = mask.shape[1] if mask.shape[1] is not None else tf.shape(mask)[1]
+        self.batch = tf.shape(mask)[0]
+        if packed:
+            lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+            self.order = tf.argsort(lengths, direction="DESCENDING", stable=True)
+            sorted_lengths = tf.gather(lengths, self.order)
+            # [T]: rows with a real token at step t (a prefix once sorted).
+            self.active = tf.reduce_sum(
+                tf.cast(
+                    sorted_lengths[None, :] > tf.range(self.steps)[:, None], tf.int32
+                ),
+                axis=1,
+            )
+            self.loop_steps = tf.reduce_max(tf.concat([lengths, [0]], 0))
+        else:
+            self.step_mask = tf.transpose(mask)[:, :, None]  # [T, B, 1]
+            self.loop_steps = self.steps
+
+    def sort(self, batch_major):
+        """``[B, ...]`` -> rows in run order."""
+        return tf.gather(batch_major, self.order) if self.packed else batch_major
+
+    def unsort(self, rows):
+        """``[B, ...]`` in run order -> input order."""
+        if not self.packed:
+            return rows
+        return tf.gather(rows, tf.math.invert_permutation(self.order))
+
+    def rows(self, x, t):
+        """The rows of ``[B, ...]`` that run at step ``t``."""
+        return x[: self.active[t]] if self.packed else x
+
+    def grad_rows(self, x, t):
+        """Like `rows`, for gradients: masked rows get zeros."""
+        if self.packed:
+            return x[: self.active[t]]
+        return tf.where(self.step_mask[t], x, tf.zeros_like(x))
+
+    def merge(self, new, old, t):
+        """State after step t: ``new`` for rows that ran, ``old`` for the rest."""
+        if self.packed:
+            merged = tf.concat([new, old[self.active[t] :]], axis=0)
+            merged.set_shape(old.shape)
+            return merged
+        return tf.where(self.step_mask[t], new, old)
+
+    def array(self, dtype):
+        """A per-step TensorArray (rows per step vary when packed)."""
+        return tf.TensorArray(
+            dtype,
+            size=self.loop_steps,
+            infer_shape=not self.packed,
+            clear_after_read=False,  # eager arrays are read, then gathered
+        )
+
+    def gather_steps(self, array):
+        """Per-step arrays -> ``[R, ...]`` rows (R = real steps when packed)."""
+        if self.packed:
+            return array.concat()
+        stacked = array.stack()
+        return tf.reshape(stacked, tf.concat([[-1], tf.shape(stacked)[2:]], 0))
+
+    def to_time_major(self, rows, width):
+        """`gather_steps` rows -> ``[T, B, width]`` (zeros for padding)."""
+        if not self.packed:
+            return tf.reshape(rows, [self.steps, self.batch, width])
+        starts = tf.range(self.steps) * self.batch
+        positions = tf.ragged.range(starts, starts + self.active).flat_values
+        flat = tf.scatter_nd(
+            positions[:, None], rows, tf.stack([self.steps * self.batch, width])
+        )
+        return tf.reshape(flat, [self.steps, self.batch, width])
+
+
+def _weight_gradient(prev_states, gate_grads, dtype):
+    """``sum_t h_{t-1}^T @ g_t`` as one matmul: ``[H, R] x [R, G*H]``."""
+    grad = tf.matmul(
+        tf.cast(prev_states, dtype), tf.cast(gate_grads, dtype), transpose_a=True
+    )
+    return tf.cast(grad, tf.float32)
 
 
 def lstm_last_state(
@@ -31,63 +165,260 @@ def lstm_last_state(
     recurrent_kernel: tf.Tensor,
     bias: tf.Tensor,
     compute_dtype: str = "float32",
+    packed: bool = True,
 ) -> tf.Tensor:
     """The LSTM's hidden state after each sequence's last unmasked step.
 
-    Masked steps leave the state unchanged (as `keras.layers.LSTM` does with
-    a mask), so right-padded sequences end on their last real token.
-
     Args:
         inputs: ``float32 [B, T, E]`` input vectors.
-        mask: ``bool [B, T]``; True for real steps.
+        mask: ``bool [B, T]``; True for real steps. With ``packed`` the
+            sequences must be right-padded (each row's mask a prefix).
         kernel: ``[E, 4H]`` input weights (gates i, f, c, o).
         recurrent_kernel: ``[H, 4H]`` recurrent weights.
         bias: ``[4H]``.
         compute_dtype: ``float32`` or ``bfloat16``: the matmul input dtype
-            (products accumulate in float32; state and gates stay float32).
+            (state, gates and gradients stay float32).
+        packed: Skip padding steps (dynamic shapes); False for XLA.
 
     Returns:
         ``float32 [B, H]``.
     """
-    if compute_dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}")
-    dtype = tf.as_dtype(compute_dtype)
-    inputs = tf.convert_to_tensor(inputs, tf.float32)
-    kernel = tf.convert_to_tensor(kernel)
-    recurrent_kernel = tf.cast(tf.convert_to_tensor(recurrent_kernel), dtype)
-    units = recurrent_kernel.shape[0]
-    batch = tf.shape(inputs)[0]
-    steps = inputs.shape[1] if inputs.shape[1] is not None else tf.shape(inputs)[1]
-
-    # [T, B, 4H]: every step's input projection, in one matmul.
-    time_major = tf.transpose(inputs, [1, 0, 2])
-    flat = tf.reshape(time_major, [-1, inputs.shape[-1]])
-    projected = tf.matmul(tf.cast(flat, dtype), tf.cast(kernel, dtype))
-    projected = tf.cast(projected, tf.float32) + bias
-    projected = tf.reshape(projected, [steps, batch, 4 * units])
-    step_mask = tf.transpose(tf.convert_to_tensor(mask, tf.bool))[:, :, None]
-
-    def body(t, h, c):
-        z = projected[t] + tf.cast(
-            tf.matmul(tf.cast(h, dtype), recurrent_kernel), tf.float32
-        )
-        i, f, g, o = tf.split(z, 4, axis=1)
-        new_c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
-        new_h = tf.sigmoid(o) * tf.tanh(new_c)
-        keep = step_mask[t]  # [B, 1]
-        return t + 1, tf.where(keep, new_h, h), tf.where(keep, new_c, c)
-
-    zeros = tf.zeros([batch, units], tf.float32)
-    _, last_h, _ = tf.while_loop(
-        lambda t, h, c: t < steps,
-        body,
-        (tf.constant(0), zeros, zeros),
-        # A static trip count when T is known: XLA needs it, and the
-        # gradient's accumulators are then fixed-size.
-        maximum_iterations=steps,
-        # Steps depend on each other anyway; running iterations in parallel
-        # only lets the gradient loop's AddN temporaries of two iterations
-        # collide (AlreadyExistsError, TF 2.21).
-        parallel_iterations=1,
+    dtype = _compute_dtype(compute_dtype)
+    schedule = _Schedule(mask, packed)
+    projected = _project_inputs(schedule.sort(inputs), kernel, bias, dtype)
+    last = _lstm_recurrence(
+        projected, tf.convert_to_tensor(recurrent_kernel), schedule, dtype
     )
-    return last_h
+    return schedule.unsort(last)
+
+
+def _lstm_recurrence(projected, recurrent_kernel, schedule, dtype):
+    """``[T, B, 4H]`` projected inputs (run order) -> ``[B, H]`` last state."""
+    units = recurrent_kernel.shape[0]
+    width = 4 * units
+    ones = tf.ones([units])
+    # tanh(x) = 2 sigmoid(2x) - 1, so one sigmoid covers all four gates.
+    gate_scale = tf.concat([ones, ones, 2.0 * ones, ones], 0)
+    # d sigmoid(s x) / dx = s sigmoid' (and tanh' = 4 sigmoid'(2x) for g).
+    grad_scale = tf.concat([ones, ones, 4.0 * ones, ones], 0)
+
+    @tf.custom_gradient
+    def recurrence(projected, recurrent_kernel):
+        weights = tf.cast(recurrent_kernel, dtype)
+
+        def step(t, h, c, gates_ta, c_prev_ta, tanh_c_ta, h_prev_ta):
+            h_rows, c_rows = schedule.rows(h, t), schedule.rows(c, t)
+            z = schedule.rows(projected[t], t) + _matmul(h_rows, weights, dtype)
+            gates = tf.sigmoid(z * gate_scale)  # i, f, (g + 1) / 2, o
+            i, f, g_half, o = tf.split(gates, 4, axis=1)
+            new_c = f * c_rows + i * (2.0 * g_half - 1.0)
+            tanh_c = tf.tanh(new_c)
+            return (
+                t + 1,
+                schedule.merge(o * tanh_c, h, t),
+                schedule.merge(new_c, c, t),
+                gates_ta.write(t, gates),
+                c_prev_ta.write(t, c_rows),
+                tanh_c_ta.write(t, tanh_c),
+                h_prev_ta.write(t, tf.cast(h_rows, dtype)),
+            )
+
+        zeros = tf.zeros([schedule.batch, units], tf.float32)
+        arrays = [schedule.array(tf.float32) for _ in range(3)]
+        arrays.append(schedule.array(dtype))
+        _, last_h, _, gates_ta, c_prev_ta, tanh_c_ta, h_prev_ta = tf.while_loop(
+            lambda t, *_: t < schedule.loop_steps,
+            step,
+            (tf.constant(0), zeros, zeros, *arrays),
+            maximum_iterations=schedule.steps,
+            parallel_iterations=1,
+        )
+
+        def grad(d_last_h):
+            d_last_h = tf.convert_to_tensor(d_last_h)  # may be IndexedSlices
+            weights_t = tf.transpose(weights)
+
+            def back(t, dh, dc, dz_ta):
+                gates = gates_ta.read(t)
+                i, f, g_half, o = tf.split(gates, 4, axis=1)
+                tanh_c = tanh_c_ta.read(t)
+                dh_rows = schedule.grad_rows(dh, t)
+                dc_rows = schedule.grad_rows(dc, t)
+                dc_rows = dc_rows + dh_rows * o * (1.0 - tanh_c * tanh_c)
+                d_gates = tf.concat(
+                    [
+                        dc_rows * (2.0 * g_half - 1.0),
+                        dc_rows * c_prev_ta.read(t),
+                        dc_rows * i,
+                        dh_rows * tanh_c,
+                    ],
+                    1,
+                )
+                dz = d_gates * gates * (1.0 - gates) * grad_scale
+                # Rows that did not run pass their gradients through.
+                dh_next = schedule.merge(_matmul(dz, weights_t, dtype), dh, t)
+                dc_next = schedule.merge(dc_rows * f, dc, t)
+                return t - 1, dh_next, dc_next, dz_ta.write(t, dz)
+
+            _, _, _, dz_ta = tf.while_loop(
+                lambda t, *_: t >= 0,
+                back,
+                (
+                    schedule.loop_steps - 1,
+                    d_last_h,
+                    tf.zeros_like(d_last_h),
+                    schedule.array(tf.float32),
+                ),
+                maximum_iterations=schedule.steps,
+                parallel_iterations=1,
+            )
+            dz = schedule.gather_steps(dz_ta)  # [R, 4H]
+            d_kernel = _weight_gradient(schedule.gather_steps(h_prev_ta), dz, dtype)
+            return (
+                schedule.to_time_major(dz, width),
+                tf.cast(d_kernel, recurrent_kernel.dtype),
+            )
+
+        return last_h, grad
+
+    return recurrence(projected, recurrent_kernel)
+
+
+def gru_last_state(
+    inputs: tf.Tensor,
+    mask: tf.Tensor,
+    kernel: tf.Tensor,
+    recurrent_kernel: tf.Tensor,
+    bias: tf.Tensor,
+    compute_dtype: str = "float32",
+    packed: bool = True,
+) -> tf.Tensor:
+    """The GRU's (``reset_after=True``) state after each last unmasked step.
+
+    ``z, r = sigmoid(x W_zr + b_zr + h U_zr + c_zr)``,
+    ``n = tanh(x W_n + b_n + r * (h U_n + c_n))``, ``h' = z h + (1 - z) n``
+    (`keras.layers.GRU`'s default, the cuDNN form).
+
+    Args:
+        inputs: ``float32 [B, T, E]`` input vectors.
+        mask: ``bool [B, T]``; True for real steps (right-padded if packed).
+        kernel: ``[E, 3H]`` input weights (gates z, r, n).
+        recurrent_kernel: ``[H, 3H]`` recurrent weights.
+        bias: ``[2, 3H]``: input bias, recurrent bias.
+        compute_dtype: ``float32`` or ``bfloat16`` matmul inputs.
+        packed: Skip padding steps (dynamic shapes); False for XLA.
+
+    Returns:
+        ``float32 [B, H]``.
+    """
+    dtype = _compute_dtype(compute_dtype)
+    bias = tf.convert_to_tensor(bias)
+    schedule = _Schedule(mask, packed)
+    projected = _project_inputs(schedule.sort(inputs), kernel, bias[0], dtype)
+    last = _gru_recurrence(
+        projected, tf.convert_to_tensor(recurrent_kernel), bias[1], schedule, dtype
+    )
+    return schedule.unsort(last)
+
+
+def _gru_recurrence(projected, recurrent_kernel, recurrent_bias, schedule, dtype):
+    """``[T, B, 3H]`` projected inputs (run order) -> ``[B, H]`` last state."""
+    units = recurrent_kernel.shape[0]
+    width = 3 * units
+
+    @tf.custom_gradient
+    def recurrence(projected, recurrent_kernel, recurrent_bias):
+        weights = tf.cast(recurrent_kernel, dtype)
+
+        def step(t, h, zr_ta, n_ta, hn_ta, h_prev_ta):
+            h_rows = schedule.rows(h, t)
+            x_zr, x_n = tf.split(
+                schedule.rows(projected[t], t), [2 * units, units], axis=1
+            )
+            rec = _matmul(h_rows, weights, dtype) + recurrent_bias
+            h_zr, h_n = tf.split(rec, [2 * units, units], axis=1)
+            zr = tf.sigmoid(x_zr + h_zr)
+            z, r = tf.split(zr, 2, axis=1)
+            n = tf.tanh(x_n + r * h_n)
+            return (
+                t + 1,
+                schedule.merge(n + z * (h_rows - n), h, t),
+                zr_ta.write(t, zr),
+                n_ta.write(t, n),
+                hn_ta.write(t, h_n),
+                h_prev_ta.write(t, h_rows),
+            )
+
+        zeros = tf.zeros([schedule.batch, units], tf.float32)
+        arrays = [schedule.array(tf.float32) for _ in range(4)]
+        _, last_h, zr_ta, n_ta, hn_ta, h_prev_ta = tf.while_loop(
+            lambda t, *_: t < schedule.loop_steps,
+            step,
+            (tf.constant(0), zeros, *arrays),
+            maximum_iterations=schedule.steps,
+            parallel_iterations=1,
+        )
+
+        def grad(d_last_h):
+            d_last_h = tf.convert_to_tensor(d_last_h)  # may be IndexedSlices
+            weights_t = tf.transpose(weights)
+
+            def back(t, dh, dx_ta, drec_ta):
+                zr = zr_ta.read(t)
+                z, r = tf.split(zr, 2, axis=1)
+                n = n_ta.read(t)
+                dh_rows = schedule.grad_rows(dh, t)
+                dn_pre = dh_rows * (1.0 - z) * (1.0 - n * n)
+                dr = dn_pre * hn_ta.read(t)
+                d_zr = tf.concat([dh_rows * (h_prev_ta.read(t) - n), dr], 1)
+                d_zr = d_zr * zr * (1.0 - zr)
+                d_rec = tf.concat([d_zr, dn_pre * r], 1)
+                dh_prev = dh_rows * z + _matmul(d_rec, weights_t, dtype)
+                return (
+                    t - 1,
+                    schedule.merge(dh_prev, dh, t),
+                    dx_ta.write(t, tf.concat([d_zr, dn_pre], 1)),
+                    drec_ta.write(t, d_rec),
+                )
+
+            arrays = [schedule.array(tf.float32) for _ in range(2)]
+            _, _, dx_ta, drec_ta = tf.while_loop(
+                lambda t, *_: t >= 0,
+                back,
+                (schedule.loop_steps - 1, d_last_h, *arrays),
+                maximum_iterations=schedule.steps,
+                parallel_iterations=1,
+            )
+            d_rec = schedule.gather_steps(drec_ta)  # [R, 3H]
+            d_kernel = _weight_gradient(schedule.gather_steps(h_prev_ta), d_rec, dtype)
+            return (
+                schedule.to_time_major(schedule.gather_steps(dx_ta), width),
+                tf.cast(d_kernel, recurrent_kernel.dtype),
+                tf.cast(tf.reduce_sum(d_rec, axis=0), recurrent_bias.dtype),
+            )
+
+        return last_h, grad
+
+    return recurrence(projected, recurrent_kernel, recurrent_bias)
+
+
+def rnn_last_state(
+    cell: str,
+    inputs: tf.Tensor,
+    mask: tf.Tensor,
+    kernel: tf.Tensor,
+    recurrent_kernel: tf.Tensor,
+    bias: tf.Tensor,
+    compute_dtype: str = "float32",
+    packed: bool = True,
+) -> tf.Tensor:
+    """`lstm_last_state` or `gru_last_state` by ``cell`` name (see `CELLS`)."""
+    if cell == "lstm":
+        return lstm_last_state(
+            inputs, mask, kernel, recurrent_kernel, bias, compute_dtype, packed
+        )
+    if cell == "gru":
+        return gru_last_state(
+            inputs, mask, kernel, recurrent_kernel, bias, compute_dtype, packed
+        )
+    raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")

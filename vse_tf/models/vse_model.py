@@ -150,7 +150,10 @@ class VSEModel(keras.Model):
     def _train_text(self, inputs):
         if "token_ids" in inputs:
             return self.text_tower.encode_tokens_fused(
-                inputs["token_ids"], self.text_compute_dtype
+                inputs["token_ids"],
+                self.text_compute_dtype,
+                # XLA needs static shapes: every row runs every step.
+                packed=not self.jit_compile_text,
             )
         return self.text_tower(inputs["text"], training=True)
 

@@ -158,12 +158,12 @@ def _check_quantize(quantize: str) -> None:
 @contextlib.contextmanager
 def _unrolled(text_tower: LSTMTextTower) -> Iterator[None]:
     """Unrolls the tower's LSTM while tracing (builtins only), then restores."""
-    previous = text_tower.lstm.unroll
-    text_tower.lstm.unroll = True
+    previous = text_tower.recurrent_layer.unroll
+    text_tower.recurrent_layer.unroll = True
     try:
         yield
     finally:
-        text_tower.lstm.unroll = previous
+        text_tower.recurrent_layer.unroll = previous
 
 
 def _token_model(text_tower: LSTMTextTower) -> keras.Model:
