@@ -8,28 +8,13 @@ Examples:
 
 from absl import app, flags
 
+from trainers import common_flags
 from vse_tf import config as config_lib
 from vse_tf import train_lib
-from vse_tf.models import backbone as backbone_lib
 
-_PRESET = flags.DEFINE_enum(
-    "preset", "demo", sorted(config_lib.PRESETS), "Config preset."
-)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output folder (default runs/<preset>)."
 )
-_DATASET = flags.DEFINE_enum(
-    "dataset",
-    None,
-    ["demo", "flickr8k", "karpathy", "coco", "precomp", "csv"],
-    "Data set.",
-)
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Data set root.")
-_VGG_WEIGHTS = flags.DEFINE_string("vgg_weights", None, "imagenet|none|hed|PATH.")
-_IMAGE_FEATURE = flags.DEFINE_enum(
-    "image_feature", None, list(backbone_lib.IMAGE_FEATURES), "CNN feature."
-)
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Square image input size.")
 _EMBED_DIM = flags.DEFINE_integer("embed_dim", None, "Joint embedding size D.")
 _WORD_DIM = flags.DEFINE_integer("word_dim", None, "Word vector size (without GloVe).")
 _GLOVE = flags.DEFINE_string("glove", None, "kumo-6b-50d|PATH|none.")
@@ -79,28 +64,15 @@ _MARGIN = flags.DEFINE_float("margin", None, "Hinge margin.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Pairs per batch.")
 _EPOCHS = flags.DEFINE_integer("epochs", None, "Epochs.")
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", None, "Adam learning rate.")
-_SEED = flags.DEFINE_integer("seed", None, "Random seed.")
 _FINE_TUNE_FROM = flags.DEFINE_string(
     "fine_tune_from", None, "e.g. block5; '' = frozen."
 )
-_MAX_TRAIN_IMAGES = flags.DEFINE_integer(
-    "max_train_images", None, "Use N train images."
-)
-_MAX_EVAL_IMAGES = flags.DEFINE_integer(
-    "max_eval_images", None, "Use N dev/test images."
-)
-_CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Feature/demo cache folder.")
 
 
 def main(argv):
     del argv
     config = config_lib.override(
-        config_lib.get_config(_PRESET.value),
-        dataset=_DATASET.value,
-        data_dir=_DATA_DIR.value,
-        vgg_weights=_VGG_WEIGHTS.value,
-        image_feature=_IMAGE_FEATURE.value,
-        image_size=_IMAGE_SIZE.value,
+        common_flags.base_config(),
         embed_dim=_EMBED_DIM.value,
         word_dim=_WORD_DIM.value,
         glove=_GLOVE.value,
@@ -119,13 +91,10 @@ def main(argv):
         batch_size=_BATCH_SIZE.value,
         epochs=_EPOCHS.value,
         learning_rate=_LEARNING_RATE.value,
-        seed=_SEED.value,
         fine_tune_from=_FINE_TUNE_FROM.value,
-        max_train_images=_MAX_TRAIN_IMAGES.value,
-        max_eval_images=_MAX_EVAL_IMAGES.value,
-        cache_dir=_CACHE_DIR.value,
     )
-    train_lib.train_and_evaluate(config, _WORKDIR.value or f"runs/{_PRESET.value}")
+    workdir = _WORKDIR.value or f"runs/{common_flags.PRESET.value}"
+    train_lib.train_and_evaluate(config, workdir)
 
 
 if __name__ == "__main__":
