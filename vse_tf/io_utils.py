@@ -6,13 +6,19 @@ import os
 import tempfile
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
+def atomic_write_bytes(path: str, data: bytes, suffix: str = "") -> None:
     """Writes ``data`` to ``path`` all or nothing (temp file, fsync, rename).
 
     A crash leaves either the previous file or the new one, never a part.
+
+    Args:
+        path: Destination file.
+        data: Its whole content.
+        suffix: Suffix of the hidden temporary file (``.tmp-XXXX<suffix>``
+            beside ``path``).
     """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import base64
 import html
 import os
-import tempfile
 import urllib.parse
 from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
+
+from vse_tf import io_utils
 
 THUMBNAIL_SIZE = 256
 SMALL_FILE_BYTES = 48 * 1024
@@ -180,13 +181,5 @@ def render_results_html(
     page = results_html(
         query, results, folder, embed_images, query_image, result_kind, title
     )
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".html", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.replace(tmp, output_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    io_utils.atomic_write_bytes(output_path, page.encode("utf-8"), suffix=".html")
     return output_path

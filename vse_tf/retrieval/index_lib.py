@@ -25,11 +25,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import io
 import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Optional, Protocol, Union
 
@@ -147,18 +147,9 @@ def _atomic_write_json(path: str, value: Any) -> None:
 
 
 def _atomic_save_npy(path: str, array: np.ndarray) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    io_utils.atomic_write_bytes(path, buffer.getvalue(), suffix=".npy")
 
 
 def list_images(images: Union[str, Sequence[str]]) -> list[str]:
