@@ -245,3 +245,39 @@ def test_format2_cache_is_taken_over_without_vgg16(image_paths, tmp_path, monkey
         manifest = json.load(f)
     assert manifest["complete"] and manifest["adopted_from"].endswith(".npy")
     assert manifest["used_dtype"] == "float32"
+
+
+def test_mirrored_features_are_their_own_cache_entry(image_paths, tmp_path):
+    from vse_tf.models import backbone as backbone_lib
+
+    cache = str(tmp_path / "cache")
+    kwargs = _pool5_kwargs(image_size=64)
+    plain = features.extract_features_with_report(
+        image_paths, cache_dir=cache, verbose=0, **kwargs
+    )
+    mirrored = features.extract_features_with_report(
+        image_paths, cache_dir=cache, verbose=0, flip=True, **kwargs
+    )
+    assert mirrored.cache_folder != plain.cache_folder
+    assert mirrored.shards_computed == 1  # not taken from the plain entry
+    # The unflipped key is what it always was.
+    assert plain.cache_folder == features.cache_folder(
+        "pool5", 64, "none", image_paths, dtype="float32", cache_dir=cache
+    )
+    assert mirrored.cache_folder == features.cache_folder(
+        "pool5", 64, "none", image_paths, dtype="float32", cache_dir=cache, flip=True
+    )
+    with open(os.path.join(mirrored.cache_folder, features.MANIFEST_FILE)) as f:
+        assert json.load(f)["flip"] == "left_right"
+    # They are VGG16's features of the mirrored pixels.
+    backbone = backbone_lib.build_vgg16_backbone("pool5", 64, "none")
+    pixels = np.stack(
+        [features.load_image(tf.constant(p), 64).numpy() for p in image_paths]
+    )
+    np.testing.assert_allclose(
+        mirrored.features, backbone(pixels[:, :, ::-1]).numpy(), rtol=1e-4, atol=1e-4
+    )
+    np.testing.assert_allclose(
+        plain.features, backbone(pixels).numpy(), rtol=1e-4, atol=1e-4
+    )
+    assert np.abs(mirrored.features - plain.features).max() > 1e-3

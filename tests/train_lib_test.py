@@ -77,6 +77,30 @@ def test_resumed_run_matches_uninterrupted_run(tiny_data, tmp_path):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
 
 
+def test_augment_flip_trains_on_both_views_from_the_cache(tiny_data, tmp_path):
+    config = config_lib.override(
+        _config(tiny_data, augment_flip=True), cache_dir=str(tmp_path / "cache")
+    )
+    reports = train_lib.extract_split_features(config, ["train"], verbose=0)
+    assert set(reports) == {"train", "train (mirrored)"}
+    plain, mirrored = reports["train"], reports["train (mirrored)"]
+    assert plain.cache_folder != mirrored.cache_folder
+
+    split = train_lib.load_split(config, "train")
+    _, views, skipped = train_lib.split_features(config, split, 0, flip=True)
+    assert skipped == 0
+    np.testing.assert_array_equal(views, np.stack([plain.features, mirrored.features]))
+
+    results = train_lib.train_and_evaluate(config, str(tmp_path / "run"), verbose=0)
+    assert np.isfinite(results["dev"]["rsum"])
+    # Training read both cache entries and computed neither again.
+    for report in (plain, mirrored):
+        with open(os.path.join(report.cache_folder, "manifest.json")) as f:
+            assert json.load(f)["complete"]
+    again = train_lib.extract_split_features(config, ["train"], verbose=0)
+    assert [r.shards_computed for r in again.values()] == [0, 0]
+
+
 def test_rerun_with_different_config_is_refused(tiny_data, tmp_path):
     workdir = str(tmp_path / "run")
     train_lib.train_and_evaluate(_config(tiny_data), workdir, verbose=0)

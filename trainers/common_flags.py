@@ -36,6 +36,11 @@ MAX_EVAL_IMAGES = flags.DEFINE_integer(
     "max_eval_images", None, "Use N dev/test images."
 )
 CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Feature/demo cache folder.")
+AUGMENT_FLIP = flags.DEFINE_bool(
+    "augment_flip",
+    None,
+    "Train on cached features of each image and of its mirror image.",
+)
 
 
 def base_config() -> config_lib.Config:
@@ -55,4 +60,5 @@ def data_overrides() -> dict[str, Any]:
         max_train_images=MAX_TRAIN_IMAGES.value,
         max_eval_images=MAX_EVAL_IMAGES.value,
         cache_dir=CACHE_DIR.value,
+        augment_flip=AUGMENT_FLIP.value,
     )

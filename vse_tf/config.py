@@ -40,6 +40,9 @@ class DataConfig:
         extract_batch_size: Images per VGG16 call when extracting features.
         extract_dtype: ``mixed_bfloat16`` (checked against float32 on the
             first batch, falls back when they disagree) or ``float32``.
+        augment_flip: Train on the cached features of each image and of its
+            left-right mirror image, one of the two drawn per caption per
+            epoch (frozen CNN only; extraction runs twice on train).
         skip_bad_examples: Train on the good examples when the annotations
             have problems (default: stop with the full report).
     """
@@ -55,6 +58,7 @@ class DataConfig:
     extract_batch_size: int = 32
     extract_dtype: str = "mixed_bfloat16"
     skip_bad_examples: bool = False
+    augment_flip: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

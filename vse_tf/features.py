@@ -185,9 +185,13 @@ def _shard_file(shard: int) -> str:
 
 
 def _cache_key(
-    image_feature: str, image_size: int, vgg_weights: str, dtype: str
+    image_feature: str,
+    image_size: int,
+    vgg_weights: str,
+    dtype: str,
+    flip: bool = False,
 ) -> dict[str, Any]:
-    return {
+    key = {
         "format": CACHE_FORMAT,
         "backbone": BACKBONE,
         "weights": backbone_lib.weights_fingerprint(vgg_weights),
@@ -197,6 +201,9 @@ def _cache_key(
         "resize": RESIZE,
         "preprocessing": PREPROCESSING,
     }
+    if flip:  # only then, so the keys of unflipped caches stay as they were
+        key["flip"] = "left_right"
+    return key
 
 
 def _list_sha256(paths: Sequence[str]) -> str:
@@ -210,9 +217,10 @@ def cache_folder(
     paths: Sequence[str],
     dtype: str = "mixed_bfloat16",
     cache_dir: Optional[str] = None,
+    flip: bool = False,
 ) -> str:
     """The cache folder of these images' features (it may not exist yet)."""
-    key = _cache_key(image_feature, image_size, vgg_weights, dtype)
+    key = _cache_key(image_feature, image_size, vgg_weights, dtype, flip)
     paths = [os.path.abspath(p) for p in paths]
     return _cache_folder(cache_dir or default_cache_dir(), key, paths)
 
@@ -387,18 +395,24 @@ def _shard_dataset(
     shards: Sequence[tuple[int, int, int]],
     image_size: int,
     batch_size: int,
+    flip: bool = False,
 ) -> tf.data.Dataset:
     """``(shard, indices [B], images [B, S, S, 3])`` batches of the given shards.
 
-    Images are decoded in parallel; those that fail to read or decode are
-    dropped (their indices are missing). Batches never cross a shard, so a
-    shard's batches are the same whichever shards are computed together.
+    Images are decoded in parallel (and mirrored left-right with ``flip``);
+    those that fail to read or decode are dropped (their indices are
+    missing). Batches never cross a shard, so a shard's batches are the same
+    whichever shards are computed together.
     """
     all_paths = tf.constant(list(paths), tf.string)
 
+    def load(i):
+        image = load_image(tf.gather(all_paths, i), image_size)
+        return i, tf.image.flip_left_right(image) if flip else image
+
     def one_shard(shard, start, stop):
         images = tf.data.Dataset.range(start, stop).map(
-            lambda i: (i, load_image(tf.gather(all_paths, i), image_size)),
+            load,
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
@@ -478,6 +492,8 @@ def _adopt_format2_cache(cache_dir: str, folder: str, fresh: dict) -> Optional[d
     Returns:
         The written manifest, or None when there is nothing to take over.
     """
+    if "flip" in fresh:  # format 2 had no mirrored features
+        return None
     old_key = {
         name: fresh[name]
         for name in ("weights", "feature", "image_size", "dtype", "resize")
@@ -542,6 +558,7 @@ def extract_features_with_report(
     verbose: int = 1,
     shard_size: int = DEFAULT_SHARD_SIZE,
     on_shard: Optional[Callable[[int, int], None]] = None,
+    flip: bool = False,
 ) -> FeatureReport:
     """VGG16 features of images from the sharded cache, computing what is missing.
 
@@ -562,6 +579,8 @@ def extract_features_with_report(
             keeps the size it was started with).
         on_shard: Called as ``on_shard(shard, num_shards)`` after each
             computed shard is safely on disk.
+        flip: Features of the left-right mirrored images (a training
+            augmentation; its own cache entry).
 
     Returns:
         The features (``float32 [N, F]``, zero rows for skipped images), the
@@ -579,7 +598,7 @@ def extract_features_with_report(
         )
     start_time = time.time()
     paths = [os.path.abspath(p) for p in paths]
-    key = _cache_key(image_feature, image_size, vgg_weights, dtype)
+    key = _cache_key(image_feature, image_size, vgg_weights, dtype, flip)
     folder = _cache_folder(cache_dir or default_cache_dir(), key, paths)
     dim = backbone_lib.FEATURE_DIMS[image_feature]
 
@@ -690,7 +709,7 @@ def extract_features_with_report(
         shard_table = [(s, *ranges[s]) for s in pending]
         position = 0
         for shard, indices, images in _shard_dataset(
-            paths, shard_table, image_size, batch_size
+            paths, shard_table, image_size, batch_size, flip
         ):
             shard = int(shard)
             while pending[position] != shard:
@@ -795,6 +814,7 @@ def extract_for_config(
     verbose: int = 1,
     shard_size: int = DEFAULT_SHARD_SIZE,
     on_shard: Optional[Callable[[int, int], None]] = None,
+    flip: bool = False,
 ) -> FeatureReport:
     """The features training uses for these images under ``config``.
 
@@ -808,6 +828,7 @@ def extract_for_config(
         verbose: 1 shows a progress bar.
         shard_size: Images per cache shard.
         on_shard: See `extract_features_with_report`.
+        flip: Features of the mirrored images (``config.data.augment_flip``).
 
     Returns:
         The `FeatureReport`.
@@ -824,4 +845,5 @@ def extract_for_config(
         verbose=verbose,
         shard_size=shard_size,
         on_shard=on_shard,
+        flip=flip,
     )

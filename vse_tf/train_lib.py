@@ -160,7 +160,7 @@ def protocol_view(split: CaptionedSplit, k: int = CAPTIONS_PER_IMAGE) -> Caption
 
 
 def split_features(
-    config: Config, split: CaptionedSplit, verbose: int = 1
+    config: Config, split: CaptionedSplit, verbose: int = 1, flip: bool = False
 ) -> tuple[CaptionedSplit, Optional[np.ndarray], int]:
     """A split's cached backbone features, without its unreadable images.
 
@@ -169,9 +169,17 @@ def split_features(
     logged (the feature cache's manifest lists each with its reason). When
     fine-tuning (no feature cache) the image files are only checked.
 
+    Args:
+        config: The run's config.
+        split: The split.
+        verbose: 1 shows extraction progress.
+        flip: Also the mirrored images' features (training augmentation,
+            ``config.data.augment_flip``; not for precomputed features).
+
     Returns:
-        ``(split, features [N', F] or None when fine-tuning, skipped)``:
-        the split without the skipped images, their features, and how many
+        ``(split, features, skipped)``: the split without the skipped
+        images; their features, ``[N', F]``, ``[2, N', F]`` (image, mirror
+        image) with ``flip``, or None when fine-tuning; and how many images
         were skipped.
     """
     if split.features is not None:
@@ -184,13 +192,20 @@ def split_features(
     else:
         report = features_lib.extract_for_config(config, split.image_paths, verbose)
         features, skipped = report.features, report.skipped
+        if flip:
+            mirrored = features_lib.extract_for_config(
+                config, split.image_paths, verbose, flip=True
+            )
+            features = np.stack([features, mirrored.features])
+            known = {image.index for image in skipped}
+            skipped = skipped + [i for i in mirrored.skipped if i.index not in known]
     if not skipped:
         return split, features, 0
     print(f"{split.name}: skipped {len(skipped)} unreadable images")
     for image in skipped[:20]:
         logging.warning("skipped image %s: %s", image.path, image.reason)
     keep = sorted(set(range(split.num_images)) - {image.index for image in skipped})
-    kept_features = None if features is None else features[keep]
+    kept_features = None if features is None else features[..., keep, :]
     return select_images(split, keep), kept_features, len(skipped)
 
 
@@ -367,7 +382,8 @@ def extract_split_features(
 
     Returns:
         ``{split: FeatureReport}`` for the splits with image files
-        (precomputed-feature data sets have nothing to extract).
+        (precomputed-feature data sets have nothing to extract); with
+        ``config.data.augment_flip`` also ``"train (mirrored)"``.
 
     Raises:
         ValueError: for a fine-tuning config (it reads images, not features).
@@ -386,13 +402,19 @@ def extract_split_features(
             validation.check_captions_per_image(
                 split, CAPTIONS_PER_IMAGE, "evaluation", allow_more=True
             )
-        report = features_lib.extract_for_config(config, view.image_paths, verbose)
-        reports[name] = report
-        print(
-            f"{name}: {len(view.image_paths)} images, {report.num_skipped} skipped, "
-            f"{report.shards_computed} shards computed, {report.shards_reused} "
-            f"reused ({report.used_dtype}) in {report.cache_folder}"
-        )
+        mirrored = name == "train" and config.data.augment_flip
+        for flip in [False, True] if mirrored else [False]:
+            report = features_lib.extract_for_config(
+                config, view.image_paths, verbose, flip=flip
+            )
+            label = f"{name} (mirrored)" if flip else name
+            reports[label] = report
+            print(
+                f"{label}: {len(view.image_paths)} images, {report.num_skipped} "
+                f"skipped, {report.shards_computed} shards computed, "
+                f"{report.shards_reused} reused ({report.used_dtype}) in "
+                f"{report.cache_folder}"
+            )
     return reports
 
 
@@ -740,7 +762,9 @@ def _train_and_evaluate(
     # First: images that cannot be decoded leave the split with their
     # captions, before the vocabulary and the batches are made.
     skipped_images = {}
-    train, train_feats, skipped_images["train"] = split_features(config, train, verbose)
+    train, train_feats, skipped_images["train"] = split_features(
+        config, train, verbose, flip=config.data.augment_flip
+    )
     vocabulary = _vocabulary(writer.path, config, train)
     print(
         f"train: {train.num_images} images, {train.num_captions} captions; "

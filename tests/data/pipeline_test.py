@@ -184,3 +184,46 @@ def test_hard_negative_flag_follows_the_epoch():
         ids, owners, 4, seed=1, first_epoch=0, last_epoch=1, image_features=features
     )
     assert "hard_negatives" not in _batches(plain, 1)[0]
+
+
+def test_feature_views_are_drawn_per_caption_and_epoch():
+    ids, owners, features = _arrays(num_captions=240, num_images=48)
+    # View v of image i is the row (i + 1000 v): both are recoverable.
+    views = np.stack([features, features + 1000.0])
+    dataset, steps = pipeline.train_dataset(
+        ids, owners, 16, seed=5, first_epoch=0, last_epoch=3, image_features=views
+    )
+    batches = _batches(dataset, 3 * steps)
+    drawn = {}
+    for epoch in range(3):
+        for batch in batches[epoch * steps : (epoch + 1) * steps]:
+            captions = batch["token_ids"][:, 0] - 100
+            image, view = (
+                batch["image_features"][:, 0] % 1000,
+                batch["image_features"][:, 0] // 1000,
+            )
+            np.testing.assert_array_equal(image, owners[captions])
+            for caption, v in zip(captions, view):
+                drawn[(epoch, int(caption))] = int(v)
+    # Both views are used, about half each, and the draw changes per epoch.
+    share = np.mean(list(drawn.values()))
+    assert 0.35 < share < 0.65, share
+    per_epoch = [[drawn[(e, c)] for c in range(240)] for e in range(3)]
+    assert per_epoch[0] != per_epoch[1] != per_epoch[2]
+    # A resumed run draws the same views.
+    resumed, _ = pipeline.train_dataset(
+        ids, owners, 16, seed=5, first_epoch=2, last_epoch=3, image_features=views
+    )
+    for a, b in zip(batches[2 * steps :], _batches(resumed, steps)):
+        np.testing.assert_array_equal(a["image_features"], b["image_features"])
+    # One view is the plain [N, F] case.
+    single, _ = pipeline.train_dataset(
+        ids, owners, 16, seed=5, first_epoch=0, last_epoch=1, image_features=views[:1]
+    )
+    plain, _ = pipeline.train_dataset(
+        ids, owners, 16, seed=5, first_epoch=0, last_epoch=1, image_features=features
+    )
+    for a, b in zip(_batches(single, steps), _batches(plain, steps)):
+        np.testing.assert_array_equal(a["image_features"], b["image_features"])
+    with pytest.raises(ValueError, match=r"\[V, N, F\]"):
+        pipeline.train_dataset(ids, owners, 16, 0, 0, 1, image_features=features[0])

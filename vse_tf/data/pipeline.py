@@ -59,6 +59,22 @@ def _epoch_batches(
     return tf.gather(batches, batch_order)
 
 
+def _epoch_views(
+    num_examples: int, num_views: int, seed: int, epoch: tf.Tensor
+) -> tf.Tensor:
+    """``int32 [M]``: the feature view each caption uses in this epoch."""
+    if num_views == 1:
+        return tf.zeros([num_examples], tf.int32)
+    epoch_seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.stateless_uniform(
+        [num_examples],
+        seed=epoch_seed + tf.constant([0, 2 << 32], tf.int64),
+        minval=0,
+        maxval=num_views,
+        dtype=tf.int32,
+    )
+
+
 def train_dataset(
     token_ids: np.ndarray,
     caption_image_index: np.ndarray,
@@ -83,6 +99,9 @@ def train_dataset(
         first_epoch: Epoch to start at (resuming).
         last_epoch: One past the last epoch.
         image_features: ``[N, F]`` cached features (frozen CNN), or
+            ``[V, N, F]``: V views of each image (e.g. the image and its
+            mirror image); each caption of each epoch draws one view,
+            from ``(seed, epoch)`` (so a resumed run draws the same), or
         image_paths: ``[N]`` image files (fine-tuning; decoded per batch).
         image_size: Decode size for ``image_paths``.
         bucket_by_length: Batch captions of similar length (module doc).
@@ -107,16 +126,30 @@ def train_dataset(
     lengths = tf.constant(np.count_nonzero(token_ids, axis=1), tf.int32)
     owners = tf.constant(caption_image_index, tf.int32)
     feats = None if image_features is None else tf.constant(image_features, tf.float32)
+    num_views = 1
+    if feats is not None and feats.shape.rank == 3:
+        num_views = int(feats.shape[0])
+        if num_views == 1:
+            feats = feats[0]
+    elif feats is not None and feats.shape.rank != 2:
+        raise ValueError(
+            f"image_features must be [N, F] or [V, N, F], got {feats.shape}"
+        )
     paths = None if image_paths is None else tf.constant(list(image_paths), tf.string)
 
-    def gather(indices, epoch):
+    def gather(indices, epoch, views):
         image_ids = tf.gather(owners, indices)
         longest = tf.maximum(tf.reduce_max(tf.gather(lengths, indices)), 1)
         batch = {
             "token_ids": tf.gather(ids, indices)[:, :longest],
             "image_ids": image_ids,
         }
-        if feats is not None:
+        if feats is not None and num_views > 1:
+            view_ids = tf.gather(views, indices)
+            batch["image_features"] = tf.gather_nd(
+                feats, tf.stack([view_ids, image_ids], axis=1)
+            )
+        elif feats is not None:
             batch["image_features"] = tf.gather(feats, image_ids)
         else:
             batch["images"] = tf.map_fn(
@@ -137,8 +170,9 @@ def train_dataset(
         batches = _epoch_batches(
             lengths, batch_size, steps, seed, epoch, bucket_by_length
         )
+        views = _epoch_views(num_examples, num_views, seed, epoch)
         return tf.data.Dataset.from_tensor_slices(batches).map(
-            lambda indices: gather(indices, epoch),
+            lambda indices: gather(indices, epoch, views),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
