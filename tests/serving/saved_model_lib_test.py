@@ -294,3 +294,34 @@ def test_search_images_signature_answers_a_sentence(trained, tmp_path):
         )
     }
     assert "search_images" in names
+
+
+def test_gru_avgmax_model_exports_and_matches_keras(tmp_path):
+    """The other towers (GRU text, avg+max pooled image features, trained with
+    mirrored features) export and serve like the default ones."""
+    workdir, data_dir = testing_utils.train_tiny_workdir(
+        str(tmp_path),
+        text_rnn="gru",
+        image_feature="pool5_avgmax",
+        image_size=64,
+        augment_flip=True,
+    )
+    export_dir = saved_model_lib.export_saved_model(workdir, str(tmp_path / "models"))
+    _, model = train_lib.load_trained_model(workdir)
+    assert model.text_tower.rnn == "gru"
+    assert model.image_tower.feature_dim == 1024
+    loaded = tf.saved_model.load(export_dir)
+    text = loaded.signatures["encode_text"](text=tf.constant(SENTENCES))["embedding"]
+    np.testing.assert_allclose(
+        text.numpy(), model.text_tower(tf.constant(SENTENCES)).numpy(), atol=1e-5
+    )
+    files = _image_files(data_dir)
+    pixels = np.stack(
+        [features_lib.load_image(tf.constant(p), 64).numpy() for p in files]
+    )
+    images = loaded.signatures["encode_image"](
+        image_bytes=tf.constant([open(p, "rb").read() for p in files])
+    )["embedding"]
+    np.testing.assert_allclose(
+        images.numpy(), model.image_tower(pixels).numpy(), atol=1e-5
+    )
