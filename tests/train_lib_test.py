@@ -1,5 +1,6 @@
 """End-to-end tests of the training library on the tiny preset."""
 
+import dataclasses
 import json
 import os
 
@@ -99,6 +100,16 @@ def test_augment_flip_trains_on_both_views_from_the_cache(tiny_data, tmp_path):
             assert json.load(f)["complete"]
     again = train_lib.extract_split_features(config, ["train"], verbose=0)
     assert [r.shards_computed for r in again.values()] == [0, 0]
+
+
+def test_augment_flip_is_refused_without_a_frozen_cnn(tiny_data):
+    config = _config(tiny_data, augment_flip=True, fine_tune_from="block5")
+    split = train_lib.load_split(config, "train")
+    with pytest.raises(ValueError, match="fine_tune_from='block5'"):
+        train_lib.split_features(config, split, 0, flip=True)
+    precomputed = dataclasses.replace(split, features=np.zeros([split.num_images, 4]))
+    with pytest.raises(ValueError, match="precomputed features"):
+        train_lib.split_features(config, precomputed, 0, flip=True)
 
 
 def test_rerun_with_different_config_is_refused(tiny_data, tmp_path):

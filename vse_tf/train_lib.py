@@ -174,14 +174,27 @@ def split_features(
         split: The split.
         verbose: 1 shows extraction progress.
         flip: Also the mirrored images' features (training augmentation,
-            ``config.data.augment_flip``; not for precomputed features).
+            ``config.data.augment_flip``).
 
     Returns:
         ``(split, features, skipped)``: the split without the skipped
         images; their features, ``[N', F]``, ``[2, N', F]`` (image, mirror
         image) with ``flip``, or None when fine-tuning; and how many images
         were skipped.
+
+    Raises:
+        ValueError: ``flip`` with precomputed features or fine-tuning.
     """
+    if flip and (split.features is not None or config.model.fine_tune_from):
+        raise ValueError(
+            "augment_flip mirrors images before the frozen CNN, so it needs "
+            "image files and cached features: "
+            + (
+                f"the {config.data.dataset} data set has precomputed features"
+                if split.features is not None
+                else f"fine_tune_from={config.model.fine_tune_from!r} trains on images"
+            )
+        )
     if split.features is not None:
         return split, split.features, 0
     if config.model.fine_tune_from:
