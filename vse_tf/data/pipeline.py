@@ -127,14 +127,14 @@ def train_dataset(
     owners = tf.constant(caption_image_index, tf.int32)
     feats = None if image_features is None else tf.constant(image_features, tf.float32)
     num_views = 1
-    if feats is not None and feats.shape.rank == 3:
+    if feats is not None:
+        if feats.shape.rank == 2:
+            feats = feats[None]  # one view
+        elif feats.shape.rank != 3:
+            raise ValueError(
+                f"image_features must be [N, F] or [V, N, F], got {feats.shape}"
+            )
         num_views = int(feats.shape[0])
-        if num_views == 1:
-            feats = feats[0]
-    elif feats is not None and feats.shape.rank != 2:
-        raise ValueError(
-            f"image_features must be [N, F] or [V, N, F], got {feats.shape}"
-        )
     paths = None if image_paths is None else tf.constant(list(image_paths), tf.string)
 
     def gather(indices, epoch, views):
@@ -144,13 +144,11 @@ def train_dataset(
             "token_ids": tf.gather(ids, indices)[:, :longest],
             "image_ids": image_ids,
         }
-        if feats is not None and num_views > 1:
+        if feats is not None:
             view_ids = tf.gather(views, indices)
             batch["image_features"] = tf.gather_nd(
                 feats, tf.stack([view_ids, image_ids], axis=1)
             )
-        elif feats is not None:
-            batch["image_features"] = tf.gather(feats, image_ids)
         else:
             batch["images"] = tf.map_fn(
                 lambda p: features_lib.load_image(p, image_size),
