@@ -138,6 +138,25 @@ class _Schedule:
         stacked = array.stack()
         return tf.reshape(stacked, tf.concat([[-1], tf.shape(stacked)[2:]], 0))
 
+    def forward(self, step, carried):
+        """Runs ``step(t, *carried)`` for ``t = 0 .. loop_steps - 1``."""
+        return self._loop(lambda t, *_: t < self.loop_steps, step, 0, carried)
+
+    def backward(self, step, carried):
+        """Runs ``step(t, *carried)`` for ``t = loop_steps - 1 .. 0``."""
+        return self._loop(lambda t, *_: t >= 0, step, self.loop_steps - 1, carried)
+
+    def _loop(self, condition, step, first, carried):
+        return tf.while_loop(
+            condition,
+            step,
+            (tf.convert_to_tensor(first), *carried),
+            maximum_iterations=self.steps,
+            # Steps depend on each other anyway; parallel iterations only let
+            # two iterations' gradient temporaries collide (TF 2.21).
+            parallel_iterations=1,
+        )[1:]
+
     def to_time_major(self, rows, width):
         """`gather_steps` rows -> ``[T, B, width]`` (zeros for padding)."""
         if not self.packed:
@@ -226,12 +245,8 @@ def _lstm_recurrence(projected, recurrent_kernel, schedule, dtype):
         zeros = tf.zeros([schedule.batch, units], tf.float32)
         arrays = [schedule.array(tf.float32) for _ in range(3)]
         arrays.append(schedule.array(dtype))
-        _, last_h, _, gates_ta, c_prev_ta, tanh_c_ta, h_prev_ta = tf.while_loop(
-            lambda t, *_: t < schedule.loop_steps,
-            step,
-            (tf.constant(0), zeros, zeros, *arrays),
-            maximum_iterations=schedule.steps,
-            parallel_iterations=1,
+        last_h, _, gates_ta, c_prev_ta, tanh_c_ta, h_prev_ta = schedule.forward(
+            step, (zeros, zeros, *arrays)
         )
 
         def grad(d_last_h):
@@ -260,17 +275,8 @@ def _lstm_recurrence(projected, recurrent_kernel, schedule, dtype):
                 dc_next = schedule.merge(dc_rows * f, dc, t)
                 return t - 1, dh_next, dc_next, dz_ta.write(t, dz)
 
-            _, _, _, dz_ta = tf.while_loop(
-                lambda t, *_: t >= 0,
-                back,
-                (
-                    schedule.loop_steps - 1,
-                    d_last_h,
-                    tf.zeros_like(d_last_h),
-                    schedule.array(tf.float32),
-                ),
-                maximum_iterations=schedule.steps,
-                parallel_iterations=1,
+            _, _, dz_ta = schedule.backward(
+                back, (d_last_h, tf.zeros_like(d_last_h), schedule.array(tf.float32))
             )
             dz = schedule.gather_steps(dz_ta)  # [R, 4H]
             d_kernel = _weight_gradient(schedule.gather_steps(h_prev_ta), dz, dtype)
@@ -351,13 +357,7 @@ def _gru_recurrence(projected, recurrent_kernel, recurrent_bias, schedule, dtype
 
         zeros = tf.zeros([schedule.batch, units], tf.float32)
         arrays = [schedule.array(tf.float32) for _ in range(4)]
-        _, last_h, zr_ta, n_ta, hn_ta, h_prev_ta = tf.while_loop(
-            lambda t, *_: t < schedule.loop_steps,
-            step,
-            (tf.constant(0), zeros, *arrays),
-            maximum_iterations=schedule.steps,
-            parallel_iterations=1,
-        )
+        last_h, zr_ta, n_ta, hn_ta, h_prev_ta = schedule.forward(step, (zeros, *arrays))
 
         def grad(d_last_h):
             d_last_h = tf.convert_to_tensor(d_last_h)  # may be IndexedSlices
@@ -382,13 +382,7 @@ def _gru_recurrence(projected, recurrent_kernel, recurrent_bias, schedule, dtype
                 )
 
             arrays = [schedule.array(tf.float32) for _ in range(2)]
-            _, _, dx_ta, drec_ta = tf.while_loop(
-                lambda t, *_: t >= 0,
-                back,
-                (schedule.loop_steps - 1, d_last_h, *arrays),
-                maximum_iterations=schedule.steps,
-                parallel_iterations=1,
-            )
+            _, dx_ta, drec_ta = schedule.backward(back, (d_last_h, *arrays))
             d_rec = schedule.gather_steps(drec_ta)  # [R, 3H]
             d_kernel = _weight_gradient(schedule.gather_steps(h_prev_ta), d_rec, dtype)
             return (
