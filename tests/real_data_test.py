@@ -26,7 +26,12 @@ def _require():
             pytest.skip(f'{package} missing: pip install "vse_tf[{extra}]"')
 
 
-def test_flickr8k_subset_with_hed_trunk_learns(tmp_path):
+def _train_on_real_photos(tmp_path, **overrides):
+    """Trains the flickr8k preset at 112x112 on a Flickr8k subset.
+
+    Returns:
+        ``(workdir, dev metrics, metrics on 100 train images it saw)``.
+    """
     _require()
     config = config_lib.override(
         config_lib.get_config("flickr8k"),
@@ -34,18 +39,27 @@ def test_flickr8k_subset_with_hed_trunk_learns(tmp_path):
         data_dir=str(testing_utils.SHARED_FLICKR8K),
         cache_dir=os.environ.get("VSE_TF_CACHE") or str(tmp_path / "cache"),
         image_size=112,
-        max_train_images=300,
         max_eval_images=100,
         embed_dim=256,
+        **overrides,
+    )
+    workdir = str(tmp_path / "run")
+    results = train_lib.train_and_evaluate(config, workdir, verbose=0)
+    config, model = train_lib.load_trained_model(workdir, include_backbone=False)
+    seen = train_lib.load_split(config, "train").take_images(100)
+    data = train_lib.prepare_eval(config, seen, model.text_tower.tokenizer)
+    return workdir, results["dev"], train_lib.evaluate(model, data, config)
+
+
+def test_flickr8k_subset_with_hed_trunk_learns(tmp_path):
+    workdir, dev, fitted = _train_on_real_photos(
+        tmp_path,
+        max_train_images=300,
         batch_size=64,
         epochs=6,
         learning_rate=1e-3,
         min_word_count=2,
     )
-    workdir = str(tmp_path / "run")
-    results = train_lib.train_and_evaluate(config, workdir, verbose=0)
-
-    dev = results["dev"]
     with open(os.path.join(workdir, "metrics_dev.json")) as f:
         assert json.load(f)["rsum"] == pytest.approx(dev["rsum"])
     assert all(np.isfinite(value) for value in dev.values())
@@ -53,10 +67,6 @@ def test_flickr8k_subset_with_hed_trunk_learns(tmp_path):
     # 300 photos are too few to generalise, but the model must fit them.
     # Chance on 100 images with 5 captions each: i2t R@1/5/10 ~ 5/23/41,
     # t2i ~ 1/5/10, so rsum ~ 85; a model that learned nothing sits there.
-    config, model = train_lib.load_trained_model(workdir, include_backbone=False)
-    seen = train_lib.load_split(config, "train").take_images(100)
-    data = train_lib.prepare_eval(config, seen, model.text_tower.tokenizer)
-    fitted = train_lib.evaluate(model, data, config)
     assert fitted["rsum"] > 170, fitted
     assert fitted["t2i_r10"] > 30, fitted
 
@@ -67,24 +77,7 @@ def test_flickr8k_preset_is_well_above_chance_after_a_short_run(tmp_path):
     must already separate the images it saw. VSE++'s default
     hardest-negative loss stays at chance on these features (its users'
     issue 27); a collapse would show here."""
-    _require()
-    config = config_lib.override(
-        config_lib.get_config("flickr8k"),
-        dataset="flickr8k",
-        data_dir=str(testing_utils.SHARED_FLICKR8K),
-        cache_dir=os.environ.get("VSE_TF_CACHE") or str(tmp_path / "cache"),
-        image_size=112,
-        max_train_images=1000,
-        max_eval_images=100,
-        embed_dim=256,
-        epochs=3,
-    )
-    workdir = str(tmp_path / "run")
-    train_lib.train_and_evaluate(config, workdir, verbose=0)
-    config, model = train_lib.load_trained_model(workdir, include_backbone=False)
-    seen = train_lib.load_split(config, "train").take_images(100)
-    data = train_lib.prepare_eval(config, seen, model.text_tower.tokenizer)
-    fitted = train_lib.evaluate(model, data, config)
+    _, _, fitted = _train_on_real_photos(tmp_path, max_train_images=1000, epochs=3)
     # Chance on 100 images is rsum ~85 (see above); a collapsed model
     # (every embedding alike) scores at or below it.
     assert fitted["rsum"] > 120, fitted
