@@ -41,7 +41,7 @@ if replicas > 1:
 import keras, numpy as np, tensorflow as tf
 from vse_tf import text as text_lib
 from vse_tf.data import pipeline
-from vse_tf.models.image_tower import VGG16ImageTower
+from vse_tf.models.image_tower import ImageTower
 from vse_tf.models.text_tower import LSTMTextTower
 from vse_tf.models.vse_model import VSEModel
 
@@ -58,7 +58,7 @@ feats = rng.random((owners.max() + 1, 512), dtype=np.float32)
 with strategy.scope():
     keras.utils.set_random_seed(0)
     model = VSEModel(
-        VGG16ImageTower(embed_dim=dim, include_backbone=False),
+        ImageTower(embed_dim=dim, include_backbone=False),
         LSTMTextTower(vocabulary, embed_dim=dim, word_dim=word_dim, max_length=30),
         grad_clip_norm=2.0,
         text_compute_dtype="bfloat16",

@@ -54,7 +54,7 @@ from absl import app, flags
 
 from vse_tf import text as text_lib
 from vse_tf.data import pipeline, readers
-from vse_tf.models.image_tower import VGG16ImageTower
+from vse_tf.models.image_tower import ImageTower
 from vse_tf.models.text_tower import LSTMTextTower
 from vse_tf.models.vse_model import VSEModel
 
@@ -139,7 +139,7 @@ def _vocabulary() -> list[str]:
 
 def _model(rnn: str = "lstm", **options) -> VSEModel:
     keras.utils.set_random_seed(0)
-    image_tower = VGG16ImageTower(
+    image_tower = ImageTower(
         embed_dim=DIM, include_backbone=False, image_feature="pool5"
     )
     vocabulary = _vocabulary()

@@ -37,7 +37,7 @@ def test_load_image_resizes_and_keeps_range(image_paths, tmp_path):
 def test_extract_features_caches_by_key(image_paths, tmp_path, monkeypatch):
     cache = str(tmp_path / "cache")
     kwargs = dict(
-        image_feature="pool5", image_size=32, vgg_weights="none", dtype="float32"
+        image_feature="pool5", image_size=32, weights="none", dtype="float32"
     )
     first = features.extract_features(image_paths, cache_dir=cache, verbose=0, **kwargs)
     assert first.shape == (len(image_paths), 512) and first.dtype == np.float32
@@ -46,7 +46,7 @@ def test_extract_features_caches_by_key(image_paths, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("VGG16 was rebuilt although the features are cached")
 
-    monkeypatch.setattr(features.backbone_lib, "build_vgg16_backbone", fail)
+    monkeypatch.setattr(features.backbone_lib, "build_backbone", fail)
     again = features.extract_features(image_paths, cache_dir=cache, verbose=0, **kwargs)
     np.testing.assert_array_equal(first, again)
 
@@ -65,7 +65,7 @@ def test_extract_features_caches_by_key(image_paths, tmp_path, monkeypatch):
 
 def test_batching_does_not_change_features(image_paths, tmp_path):
     kwargs = dict(
-        image_feature="pool5", image_size=32, vgg_weights="none", dtype="float32"
+        image_feature="pool5", image_size=32, weights="none", dtype="float32"
     )
     a = features.extract_features(
         image_paths, batch_size=2, cache_dir=str(tmp_path / "a"), verbose=0, **kwargs
@@ -77,7 +77,7 @@ def test_batching_does_not_change_features(image_paths, tmp_path):
 
 
 def test_bf16_extraction_agrees_with_float32(image_paths, tmp_path):
-    kwargs = dict(image_feature="pool5", image_size=32, vgg_weights="none")
+    kwargs = dict(image_feature="pool5", image_size=32, weights="none")
     f32 = features.extract_features(
         image_paths, dtype="float32", cache_dir=str(tmp_path / "a"), verbose=0, **kwargs
     )
@@ -101,7 +101,7 @@ def test_bad_dtype_is_rejected(image_paths):
 
 def _pool5_kwargs(**changes):
     return dict(
-        dict(image_feature="pool5", image_size=32, vgg_weights="none", dtype="float32"),
+        dict(image_feature="pool5", image_size=32, weights="none", dtype="float32"),
         **changes,
     )
 
@@ -235,7 +235,7 @@ def test_format2_cache_is_taken_over_without_vgg16(image_paths, tmp_path, monkey
     def fail(*args, **kwargs):
         raise AssertionError("VGG16 was rebuilt although the features are cached")
 
-    monkeypatch.setattr(features.backbone_lib, "build_vgg16_backbone", fail)
+    monkeypatch.setattr(features.backbone_lib, "build_backbone", fail)
     adopted = features.extract_features_with_report(
         image_paths, cache_dir=str(tmp_path / "b"), verbose=0, **_pool5_kwargs()
     )

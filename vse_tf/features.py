@@ -1,8 +1,9 @@
-"""Image loading and cached, resumable VGG16 feature extraction.
+"""Image loading and cached, resumable CNN feature extraction.
 
-With a frozen CNN the image features never change, so they are computed
-once per (weights, feature, image size, precision, image list) and stored
-under the cache directory; training epochs then never run VGG16.
+With a frozen CNN (VGG16 or EfficientNet-Lite) the image features never
+change, so they are computed once per (backbone, weights, feature, image
+size, precision, image list) and stored under the cache directory; training
+epochs then never run the CNN.
 
 Cache layout (one folder per key and image list)::
 
@@ -44,7 +45,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from vse_tf import io_utils
+from vse_tf import hardware, io_utils
 from vse_tf.config import Config
 from vse_tf.models import backbone as backbone_lib
 
@@ -52,17 +53,14 @@ CACHE_FORMAT = 3
 BF16_MIN_COSINE = 0.999
 DEFAULT_SHARD_SIZE = 1024
 MANIFEST_FILE = "manifest.json"
-BACKBONE = "keras.applications.VGG16"
 RESIZE = "bilinear-antialias"
-PREPROCESSING = "rgb 0..255 -> resize SxS (aspect not kept) -> bgr - caffe mean"
 DTYPES = ("mixed_bfloat16", "float32")
+# The cache-key name of VGG16 (its caches were keyed so before other backbones).
+BACKBONE = "keras.applications.VGG16"
+_BACKBONE_KEYS = {backbone_lib.VGG16: BACKBONE}
 
 
-def default_cache_dir() -> str:
-    """``$VSE_TF_CACHE``, else ``~/.cache/vse_tf``."""
-    return os.environ.get(
-        "VSE_TF_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vse_tf")
-    )
+default_cache_dir = io_utils.default_cache_dir
 
 
 def resize_pixels(pixels: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -187,19 +185,20 @@ def _shard_file(shard: int) -> str:
 def _cache_key(
     image_feature: str,
     image_size: int,
-    vgg_weights: str,
+    weights: str,
     dtype: str,
     flip: bool = False,
+    backbone: str = backbone_lib.VGG16,
 ) -> dict[str, Any]:
     key = {
         "format": CACHE_FORMAT,
-        "backbone": BACKBONE,
-        "weights": backbone_lib.weights_fingerprint(vgg_weights),
+        "backbone": _BACKBONE_KEYS.get(backbone, backbone),
+        "weights": backbone_lib.weights_fingerprint(weights, backbone),
         "feature": image_feature,
         "image_size": image_size,
         "dtype": dtype,
         "resize": RESIZE,
-        "preprocessing": PREPROCESSING,
+        "preprocessing": backbone_lib.preprocessing(backbone),
     }
     if flip:  # only then, so the keys of unflipped caches stay as they were
         key["flip"] = "left_right"
@@ -213,14 +212,15 @@ def _list_sha256(paths: Sequence[str]) -> str:
 def cache_folder(
     image_feature: str,
     image_size: int,
-    vgg_weights: str,
+    weights: str,
     paths: Sequence[str],
     dtype: str = "mixed_bfloat16",
     cache_dir: Optional[str] = None,
     flip: bool = False,
+    backbone: str = backbone_lib.VGG16,
 ) -> str:
     """The cache folder of these images' features (it may not exist yet)."""
-    key = _cache_key(image_feature, image_size, vgg_weights, dtype, flip)
+    key = _cache_key(image_feature, image_size, weights, dtype, flip, backbone)
     paths = [os.path.abspath(p) for p in paths]
     return _cache_folder(cache_dir or default_cache_dir(), key, paths)
 
@@ -230,14 +230,14 @@ def _cache_folder(cache_dir: str, key: dict, paths: Sequence[str]) -> str:
     return os.path.join(cache_dir, "features", key_id, _list_sha256(paths)[:16])
 
 
-def _weights_sha256(vgg_weights: str) -> Optional[str]:
-    """sha256 of the weights file, where there is one on this machine."""
-    if vgg_weights == "none":
-        return None
-    if vgg_weights == "imagenet":
-        return None  # Keras's download; its file name is version-dependent.
-    path = backbone_lib.hed_weights_path() if vgg_weights == "hed" else vgg_weights
-    return _file_sha256(path)
+def _weights_sha256(weights: str, backbone: str) -> Optional[str]:
+    """sha256 of the weights file, where there is one on this machine.
+
+    None for ``none`` and for ``imagenet`` (Keras's download; its file name is
+    version-dependent).
+    """
+    path = backbone_lib.weights_source(backbone, weights)
+    return None if path is None else _file_sha256(path)
 
 
 def _read_manifest(folder: str) -> Optional[dict]:
@@ -425,15 +425,20 @@ def _shard_dataset(
 
 
 class _Extractor:
-    """Runs VGG16 in the agreed precision; checks bf16 on its first batch."""
+    """Runs the backbone in the agreed precision; checks bf16 on its first batch."""
 
-    def __init__(self, image_feature, image_size, vgg_weights, dtype, used_dtype):
-        self._args = (image_feature, image_size, vgg_weights)
+    def __init__(
+        self, backbone, image_feature, image_size, weights, dtype, used_dtype, cache_dir
+    ):
+        self._args = (backbone, image_feature, image_size, weights)
+        self._cache_dir = cache_dir
         self.used_dtype = used_dtype or dtype
         self.checked = used_dtype is not None or dtype == "float32"
         self.min_cosine: Optional[float] = None
         self._run = _inference_fn(
-            backbone_lib.build_vgg16_backbone(*self._args, dtype=self.used_dtype)
+            backbone_lib.build_backbone(
+                *self._args, dtype=self.used_dtype, cache_dir=self._cache_dir
+            )
         )
 
     def __call__(self, images: tf.Tensor) -> np.ndarray:
@@ -442,7 +447,9 @@ class _Extractor:
             return out.astype(np.float32)
         self.checked = True
         reference = _inference_fn(
-            backbone_lib.build_vgg16_backbone(*self._args, dtype="float32")
+            backbone_lib.build_backbone(
+                *self._args, dtype="float32", cache_dir=self._cache_dir
+            )
         )
         ref_out = reference(images).numpy()
         self.min_cosine = float(_cosine(out, ref_out).min())
@@ -459,12 +466,16 @@ class _Extractor:
 
 
 def _new_manifest(
-    key: dict, vgg_weights: str, paths: Sequence[str], shard_size: int
+    key: dict,
+    weights: str,
+    paths: Sequence[str],
+    shard_size: int,
+    backbone: str,
 ) -> dict:
     return dict(
         key,
-        weights_sha256=_weights_sha256(vgg_weights),
-        feature_dim=backbone_lib.FEATURE_DIMS[key["feature"]],
+        weights_sha256=_weights_sha256(weights, backbone),
+        feature_dim=backbone_lib.feature_dim(backbone, key["feature"]),
         image_list_sha256=_list_sha256(paths),
         count=len(paths),
         first_image=paths[0] if paths else "",
@@ -551,7 +562,7 @@ def extract_features_with_report(
     paths: Sequence[str],
     image_feature: str,
     image_size: int,
-    vgg_weights: str,
+    weights: str,
     batch_size: int = 32,
     dtype: str = "mixed_bfloat16",
     cache_dir: Optional[str] = None,
@@ -559,15 +570,17 @@ def extract_features_with_report(
     shard_size: int = DEFAULT_SHARD_SIZE,
     on_shard: Optional[Callable[[int, int], None]] = None,
     flip: bool = False,
+    backbone: str = backbone_lib.VGG16,
 ) -> FeatureReport:
-    """VGG16 features of images from the sharded cache, computing what is missing.
+    """CNN features of images from the sharded cache, computing what is missing.
 
     Args:
         paths: ``[N]`` image files.
-        image_feature: ``fc7`` or ``pool5``.
+        image_feature: One of `backbone_lib.image_features(backbone)`.
         image_size: Square input size.
-        vgg_weights: ``imagenet|none|hed|PATH``.
-        batch_size: Images per VGG16 call.
+        weights: VGG16: ``imagenet|none|hed|PATH``; EfficientNet-Lite:
+            ``pretrained|none|PATH``.
+        batch_size: Images per backbone call.
         dtype: ``mixed_bfloat16`` or ``float32``. With bf16 the first batch
             computed is also computed in float32; if any cosine similarity
             falls below 0.999 everything runs in float32. The precision
@@ -581,6 +594,7 @@ def extract_features_with_report(
             computed shard is safely on disk.
         flip: Features of the left-right mirrored images (a training
             augmentation; its own cache entry).
+        backbone: ``vgg16`` or ``efficientnet_lite0|1|2``.
 
     Returns:
         The features (``float32 [N, F]``, zero rows for skipped images), the
@@ -598,9 +612,9 @@ def extract_features_with_report(
         )
     start_time = time.time()
     paths = [os.path.abspath(p) for p in paths]
-    key = _cache_key(image_feature, image_size, vgg_weights, dtype, flip)
+    key = _cache_key(image_feature, image_size, weights, dtype, flip, backbone)
     folder = _cache_folder(cache_dir or default_cache_dir(), key, paths)
-    dim = backbone_lib.FEATURE_DIMS[image_feature]
+    dim = backbone_lib.feature_dim(backbone, image_feature)
 
     manifest = _read_manifest(folder)
     if manifest is not None and (
@@ -612,7 +626,7 @@ def extract_features_with_report(
         manifest = None
     if manifest is None:
         os.makedirs(folder, exist_ok=True)
-        manifest = _new_manifest(key, vgg_weights, paths, shard_size)
+        manifest = _new_manifest(key, weights, paths, shard_size, backbone)
         manifest = (
             _adopt_format2_cache(cache_dir or default_cache_dir(), folder, manifest)
             or manifest
@@ -646,7 +660,13 @@ def extract_features_with_report(
 
     if pending:
         extractor = _Extractor(
-            image_feature, image_size, vgg_weights, dtype, manifest["used_dtype"]
+            backbone,
+            image_feature,
+            image_size,
+            weights,
+            dtype,
+            manifest["used_dtype"],
+            cache_dir,
         )
         progbar = (
             keras.utils.Progbar(len(paths), unit_name="image") if verbose else None
@@ -680,7 +700,9 @@ def extract_features_with_report(
                 )
             array = np.concatenate(rows) if rows else np.zeros([0, dim], np.float32)
             if not np.all(np.isfinite(array)):
-                raise FloatingPointError("non-finite VGG16 features; check the weights")
+                raise FloatingPointError(
+                    f"non-finite {backbone} features; check the weights"
+                )
             data = _npy_bytes(array)
             io_utils.atomic_write_bytes(os.path.join(folder, _shard_file(shard)), data)
             entries[shard] = {
@@ -768,14 +790,15 @@ def extract_features(
     paths: Sequence[str],
     image_feature: str,
     image_size: int,
-    vgg_weights: str,
+    weights: str,
     batch_size: int = 32,
     dtype: str = "mixed_bfloat16",
     cache_dir: Optional[str] = None,
     verbose: int = 1,
     shard_size: int = DEFAULT_SHARD_SIZE,
+    backbone: str = backbone_lib.VGG16,
 ) -> np.ndarray:
-    """VGG16 features of images, read from or written to the cache.
+    """CNN features of images, read from or written to the cache.
 
     `extract_features_with_report` without the report: rows of images that
     cannot be read are zero (a warning says how many); use the report to
@@ -783,14 +806,15 @@ def extract_features(
 
     Args:
         paths: ``[N]`` image files.
-        image_feature: ``fc7`` or ``pool5``.
+        image_feature: One of `backbone_lib.image_features(backbone)`.
         image_size: Square input size.
-        vgg_weights: ``imagenet|none|hed|PATH``.
-        batch_size: Images per VGG16 call.
+        weights: See `extract_features_with_report`.
+        batch_size: Images per backbone call.
         dtype: ``mixed_bfloat16`` (checked against float32) or ``float32``.
         cache_dir: Cache root (default `default_cache_dir()`).
         verbose: 1 shows a progress bar.
         shard_size: Images per cache shard.
+        backbone: ``vgg16`` or ``efficientnet_lite0|1|2``.
 
     Returns:
         ``float32 [N, F]`` features.
@@ -799,12 +823,13 @@ def extract_features(
         paths,
         image_feature,
         image_size,
-        vgg_weights,
+        weights,
         batch_size=batch_size,
         dtype=dtype,
         cache_dir=cache_dir,
         verbose=verbose,
         shard_size=shard_size,
+        backbone=backbone,
     ).features
 
 
@@ -838,12 +863,13 @@ def extract_for_config(
         paths,
         config.model.image_feature,
         data.image_size,
-        config.model.vgg_weights,
+        config.model.backbone_weights,
         batch_size=data.extract_batch_size,
-        dtype=data.extract_dtype,
+        dtype=hardware.extract_dtype(data.extract_dtype),
         cache_dir=data.cache_dir or None,
         verbose=verbose,
         shard_size=shard_size,
         on_shard=on_shard,
         flip=flip,
+        backbone=config.model.backbone,
     )

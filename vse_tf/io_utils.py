@@ -29,3 +29,10 @@ def atomic_write_bytes(path: str, data: bytes, suffix: str = "") -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def default_cache_dir() -> str:
+    """``$VSE_TF_CACHE``, else ``~/.cache/vse_tf``."""
+    return os.environ.get(
+        "VSE_TF_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vse_tf")
+    )

@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from vse_tf import distribute
+from vse_tf import distribute, hardware
 from vse_tf import features as features_lib
 from vse_tf import metrics as metrics_lib
 from vse_tf import text as text_lib
@@ -37,7 +37,7 @@ from vse_tf.config import Config
 from vse_tf.data import glove as glove_lib
 from vse_tf.data import pipeline, readers, validation
 from vse_tf.data.split import CaptionedSplit
-from vse_tf.models.image_tower import VGG16ImageTower
+from vse_tf.models.image_tower import ImageTower
 from vse_tf.models.text_tower import LSTMTextTower
 from vse_tf.models.vse_model import VSEModel
 
@@ -273,11 +273,13 @@ def build_model(
     if include_backbone is None:
         include_backbone = bool(m.fine_tune_from)
     keras.utils.set_random_seed(config.train.seed)
-    image_tower = VGG16ImageTower(
+    image_tower = ImageTower(
         embed_dim=m.embed_dim,
         image_feature=m.image_feature,
         image_size=config.data.image_size,
+        backbone=m.backbone,
         vgg_weights=m.vgg_weights,
+        lite_weights=m.lite_weights,
         feature_norm=m.feature_norm,
         fine_tune_from=m.fine_tune_from,
         include_backbone=include_backbone and not feature_dim,
@@ -300,7 +302,7 @@ def build_model(
         margin=config.train.margin,
         loss_mode=config.train.loss,
         mask_same_image=config.train.mask_same_image,
-        text_compute_dtype=config.train.text_compute_dtype,
+        text_compute_dtype=hardware.text_compute_dtype(config.train.text_compute_dtype),
         jit_compile_text=config.train.jit_compile_text,
         jit_compile_image=config.train.jit_compile_image,
         grad_clip_norm=config.train.grad_clip_norm,

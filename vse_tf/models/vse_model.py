@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from vse_tf import losses
-from vse_tf.models.image_tower import VGG16ImageTower
+from vse_tf.models.image_tower import ImageTower
 from vse_tf.models.text_tower import LSTMTextTower
 
 LOSS_MODES = (*losses.LOSS_MODES, "sum_then_max")
@@ -38,7 +38,7 @@ class VSEModel(keras.Model):
     the score of a pair is the dot product (cosine similarity) of the two.
 
     Args:
-        image_tower: A `VGG16ImageTower`.
+        image_tower: A `ImageTower`.
         text_tower: An `LSTMTextTower`.
         margin: Hinge margin alpha.
         loss_mode: ``sum`` or ``max`` (see `vse_tf.losses.ranking_loss`),
@@ -62,7 +62,7 @@ class VSEModel(keras.Model):
 
     def __init__(
         self,
-        image_tower: VGG16ImageTower,
+        image_tower: ImageTower,
         text_tower: LSTMTextTower,
         margin: float = 0.2,
         loss_mode: str = "sum",

@@ -96,7 +96,7 @@ import tensorflow as tf
 
 from vse_tf import text as text_lib
 from vse_tf.models import backbone as backbone_lib
-from vse_tf.models.image_tower import VGG16ImageTower
+from vse_tf.models.image_tower import ImageTower
 from vse_tf.models.text_tower import LSTMTextTower
 
 QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
@@ -562,7 +562,7 @@ def _correct_biases(content, flat, chosen, errors, inputs) -> None:
 
 
 def convert_image_tower(
-    image_tower: VGG16ImageTower,
+    image_tower: ImageTower,
     quantize: str = "none",
     representative_images: Optional[np.ndarray] = None,
 ) -> bytes:
@@ -1099,7 +1099,7 @@ def sha256(data: bytes) -> str:
 
 def build_manifest(
     files: dict[str, bytes],
-    image_tower: VGG16ImageTower,
+    image_tower: ImageTower,
     text_tower: LSTMTextTower,
     quantize: str,
     source: Optional[dict[str, Any]] = None,
@@ -1153,8 +1153,8 @@ def build_manifest(
             ),
             "in_model": "RGB -> BGR, then subtract the Caffe/VGG BGR means",
             "bgr_mean": list(backbone_lib._BGR_MEAN),
-            "backbone": f"VGG16 {image_tower.image_feature}, "
-            f"weights={image_tower.vgg_weights}, feature_norm="
+            "backbone": f"{image_tower.backbone_name} {image_tower.image_feature}, "
+            f"weights={image_tower.backbone_weights}, feature_norm="
             f"{image_tower.feature_norm}",
         },
         "tokenizer": {
