@@ -36,9 +36,7 @@ def test_load_image_resizes_and_keeps_range(image_paths, tmp_path):
 
 def test_extract_features_caches_by_key(image_paths, tmp_path, monkeypatch):
     cache = str(tmp_path / "cache")
-    kwargs = dict(
-        image_feature="pool5", image_size=32, weights="none", dtype="float32"
-    )
+    kwargs = dict(image_feature="pool5", image_size=32, weights="none", dtype="float32")
     first = features.extract_features(image_paths, cache_dir=cache, verbose=0, **kwargs)
     assert first.shape == (len(image_paths), 512) and first.dtype == np.float32
 
@@ -64,9 +62,7 @@ def test_extract_features_caches_by_key(image_paths, tmp_path, monkeypatch):
 
 
 def test_batching_does_not_change_features(image_paths, tmp_path):
-    kwargs = dict(
-        image_feature="pool5", image_size=32, weights="none", dtype="float32"
-    )
+    kwargs = dict(image_feature="pool5", image_size=32, weights="none", dtype="float32")
     a = features.extract_features(
         image_paths, batch_size=2, cache_dir=str(tmp_path / "a"), verbose=0, **kwargs
     )

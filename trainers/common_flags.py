@@ -25,9 +25,23 @@ DATASET = flags.DEFINE_enum(
     "Data set.",
 )
 DATA_DIR = flags.DEFINE_string("data_dir", None, "Data set root.")
-VGG_WEIGHTS = flags.DEFINE_string("vgg_weights", None, "imagenet|none|hed|PATH.")
+BACKBONE = flags.DEFINE_enum(
+    "backbone",
+    None,
+    list(backbone_lib.BACKBONES),
+    "Image CNN: vgg16 (the paper's) or an ImageNet EfficientNet-Lite.",
+)
+VGG_WEIGHTS = flags.DEFINE_string(
+    "vgg_weights", None, "VGG16 weights: imagenet|none|hed|PATH."
+)
+LITE_WEIGHTS = flags.DEFINE_string(
+    "lite_weights", None, "EfficientNet-Lite weights: pretrained|none|PATH."
+)
 IMAGE_FEATURE = flags.DEFINE_enum(
-    "image_feature", None, list(backbone_lib.IMAGE_FEATURES), "CNN feature."
+    "image_feature",
+    None,
+    list(backbone_lib.IMAGE_FEATURES),
+    "CNN feature (VGG16: fc7, pool5*; EfficientNet-Lite: head_*).",
 )
 IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Square image input size.")
 SEED = flags.DEFINE_integer("seed", None, "Random seed (the demo data depend on it).")
@@ -53,7 +67,9 @@ def data_overrides() -> dict[str, Any]:
     return dict(
         dataset=DATASET.value,
         data_dir=DATA_DIR.value,
+        backbone=BACKBONE.value,
         vgg_weights=VGG_WEIGHTS.value,
+        lite_weights=LITE_WEIGHTS.value,
         image_feature=IMAGE_FEATURE.value,
         image_size=IMAGE_SIZE.value,
         seed=SEED.value,

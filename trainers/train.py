@@ -21,8 +21,12 @@ _GLOVE = flags.DEFINE_string("glove", None, "kumo-6b-50d|PATH|none.")
 _LOSS = flags.DEFINE_enum(
     "loss",
     None,
-    ["sum", "max", "sum_then_max"],
-    "Ranking loss: sum or max of hinges, or sum for --warmup_epochs then max.",
+    ["sum", "max", "sum_then_max", "infonce"],
+    "Loss: sum or max of hinges, sum for --warmup_epochs then max, or the "
+    "symmetric softmax contrastive loss (InfoNCE, learnt temperature).",
+)
+_TEMPERATURE = flags.DEFINE_float(
+    "temperature", None, "Initial InfoNCE temperature (--loss=infonce)."
 )
 _FEATURE_NORM = flags.DEFINE_enum(
     "feature_norm", None, ["l2", "batchnorm", "none"], "CNN feature normalisation."
@@ -46,7 +50,10 @@ _STRATEGY = flags.DEFINE_enum(
     "tf.distribute strategy (multi_worker reads TF_CONFIG).",
 )
 _TEXT_COMPUTE_DTYPE = flags.DEFINE_enum(
-    "text_compute_dtype", None, ["float32", "bfloat16"], "Training LSTM matmuls."
+    "text_compute_dtype",
+    None,
+    ["auto", "float32", "bfloat16"],
+    "Training LSTM matmuls (auto: bfloat16 where the hardware has it).",
 )
 _JIT_COMPILE_TEXT = flags.DEFINE_bool(
     "jit_compile_text", None, "Compile the training text tower with XLA."
@@ -77,6 +84,7 @@ def main(argv):
         word_dim=_WORD_DIM.value,
         glove=_GLOVE.value,
         loss=_LOSS.value,
+        temperature=_TEMPERATURE.value,
         warmup_epochs=_WARMUP_EPOCHS.value,
         feature_norm=_FEATURE_NORM.value,
         train_word_embeddings=_TRAIN_WORD_EMBEDDINGS.value,

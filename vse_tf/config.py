@@ -8,8 +8,10 @@ Presets:
   dimensions).
 * ``flickr30k``, ``coco``: paper-like defaults (D=1024, margin 0.2, batch
   128, Adam 2e-4, x0.1 after 15 epochs, clip 2.0).
-* ``flickr8k``: the paper sizes with the recipe measured on Flickr8k (see
-  ``docs/flickr8k_recipe.md``).
+* ``flickr8k``: the paper sizes with the recipe measured on Flickr8k with
+  the offline VGG16 (HED) trunk (see ``docs/flickr8k_recipe.md``).
+* ``flickr8k_lite``: the recipe for real photos offline: the ImageNet
+  EfficientNet-Lite0 trunk (same document).
 
 Example:
     >>> cfg = get_config("flickr8k")
@@ -118,7 +120,9 @@ class TrainConfig:
         loss: ``sum`` (Kiros: all in-batch negatives), ``max`` (VSE++
             hardest negative) or ``sum_then_max`` (``sum`` for the first
             ``warmup_epochs``, then ``max``: VSE-infinity's guard against
-            the hardest-negative collapse).
+            the hardest-negative collapse), or ``infonce`` (the symmetric
+            softmax contrastive loss of CLIP, with a learnt temperature).
+        temperature: Initial InfoNCE temperature (``infonce`` only).
         warmup_epochs: Epochs of ``sum`` before ``max`` in ``sum_then_max``.
         margin: Hinge margin alpha.
         mask_same_image: Captions of the same image in a batch are not
@@ -147,6 +151,7 @@ class TrainConfig:
 
     loss: str = "sum"
     margin: float = 0.2
+    temperature: float = 0.07
     mask_same_image: bool = True
     batch_size: int = 128
     epochs: int = 15
@@ -256,10 +261,24 @@ def _flickr8k() -> Config:
     )
 
 
+def _flickr8k_lite() -> Config:
+    # The offline recipe for real photos: the ImageNet-trained
+    # EfficientNet-Lite0 trunk (docs/flickr8k_recipe.md, "EfficientNet-Lite").
+    base = _flickr8k()
+    return Config(
+        data=dataclasses.replace(base.data, image_size=224),
+        model=dataclasses.replace(
+            base.model, backbone="efficientnet_lite0", image_feature="head_avg"
+        ),
+        train=base.train,
+    )
+
+
 PRESETS = {
     "demo": _demo,
     "tiny": _tiny,
     "flickr8k": _flickr8k,
+    "flickr8k_lite": _flickr8k_lite,
     "flickr30k": lambda: _paper("karpathy"),
     "coco": lambda: _paper("karpathy"),
 }

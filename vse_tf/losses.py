@@ -106,3 +106,61 @@ def ranking_loss(
         cost_image = tf.reduce_max(cost_image, axis=0)
 
     return tf.reduce_sum(cost_text) + tf.reduce_sum(cost_image)
+
+
+MIN_TEMPERATURE = 0.01
+"""CLIP's clamp: the logit scale ``1 / temperature`` never exceeds 100."""
+MAX_TEMPERATURE = 1.0
+
+
+def infonce_loss(
+    image_emb: tf.Tensor,
+    text_emb: tf.Tensor,
+    temperature: Union[float, tf.Tensor] = 0.07,
+    image_ids: Optional[tf.Tensor] = None,
+) -> tf.Tensor:
+    """Symmetric softmax contrastive loss (InfoNCE, as in CLIP and TFRS retrieval).
+
+    With ``S = image_emb @ text_emb^T`` (``[B, B]``), ``t`` the temperature
+    clamped to ``[MIN_TEMPERATURE, MAX_TEMPERATURE]`` and ``N(i)`` the
+    in-batch negatives of row ``i`` (every ``k != i``, minus those with
+    ``image_ids[k] == image_ids[i]`` when ids are given)::
+
+        L_i2t(i) = -S[i,i]/t + log(exp(S[i,i]/t) + sum_{k in N(i)} exp(S[i,k]/t))
+        L_t2i(j) = -S[j,j]/t + log(exp(S[j,j]/t) + sum_{k in N(j)} exp(S[k,j]/t))
+        L = (mean_i L_i2t(i) + mean_j L_t2i(j)) / 2
+
+    Unlike `ranking_loss` it is a mean, not a sum, over the batch (CLIP's
+    convention). Captions of the same image are masked out of each other's
+    denominators rather than treated as negatives.
+
+    Args:
+        image_emb: L2-normalised image embeddings, ``[B, D]``, any float dtype.
+        text_emb: L2-normalised text embeddings, ``[B, D]``; row ``i`` is the
+            positive of ``image_emb[i]``.
+        temperature: Softmax temperature (a float or a scalar tensor, e.g. a
+            learnt one); clamped as above.
+        image_ids: Optional integer image ids ``[B]``.
+
+    Returns:
+        Scalar float32 loss.
+    """
+    scores = similarity_matrix(image_emb, text_emb)  # [B, B]
+    temperature = tf.clip_by_value(
+        tf.cast(temperature, tf.float32), MIN_TEMPERATURE, MAX_TEMPERATURE
+    )
+    logits = scores / temperature
+    batch = tf.shape(scores)[0]
+    if image_ids is not None:
+        ids = tf.reshape(image_ids, [-1])
+        same_image = tf.logical_and(
+            tf.equal(ids[:, None], ids[None, :]),
+            tf.logical_not(tf.eye(batch, dtype=tf.bool)),
+        )
+        logits = tf.where(same_image, tf.fill(tf.shape(logits), -1e9), logits)
+    labels = tf.range(batch)
+    image_to_text = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    text_to_image = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels, tf.transpose(logits)
+    )
+    return 0.5 * (tf.reduce_mean(image_to_text) + tf.reduce_mean(text_to_image))

@@ -301,6 +301,7 @@ def build_model(
         text_tower,
         margin=config.train.margin,
         loss_mode=config.train.loss,
+        temperature=config.train.temperature,
         mask_same_image=config.train.mask_same_image,
         text_compute_dtype=hardware.text_compute_dtype(config.train.text_compute_dtype),
         jit_compile_text=config.train.jit_compile_text,

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from vse_tf.models.image_tower import L2Normalize, ImageTower
+from vse_tf.models.image_tower import ImageTower, L2Normalize
 
 SIZE = 32
 DIM = 8
@@ -72,9 +72,7 @@ class TestImageTower:
 
     def test_feature_norm_none(self):
         keras.utils.set_random_seed(0)
-        head = ImageTower(
-            embed_dim=DIM, include_backbone=False, feature_norm="none"
-        )
+        head = ImageTower(embed_dim=DIM, include_backbone=False, feature_norm="none")
         rng = np.random.default_rng(3)
         features = rng.uniform(0, 3, size=(2, 512)).astype(np.float32)
         kernel, bias = (np.asarray(w) for w in head.w_emb.weights)

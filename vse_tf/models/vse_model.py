@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
 
@@ -9,7 +11,7 @@ from vse_tf import losses
 from vse_tf.models.image_tower import ImageTower
 from vse_tf.models.text_tower import LSTMTextTower
 
-LOSS_MODES = (*losses.LOSS_MODES, "sum_then_max")
+LOSS_MODES = (*losses.LOSS_MODES, "sum_then_max", "infonce")
 
 
 @keras.saving.register_keras_serializable(package="vse_tf")
@@ -42,7 +44,12 @@ class VSEModel(keras.Model):
         text_tower: An `LSTMTextTower`.
         margin: Hinge margin alpha.
         loss_mode: ``sum`` or ``max`` (see `vse_tf.losses.ranking_loss`),
-            or ``sum_then_max`` (per batch, from ``"hard_negatives"``).
+            ``sum_then_max`` (per batch, from ``"hard_negatives"``), or
+            ``infonce`` (`vse_tf.losses.infonce_loss` with a learnt
+            temperature).
+        temperature: Initial InfoNCE temperature (learnt as
+            ``log(1 / temperature)``, CLIP's parameterisation, and clamped
+            to ``[0.01, 1]``).
         mask_same_image: Use ``image_ids`` to drop false negatives.
         text_compute_dtype: Training matmuls of the text LSTM in
             ``float32`` or ``bfloat16`` (`LSTMTextTower.encode_tokens_fused`).
@@ -71,6 +78,7 @@ class VSEModel(keras.Model):
         jit_compile_text: bool = False,
         jit_compile_image: bool = False,
         grad_clip_norm: float = 0.0,
+        temperature: float = 0.07,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -85,6 +93,14 @@ class VSEModel(keras.Model):
         self.jit_compile_text = jit_compile_text
         self.jit_compile_image = jit_compile_image
         self.grad_clip_norm = grad_clip_norm
+        self.temperature = temperature
+        self.log_inverse_temperature = None
+        if loss_mode == "infonce":
+            self.log_inverse_temperature = self.add_weight(
+                shape=(),
+                initializer=keras.initializers.Constant(math.log(1.0 / temperature)),
+                name="log_inverse_temperature",
+            )
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self._train_image_fn = tf.function(
             self._train_image, jit_compile=jit_compile_image, reduce_retracing=True
@@ -163,6 +179,13 @@ class VSEModel(keras.Model):
     def _loss(self, image_emb, text_emb, inputs):
         """Summed ranking loss of one (global) batch of embeddings."""
         image_ids = inputs.get("image_ids") if self.mask_same_image else None
+        if self.loss_mode == "infonce":
+            return losses.infonce_loss(
+                image_emb,
+                text_emb,
+                tf.exp(-self.log_inverse_temperature),
+                image_ids=image_ids,
+            )
 
         def loss(mode):
             return losses.ranking_loss(
@@ -181,7 +204,7 @@ class VSEModel(keras.Model):
         )
 
     def compute_ranking_loss(self, inputs, training=False):
-        """The batch's summed ranking loss (scalar float32)."""
+        """The batch's loss (scalar float32): summed hinges, or InfoNCE."""
         outputs = self(inputs, training=training)
         return self._loss(outputs["image_embedding"], outputs["text_embedding"], inputs)
 
@@ -246,6 +269,7 @@ class VSEModel(keras.Model):
             jit_compile_text=self.jit_compile_text,
             jit_compile_image=self.jit_compile_image,
             grad_clip_norm=self.grad_clip_norm,
+            temperature=self.temperature,
         )
         return config
 
