@@ -155,3 +155,76 @@ def test_bad_mode_raises():
     emb = np.eye(2, dtype=np.float32)
     with pytest.raises(ValueError, match="mode"):
         losses.ranking_loss(emb, emb, mode="mean")
+
+
+# ---- InfoNCE ----------------------------------------------------------------
+
+
+def _infonce_reference(im, tx, temperature, image_ids=None):
+    """Row-by-row symmetric InfoNCE in float64 (same-image pairs left out)."""
+    s = np.asarray(im, np.float64) @ np.asarray(tx, np.float64).T
+    t = min(max(temperature, losses.MIN_TEMPERATURE), losses.MAX_TEMPERATURE)
+    b = s.shape[0]
+    ids = np.arange(b) if image_ids is None else np.asarray(image_ids)
+
+    def cross_entropy(row_scores, i):
+        kept = [k for k in range(b) if k == i or ids[k] != ids[i]]
+        logits = row_scores[kept] / t
+        return -row_scores[i] / t + np.log(np.sum(np.exp(logits)))
+
+    i2t = np.mean([cross_entropy(s[i], i) for i in range(b)])
+    t2i = np.mean([cross_entropy(s[:, j], j) for j in range(b)])
+    return 0.5 * (i2t + t2i)
+
+
+class TestInfoNCE:
+    def test_hand_worked_identity_batch(self):
+        # S = I, t = 0.5: logits [[2, 0], [0, 2]]; each row and column gives
+        # -2 + log(e^2 + e^0) = log(1 + e^-2).
+        eye = tf.eye(2)
+        loss = losses.infonce_loss(eye, eye, temperature=0.5)
+        np.testing.assert_allclose(float(loss), np.log1p(np.exp(-2.0)), rtol=1e-6)
+
+    def test_hand_worked_asymmetric_batch(self):
+        # S = [[0.6, 1.0], [0.8, 0.0]], t = 1.
+        im = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+        tx = tf.constant([[0.6, 0.8], [1.0, 0.0]])
+        i2t = (-0.6 + np.log(np.exp(0.6) + np.exp(1.0))) + np.log(np.exp(0.8) + 1.0)
+        t2i = (-0.6 + np.log(np.exp(0.6) + np.exp(0.8))) + np.log(np.exp(1.0) + 1.0)
+        expected = 0.5 * (i2t / 2 + t2i / 2)
+        loss = losses.infonce_loss(im, tx, temperature=1.0)
+        np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
+
+    def test_same_image_pairs_are_not_negatives(self):
+        eye = tf.eye(2)
+        # Both rows share one image: each row's softmax holds only its positive.
+        loss = losses.infonce_loss(eye, eye, 0.5, image_ids=tf.constant([7, 7]))
+        np.testing.assert_allclose(float(loss), 0.0, atol=1e-6)
+
+    @pytest.mark.parametrize("temperature", [0.07, 0.3, 0.001, 5.0])
+    @pytest.mark.parametrize("with_ids", [False, True])
+    def test_matches_numpy_reference(self, temperature, with_ids):
+        rng = np.random.default_rng(4)
+        im, tx = _normalised(rng, 12, 6), _normalised(rng, 12, 6)
+        ids = np.repeat(np.arange(4), 3) if with_ids else None
+        loss = losses.infonce_loss(
+            im, tx, temperature, None if ids is None else tf.constant(ids)
+        )
+        expected = _infonce_reference(im, tx, temperature, ids)
+        np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+    def test_temperature_is_clamped(self):
+        rng = np.random.default_rng(5)
+        im, tx = _normalised(rng, 6, 4), _normalised(rng, 6, 4)
+        low = losses.infonce_loss(im, tx, 1e-5)
+        at_clamp = losses.infonce_loss(im, tx, losses.MIN_TEMPERATURE)
+        np.testing.assert_allclose(float(low), float(at_clamp), rtol=1e-6)
+
+    def test_bfloat16_inputs_compute_in_float32(self):
+        rng = np.random.default_rng(6)
+        im, tx = _normalised(rng, 8, 4), _normalised(rng, 8, 4)
+        loss = losses.infonce_loss(tf.cast(im, tf.bfloat16), tf.cast(tx, tf.bfloat16))
+        assert loss.dtype == tf.float32
+        np.testing.assert_allclose(
+            float(loss), _infonce_reference(im, tx, 0.07), rtol=0.05
+        )

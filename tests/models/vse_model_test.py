@@ -267,3 +267,24 @@ class TestFusedTraining:
         model = VSEModel(image_tower, text_tower, jit_compile_text=True)
         with pytest.raises(ValueError, match="cached image features"):
             model.compile(optimizer=keras.optimizers.SGD(0.1))
+
+
+class TestInfoNCETraining:
+    def test_learns_its_temperature_and_lowers_the_loss(self):
+        image_tower, text_tower = _towers()
+        model = VSEModel(image_tower, text_tower, loss_mode="infonce", temperature=0.07)
+        batch = _batch(seed=4)
+        expected = losses.infonce_loss(
+            *model(batch).values(), 0.07, image_ids=batch["image_ids"]
+        )
+        before = float(model.compute_ranking_loss(batch))
+        np.testing.assert_allclose(before, float(expected), rtol=1e-5)
+        assert any(
+            v is model.log_inverse_temperature for v in model.trainable_variables
+        )
+        model.compile(optimizer=keras.optimizers.Adam(1e-2))
+        model.fit(tf.data.Dataset.from_tensors(batch).repeat(20), verbose=0)
+        assert float(model.compute_ranking_loss(batch)) < 0.5 * before
+        assert float(model.log_inverse_temperature) != pytest.approx(np.log(1 / 0.07))
+        restored = VSEModel.from_config(model.get_config())
+        assert restored.loss_mode == "infonce" and restored.temperature == 0.07
