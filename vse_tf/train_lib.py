@@ -265,7 +265,7 @@ def build_model(
         vocabulary: Train vocabulary.
         vectors: Initial ``[V, word_dim]`` word vectors (None: random).
         word_dim: Word vector size (default ``config.model.word_dim``).
-        include_backbone: Build VGG16 into the image tower; default only when
+        include_backbone: Build the CNN into the image tower; default only when
             fine-tuning (a frozen CNN trains on cached features).
         feature_dim: Feature size of precomputed (``precomp``) features.
     """
@@ -869,7 +869,7 @@ def load_trained_model(
 
     Args:
         workdir: A folder written by `train_and_evaluate`.
-        include_backbone: Build the VGG16 too (needed to embed image files);
+        include_backbone: Build the CNN too (needed to embed image files);
             None builds it only for fine-tuned models.
 
     Returns:

@@ -7,7 +7,7 @@ Signatures (names and keys are a contract; see the README):
   ``serving_default`` is the same function.
 * ``encode_tokens``: ``token_ids`` int32 ``[N, L]`` -> ``embedding``.
 * ``encode_image``: ``image_bytes`` tf.string ``[N]`` (JPEG, PNG, GIF or BMP)
-  -> ``embedding`` (decode, resize, VGG preprocessing in-graph). Decoding is
+  -> ``embedding`` (decode, resize, the CNN's preprocessing in-graph). Decoding is
   bounded (`vse_tf.serving.image_decode`): at most 4096 x 4096 decoded
   pixels per image; larger baseline JPEGs are decoded at 1/2..1/8 scale,
   other larger images refused.
@@ -191,7 +191,7 @@ def check_features(features: tf.Tensor, feature_dim: int) -> tf.Tensor:
 def _unless_empty(batch: tf.Tensor, fn, dim: int) -> tf.Tensor:
     """``fn(batch)``, or ``float32 [0, dim]`` for an empty batch.
 
-    VGG16's convolutions reject a batch of 0 with an unrelated message.
+    The CNN's convolutions reject a batch of 0 with an unrelated message.
     """
     return tf.cond(
         tf.shape(batch)[0] > 0,
