@@ -277,3 +277,30 @@ def test_mirrored_features_are_their_own_cache_entry(image_paths, tmp_path):
         plain.features, backbone(pixels).numpy(), rtol=1e-4, atol=1e-4
     )
     assert np.abs(mirrored.features - plain.features).max() > 1e-3
+
+
+def test_backbone_is_part_of_the_cache_key(image_paths, tmp_path):
+    """Same feature settings, another CNN: another cache entry, named in it."""
+    cache = str(tmp_path / "cache")
+    vgg = features.cache_folder("pool5", 32, "none", image_paths, "float32", cache)
+    lite = features.cache_folder(
+        "head_avg",
+        32,
+        "none",
+        image_paths,
+        "float32",
+        cache,
+        backbone="efficientnet_lite0",
+    )
+    assert vgg != lite
+    report = features.extract_features_with_report(
+        image_paths, "head_avg", 32, "none", dtype="float32", cache_dir=cache,
+        verbose=0, backbone="efficientnet_lite0",
+    )  # fmt: skip
+    assert report.cache_folder == lite
+    assert report.features.shape == (len(image_paths), 1280)
+    with open(os.path.join(lite, features.MANIFEST_FILE)) as f:
+        manifest = json.load(f)
+    assert manifest["backbone"] == "efficientnet_lite0"
+    assert manifest["preprocessing"].endswith("(rgb - 127) / 128")
+    assert manifest["feature_dim"] == 1280

