@@ -15,9 +15,15 @@ prints:
 
 The last line is one JSON object holding every figure.
 
+With several comma-separated ``--workdir`` (e.g. a VGG16 and an
+EfficientNet-Lite run on the same split) each gets its table, then one table
+puts their image towers side by side with size and latency ratios.
+
 Example:
     python -m benchmarks.tflite_parity --workdir=runs/demo96 --quantize=all \
         --saved_model=runs/models_demo/1
+    python -m benchmarks.tflite_parity --split=dev --max_images=200 \
+        --workdir=runs/f8k_vgg,runs/f8k_lite
 """
 
 from __future__ import annotations
@@ -36,7 +42,16 @@ from vse_tf import text as text_lib
 from vse_tf import train_lib
 from vse_tf.serving import tflite_lib
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
+_WORKDIR = flags.DEFINE_list(
+    "workdir",
+    None,
+    "Training workdir(s), comma-separated: e.g. a VGG16 and an "
+    "EfficientNet-Lite run, measured one after the other on the same images.",
+    required=True,
+)
+_MAX_IMAGES = flags.DEFINE_integer(
+    "max_images", 0, "Use the first N images of the split (0 = all)."
+)
 _QUANTIZE = flags.DEFINE_string(
     "quantize",
     "all",
@@ -132,8 +147,21 @@ def main(argv):
         if _QUANTIZE.value == "all"
         else _QUANTIZE.value.split(",")
     )
-    config, model = train_lib.load_trained_model(_WORKDIR.value)
-    split = train_lib.protocol_view(train_lib.load_split(config, _SPLIT.value))
+    if _SAVED_MODEL.value and len(_WORKDIR.value) > 1:
+        raise app.UsageError("--saved_model needs exactly one --workdir")
+    runs = [_measure(workdir, modes) for workdir in _WORKDIR.value]
+    if len(runs) > 1:
+        _print_image_comparison(runs)
+    print(json.dumps(runs[0] if len(runs) == 1 else {"runs": runs}, sort_keys=True))
+
+
+def _measure(workdir: str, modes: list[str]) -> dict:
+    """Every figure of one workdir's export (and prints its table)."""
+    config, model = train_lib.load_trained_model(workdir)
+    split = train_lib.load_split(config, _SPLIT.value)
+    if _MAX_IMAGES.value:
+        split = split.take_images(_MAX_IMAGES.value)
+    split = train_lib.protocol_view(split)
     size = config.data.image_size
     images = np.concatenate(
         [b.numpy() for b in features_lib.image_dataset(split.image_paths, size, 32)]
@@ -182,7 +210,8 @@ def main(argv):
         tflite_lib.STRINGS_FILE: lambda x: encode_text(tf.constant(x)).numpy(),
     }
     results = {
-        "workdir": os.path.abspath(_WORKDIR.value),
+        "workdir": os.path.abspath(workdir),
+        "backbone": f"{config.model.backbone} {config.model.image_feature}",
         "split": _SPLIT.value,
         "images": len(images),
         "captions": len(captions),
@@ -207,7 +236,7 @@ def main(argv):
 
     for quantize in modes:
         start = time.time()
-        files, manifest = tflite_lib.export_tflite(_WORKDIR.value, quantize)
+        files, manifest = tflite_lib.export_tflite(workdir, quantize)
         convert_s = time.time() - start
         towers, emb = {}, {}
         for name in TOWERS:
@@ -233,13 +262,39 @@ def main(argv):
         print(f"{quantize}: converted in {convert_s:.0f}s", flush=True)
 
     _print_table(results)
-    print(json.dumps(results, sort_keys=True))
+    return results
+
+
+def _print_image_comparison(runs: list[dict]) -> None:
+    """The image towers of every run, side by side, with ratios to the first."""
+    print("\nimage towers side by side (ratios: to the first run's same variant)")
+    header = (
+        f"{'backbone':30} {'variant':8} {'MB':>7} {'ms/img':>8} {'cos mean':>9} "
+        f"{'cos min':>9} {'i2t R@1':>7} {'t2i R@1':>7} {'MB x':>6} {'ms x':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    first = runs[0]["variants"]
+    for run in runs:
+        for quantize, variant in run["variants"].items():
+            tower = variant["towers"][tflite_lib.IMAGE_FILE]
+            base = first.get(quantize, {}).get("towers", {}).get(tflite_lib.IMAGE_FILE)
+            size_x = tower["size_mb"] / base["size_mb"] if base else float("nan")
+            time_x = tower["latency_ms"] / base["latency_ms"] if base else float("nan")
+            r1 = variant["retrieval"]
+            print(
+                f"{run['backbone']:30} {quantize:8} {tower['size_mb']:7.2f} "
+                f"{tower['latency_ms']:8.2f} {tower['cos_mean']:9.6f} "
+                f"{tower['cos_min']:9.6f} {r1['i2t_r1']:7.1f} {r1['t2i_r1']:7.1f} "
+                f"{size_x:6.2f} {time_x:6.2f}"
+            )
 
 
 def _print_table(results: dict) -> None:
     keras = results["keras"]
     print(
-        f"\n{results['split']} split: {results['images']} images, "
+        f"\n{results['backbone']}, {results['split']} split: "
+        f"{results['images']} images, "
         f"{results['captions']} captions; batch-1 latency = median of "
         f"{results['num_runs']} runs, {results['num_threads']} LiteRT thread(s)"
     )
