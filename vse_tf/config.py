@@ -262,15 +262,29 @@ def _flickr8k() -> Config:
 
 
 def _flickr8k_lite() -> Config:
-    # The offline recipe for real photos: the ImageNet-trained
-    # EfficientNet-Lite0 trunk (docs/flickr8k_recipe.md, "EfficientNet-Lite").
+    # The offline recipe for real photos (docs/flickr8k_recipe.md,
+    # "EfficientNet-Lite"): the ImageNet-trained EfficientNet-Lite0 trunk,
+    # its head averaged (1280-d), each image also seen mirrored, batch
+    # normalised; fine-tuned GloVe; a GRU text tower (the ablation's best
+    # cell; the LSTM stays the default everywhere else); the sum of hinges
+    # for 2 epochs, then the hardest negative (no collapse on real
+    # features); Adam 1e-3 x0.1 after 10 of 12 epochs.
     base = _flickr8k()
     return Config(
         data=dataclasses.replace(base.data, image_size=224),
         model=dataclasses.replace(
-            base.model, backbone="efficientnet_lite0", image_feature="head_avg"
+            base.model,
+            backbone="efficientnet_lite0",
+            image_feature="head_avg",
+            text_rnn="gru",
         ),
-        train=base.train,
+        train=dataclasses.replace(
+            base.train,
+            loss="sum_then_max",
+            warmup_epochs=2,
+            epochs=12,
+            lr_decay_epochs=10,
+        ),
     )
 
 
