@@ -164,14 +164,6 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
@@ -237,7 +229,7 @@ def _weights_sha256(weights: str, backbone: str) -> Optional[str]:
     version-dependent).
     """
     path = backbone_lib.weights_source(backbone, weights)
-    return None if path is None else _file_sha256(path)
+    return None if path is None else io_utils.file_sha256(path)
 
 
 def _read_manifest(folder: str) -> Optional[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 
@@ -36,3 +37,12 @@ def default_cache_dir() -> str:
     return os.environ.get(
         "VSE_TF_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vse_tf")
     )
+
+
+def file_sha256(path: str) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

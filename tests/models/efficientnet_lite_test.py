@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tests import testing_utils
+from vse_tf import io_utils
 from vse_tf.models import backbone as backbone_lib
 from vse_tf.models import efficientnet_lite, torch_weights
 
@@ -123,7 +124,7 @@ class TestWeights:
         trunk = efficientnet_lite.build_trunk(LITE0, 64)
         efficientnet_lite.load_weights(trunk, "pretrained", str(tmp_path))
         converted = efficientnet_lite.converted_weights_path(LITE0, path, str(tmp_path))
-        digest = efficientnet_lite.file_sha256(path)
+        digest = io_utils.file_sha256(path)
         assert converted.endswith(f"{LITE0}-{digest[:16]}.weights.h5")
         assert (tmp_path / "backbones").is_dir()
 

@@ -226,7 +226,7 @@ def weights_fingerprint(weights: str, backbone: str = VGG16) -> str:
         return weights
     if not os.path.exists(path):
         raise FileNotFoundError(f"{backbone} weights file not found: {path}")
-    digest = efficientnet_lite.file_sha256(path)[:16]
+    digest = io_utils.file_sha256(path)[:16]
     label = weights if weights in ("hed", "pretrained") else "file"
     return f"{label}-{digest}"
 

@@ -32,7 +32,6 @@ Weights (``lite_weights``):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import logging
 import os
@@ -41,6 +40,7 @@ from typing import Optional
 import keras
 import numpy as np
 
+from vse_tf import io_utils
 from vse_tf.models import torch_weights
 
 HEAD_CHANNELS = 1280
@@ -332,18 +332,10 @@ def source_path(name: str, weights: str) -> Optional[str]:
     return package_weights_path(name) if weights == "pretrained" else weights
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def converted_weights_path(name: str, source: str, cache_dir: str) -> str:
     """Where the Keras conversion of ``source`` lives in the cache."""
     return os.path.join(
-        cache_dir, "backbones", f"{name}-{file_sha256(source)[:16]}.weights.h5"
+        cache_dir, "backbones", f"{name}-{io_utils.file_sha256(source)[:16]}.weights.h5"
     )
 
 

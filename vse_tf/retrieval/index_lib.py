@@ -65,14 +65,6 @@ class Encoder(Protocol):
         """The model description stored in the manifest."""
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class SavedModelEncoder:
     """Runs the exported SavedModel's ``encode_text`` / ``encode_image`` locally.
 
@@ -108,7 +100,7 @@ class SavedModelEncoder:
         version = os.path.basename(self.path)
         return {
             "path": self.path,
-            "sha256": _sha256(os.path.join(self.path, "saved_model.pb")),
+            "sha256": io_utils.file_sha256(os.path.join(self.path, "saved_model.pb")),
             "version": version if version.isdigit() else None,
         }
 
