@@ -5,8 +5,9 @@ Example:
     # -> models/vse/1/ (next free version); serve models/vse with TF Serving
 """
 
-from absl import app, flags
+from absl import flags
 
+from trainers import cli
 from vse_tf.serving import saved_model_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
@@ -34,5 +35,9 @@ def main(argv):
     print(f"SavedModel written to {path}")
 
 
+def run():
+    cli.run(main, __doc__)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

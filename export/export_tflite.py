@@ -20,8 +20,9 @@ import os
 import shutil
 import tempfile
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from trainers import cli
 from vse_tf.serving import tflite_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
@@ -91,5 +92,9 @@ def main(argv):
     print(f"TFLite export ({_QUANTIZE.value}) written to {output_dir}")
 
 
+def run():
+    cli.run(main, __doc__)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import csv
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 REPO_ROOT = str(Path(__file__).resolve().parents[1])
@@ -100,17 +104,99 @@ def train_tiny_workdir(root: str, **overrides) -> tuple[str, str]:
     return workdir, data_dir
 
 
-def run_python(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_python(
+    *args: str, timeout: float = 600, user_env: bool = False
+) -> subprocess.CompletedProcess:
     """Runs ``python ARGS`` from the repository root, as a user would.
+
+    Args:
+        *args: Arguments after ``python``.
+        timeout: Seconds.
+        user_env: Run with the environment a user has (no
+            ``TF_CPP_MIN_LOG_LEVEL``), to see exactly what they see.
 
     Returns the finished process (text stdout/stderr captured; not checked).
     """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    if user_env:
+        env.pop("TF_CPP_MIN_LOG_LEVEL")
     return subprocess.run(
         [sys.executable, *args],
         cwd=REPO_ROOT,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
     )
+
+
+# ---------------------------------------------------------------------------
+# Headless Chromium (Debian's ``chromium``): do a page's images load?
+
+_BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
+# Appended to a copy of the page (same folder, so relative links still
+# resolve): after the load event, records how many images decoded.
+_CHECK = """<script>
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  const ok = images.filter((i) => i.complete && i.naturalWidth > 0);
+  document.body.setAttribute("data-total", images.length);
+  document.body.setAttribute("data-loaded", ok.length);
+});
+</script>"""
+
+
+def browser():
+    for name in _BROWSERS:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def loaded_images(page: str) -> tuple[int, int]:
+    """``(loaded, total)`` images of the page in headless Chromium.
+
+    Skips the calling test, with the reason, where no Chromium is installed.
+    """
+    browser_path = browser()
+    if browser_path is None:
+        pytest.skip(
+            "no headless browser: install Debian's chromium "
+            "(apt-get install -y chromium) to check that thumbnails load"
+        )
+    folder = os.path.dirname(os.path.abspath(page))
+    probe = os.path.join(folder, "_probe_" + os.path.basename(page))
+    with open(page, encoding="utf-8") as f:
+        text = f.read()
+    with open(probe, "w", encoding="utf-8") as f:
+        f.write(text.replace("</body>", _CHECK + "</body>"))
+    profile = tempfile.mkdtemp(prefix="vse-chromium-")
+    try:
+        result = subprocess.run(
+            [
+                browser_path,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+                "file://" + probe,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+        os.remove(probe)
+    assert result.returncode == 0, result.stderr[-2000:]
+    match = re.search(r'<body data-total="(\d+)" data-loaded="(\d+)"', result.stdout)
+    assert match, result.stdout[:2000]
+    return int(match.group(2)), int(match.group(1))

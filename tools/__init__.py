@@ -1,1 +1,5 @@
-"""Command-line tools (absl flags -> one library call each)."""
+"""Command-line entry points (absl flags live here, never in `vse_tf`)."""
+
+from vse_tf import quiet
+
+quiet.import_tensorflow()

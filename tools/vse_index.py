@@ -11,6 +11,7 @@ stopped.
 
 from absl import app, flags
 
+from trainers import cli
 from vse_tf.retrieval import index_lib
 
 _MODEL = flags.DEFINE_string("model", None, "Exported SavedModel version folder.")
@@ -65,7 +66,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli.run(main, __doc__)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import os
 
 from absl import app, flags
 
+from trainers import cli
 from vse_tf.retrieval import html as html_lib
 from vse_tf.retrieval import index_lib
 
@@ -62,7 +63,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli.run(main, __doc__, takes_arguments=True)
 
 
 if __name__ == "__main__":

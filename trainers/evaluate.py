@@ -1,35 +1,73 @@
-"""Evaluates a trained workdir's best model with the papers' retrieval protocol.
+"""Scores a trained model with the papers' retrieval protocol and prints the table.
 
-Example:
+Give one of:
+  --workdir       a training workdir (its best checkpoint; cached CNN
+                  features; writes <workdir>/metrics_<split>.json);
+  --saved_model   an exported SavedModel (a version folder, or the base
+                  path of numbered versions: the newest);
+  --server        a TF Serving address (http://host:8501 or host:8500).
+An export or a server sees each image as its file's bytes, as in
+deployment; the data come from --preset and the data flags.
+
+Examples:
     python -m trainers.evaluate --workdir=runs/demo --split=test
+    python -m trainers.evaluate --saved_model=models/vse --split=test
+    python -m trainers.evaluate --saved_model=models/f8k/1 --preset=flickr8k_lite \\
+        --dataset=flickr8k --data_dir=../shared/data/flickr8k
 """
 
-from absl import app, flags
+from absl import flags
 
-from vse_tf import train_lib
+from trainers import cli
+from vse_tf import api, errors, evaluation, train_lib
+from vse_tf import config as config_lib
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
-_DATASET = flags.DEFINE_enum(
-    "dataset",
-    None,
-    ["demo", "flickr8k", "karpathy", "coco", "precomp", "csv"],
-    "Data set (default: the one trained on).",
+cli.define_config_flags(sections=("data",))
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.")
+_SAVED_MODEL = flags.DEFINE_string(
+    "saved_model", None, "Exported SavedModel (version folder or base path)."
 )
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "Data root (default: the trained one)."
-)
-_SPLIT = flags.DEFINE_string("split", "dev", "Split to evaluate.")
+_SERVER = flags.DEFINE_string("server", None, "TF Serving URL (REST or gRPC).")
+_MODEL_NAME = flags.DEFINE_string("model_name", "vse", "Model name on --server.")
+_SPLIT = flags.DEFINE_enum("split", "dev", ["dev", "test"], "Split to evaluate.")
+cli.group("Model to score (one of)", "workdir", "saved_model", "server", "model_name")
+cli.group("Output", "split")
+_PRINT_CONFIG = cli.define_print_config()
 
 
 def main(argv):
     del argv
-    train_lib.evaluate_workdir(
-        _WORKDIR.value,
-        split=_SPLIT.value,
-        dataset=_DATASET.value,
-        data_dir=_DATA_DIR.value,
-    )
+    sources = ("workdir", "saved_model", "server")
+    given = [name for name in sources if cli.FLAGS[name].value]
+    if len(given) != 1:
+        raise errors.ConfigError(
+            "give exactly one of --workdir, --saved_model and --server"
+        )
+    if _WORKDIR.value:
+        # The trained config's data options, unless a data flag was given.
+        changed = {
+            name: cli.FLAGS[name].value
+            for name in ("dataset", "data_dir", "max_eval_images")
+            if cli.FLAGS[name].present
+        }
+        if _PRINT_CONFIG.value:
+            config = train_lib.read_workdir_config(_WORKDIR.value)
+            cli.print_config_and_exit(config_lib.override(config, **changed))
+        train_lib.evaluate_workdir(_WORKDIR.value, split=_SPLIT.value, **changed)
+        return
+    config = cli.config_from_flags()
+    if _PRINT_CONFIG.value:
+        cli.print_config_and_exit(config)
+    if _SAVED_MODEL.value:
+        embedder = api.Embedder.from_saved_model(_SAVED_MODEL.value)
+    else:
+        embedder = api.Embedder.from_server(_SERVER.value, model_name=_MODEL_NAME.value)
+    evaluation.evaluate_embedder(embedder, config, _SPLIT.value)
+
+
+def run():
+    cli.run(main, __doc__)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

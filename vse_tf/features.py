@@ -45,7 +45,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from vse_tf import hardware, io_utils
+from vse_tf import hardware, io_utils, progress
 from vse_tf.config import Config
 from vse_tf.models import backbone as backbone_lib
 
@@ -660,9 +660,7 @@ def extract_features_with_report(
             manifest["used_dtype"],
             cache_dir,
         )
-        progbar = (
-            keras.utils.Progbar(len(paths), unit_name="image") if verbose else None
-        )
+        progbar = progress.bar(len(paths), "image", "features") if verbose else None
         if progbar:
             progbar.add(sum(entries[s]["stop"] - entries[s]["start"] for s in entries))
         ranges = {

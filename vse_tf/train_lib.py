@@ -29,9 +29,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from vse_tf import distribute, hardware
+from vse_tf import config as config_lib
+from vse_tf import distribute, errors, hardware, progress
 from vse_tf import features as features_lib
 from vse_tf import metrics as metrics_lib
+from vse_tf import report as report_lib
 from vse_tf import text as text_lib
 from vse_tf.config import Config
 from vse_tf.data import glove as glove_lib
@@ -86,8 +88,16 @@ def load_split(config: Config, split: str) -> CaptionedSplit:
         result = readers.read_split("csv", demo_data_dir(config), split, **options)
     else:
         if not config.data.data_dir:
-            raise ValueError(f"dataset {dataset!r} needs --data_dir")
-        result = readers.read_split(dataset, config.data.data_dir, split, **options)
+            raise errors.ConfigError(f"--dataset={dataset} needs --data_dir")
+        try:
+            result = readers.read_split(dataset, config.data.data_dir, split, **options)
+        except readers.DataError as error:
+            if set(error.kinds) - {validation.MISSING_FILE}:
+                error.hint = (
+                    "Fix the file, or rerun with --skip_bad_examples to train "
+                    "on the good examples only."
+                )
+            raise
     for warning in result.warnings:
         logging.warning("%s", warning)
     if result.skipped:
@@ -574,7 +584,10 @@ def restore_best(model: VSEModel, workdir: str) -> str:
     """Loads the best checkpoint of ``workdir`` into ``model``; returns its path."""
     path = tf.train.latest_checkpoint(os.path.join(workdir, "best"))
     if path is None:
-        raise FileNotFoundError(f"no best checkpoint in {workdir}/best; train first")
+        raise errors.MissingError(
+            f"{workdir} has no best checkpoint yet (no finished epoch in "
+            f"{workdir}/best); train first, or give the finished run's --workdir"
+        )
     tf.train.Checkpoint(model=model).restore(path).expect_partial()
     return path
 
@@ -617,12 +630,23 @@ class _EpochEnd(keras.callbacks.Callback):
         self.checkpoints = checkpoints
         self.dev = dev
         self.config = config
+        self.write_dir = write_dir
         self.writer = tf.summary.create_file_writer(
             os.path.join(write_dir, "tensorboard", "dev")
         )
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.time()
+
     def on_epoch_end(self, epoch, logs=None):
         values = evaluate(self.model, self.dev, self.config)
+        row = dict(values, epoch=epoch + 1)
+        row["seconds"] = time.time() - getattr(self, "_epoch_start", time.time())
+        if logs and "loss" in logs:
+            row["loss"] = float(np.reshape(logs["loss"], [-1])[0])
+        learning_rate = getattr(self.model.optimizer, "learning_rate", None)
+        if learning_rate is not None:
+            row["learning_rate"] = float(np.asarray(learning_rate))
         with self.writer.as_default(step=epoch + 1):
             for key, value in values.items():
                 tf.summary.scalar(key, value)
@@ -633,6 +657,7 @@ class _EpochEnd(keras.callbacks.Callback):
             self.checkpoints.best.save(checkpoint_number=epoch + 1)
         self.checkpoints.epoch.assign(epoch + 1)
         self.checkpoints.last.save(checkpoint_number=epoch + 1)
+        report_lib.append_epoch(self.write_dir, row)
         print(
             f"\nepoch {epoch + 1}: dev i2t R@1 {values['i2t_r1']:.1f} "
             f"t2i R@1 {values['t2i_r1']:.1f} rsum {values['rsum']:.1f}"
@@ -680,30 +705,34 @@ def check_workdir(workdir: str, min_free_bytes: int = MIN_FREE_BYTES) -> None:
 
 
 def _check_config(workdir: str, config: Config) -> None:
+    """Refuses a workdir that holds a run with another config (reads only)."""
     path = os.path.join(workdir, CONFIG_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = Config.from_dict(json.load(f))
-        # Free to change on resume: how long to train (more epochs continue
-        # the run) and on what hardware.
-        free = dict(
-            epochs=0, strategy="", jit_compile_text=False, jit_compile_image=False
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = Config.from_dict(json.load(f))
+    # Free to change on resume: how long to train (more epochs continue
+    # the run) and on what hardware.
+    free = dict(epochs=0, strategy="", jit_compile_text=False, jit_compile_image=False)
+    old = dataclasses.replace(saved.train, **free)
+    old = dataclasses.replace(saved, train=old).to_dict()
+    new = dataclasses.replace(config.train, **free)
+    new = dataclasses.replace(config, train=new).to_dict()
+    diff = [
+        f"{section}.{key}: {value!r} -> {new[section][key]!r}"
+        for section, values in old.items()
+        for key, value in values.items()
+        if new[section][key] != value
+    ]
+    if diff:
+        raise errors.ConfigError(
+            f"{workdir} holds a run with a different config ({'; '.join(diff)}); "
+            "use a new --workdir or the same flags"
         )
-        old = dataclasses.replace(saved.train, **free)
-        old = dataclasses.replace(saved, train=old).to_dict()
-        new = dataclasses.replace(config.train, **free)
-        new = dataclasses.replace(config, train=new).to_dict()
-        diff = [
-            f"{section}.{key}: {value!r} -> {new[section][key]!r}"
-            for section, values in old.items()
-            for key, value in values.items()
-            if new[section][key] != value
-        ]
-        if diff:
-            raise ValueError(
-                f"{workdir} holds a run with a different config ({'; '.join(diff)}); "
-                "use a new --workdir or the same flags"
-            )
+
+
+def _write_config(workdir: str, config: Config) -> None:
+    path = os.path.join(workdir, CONFIG_FILE)
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         f.write(config.to_json())
@@ -747,29 +776,40 @@ def train_and_evaluate(
     Returns:
         ``{split: metrics}`` for the evaluated splits.
     """
+    # Everything that can be checked is checked before the workdir is
+    # touched, so a failed start leaves it as it was.
+    start = time.time()
+    config_lib.validate(config)
+    _check_config(workdir, config)
+    splits = (
+        load_split(config, "train"),
+        load_split(config, "dev"),
+        _optional_split(config, "test"),
+    )
     strategy = distribute.get_strategy(config.train.strategy)
     chief = distribute.is_chief(strategy)
     writer = distribute.WriteDir(workdir, chief)
     if chief:
         check_workdir(workdir)
-        _check_config(workdir, config)
+        _write_config(workdir, config)
     try:
-        return _train_and_evaluate(config, workdir, strategy, writer, verbose)
+        return _train_and_evaluate(
+            config, splits, workdir, strategy, writer, verbose, start
+        )
     finally:
         writer.cleanup()
 
 
 def _train_and_evaluate(
     config: Config,
+    splits: tuple[CaptionedSplit, CaptionedSplit, Optional[CaptionedSplit]],
     workdir: str,
     strategy: tf.distribute.Strategy,
     writer: distribute.WriteDir,
     verbose: int,
+    start: float,
 ) -> dict[str, dict]:
-    start = time.time()
-    train = load_split(config, "train")
-    dev = load_split(config, "dev")
-    test = _optional_split(config, "test")
+    train, dev, test = splits
     for warning in validation.check_captions_per_image(
         train, CAPTIONS_PER_IMAGE, "training", allow_more=True
     ):
@@ -832,6 +872,10 @@ def _train_and_evaluate(
             keras.callbacks.TensorBoard(writer.join("tensorboard"), write_graph=False),
             _EpochEnd(checkpoints, dev_data, config, writer.path),
         ]
+        if verbose and not progress.interactive():
+            # A log file gets plain periodic lines, not a redrawn bar.
+            callbacks.append(progress.TrainProgress(steps, t.epochs, t.batch_size))
+            verbose = 0
         model.fit(
             dataset,
             epochs=t.epochs,
@@ -859,7 +903,55 @@ def _train_and_evaluate(
     extra["skipped_images"] = skipped_images
     for data in evaluations:
         results[data.split.name] = report(model, data, config, writer.path, extra)
+    if distribute.is_chief(strategy):
+        path = write_report(model, dev_data, config, writer.path, results)
+        print(f"Report: {path}")
     return results
+
+
+def write_report(
+    model: VSEModel,
+    dev: EvalData,
+    config: Config,
+    workdir: str,
+    results: dict[str, dict],
+    num_queries: int = 4,
+) -> str:
+    """Writes ``<workdir>/report.html`` (curves, tables, config, dev queries)."""
+    image_emb, caption_emb = embed_eval_data(model, dev, config)
+    examples = report_lib.example_queries(
+        image_emb, caption_emb, dev.split.captions, num_queries
+    )
+    image_paths = dev.split.image_paths if dev.split.image_paths else []
+    notes = [
+        f"Data set {config.data.dataset} ({config.data.data_dir or 'built-in'}); "
+        f"backbone {config.model.backbone} ({config.model.image_feature}); "
+        f"{config.train.epochs} epochs."
+    ]
+    return report_lib.write_report(
+        workdir,
+        results,
+        config.to_json(),
+        examples,
+        image_paths,
+        notes=notes,
+    )
+
+
+def read_workdir_config(workdir: str) -> Config:
+    """The config a training workdir was trained with.
+
+    Raises:
+        errors.MissingError: if ``workdir`` holds no ``config.json``.
+    """
+    config_path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(config_path):
+        raise errors.MissingError(
+            f"{workdir} is not a training workdir (it has no {CONFIG_FILE}); "
+            "give the --workdir that trainers.train wrote"
+        )
+    with open(config_path) as f:
+        return Config.from_dict(json.load(f))
 
 
 def load_trained_model(
@@ -875,18 +967,15 @@ def load_trained_model(
     Returns:
         ``(config, model)``.
     """
-    config_path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(
-            f"{config_path} not found: is {workdir} a training workdir?"
-        )
-    with open(config_path) as f:
-        config = Config.from_dict(json.load(f))
+    config = read_workdir_config(workdir)
     vocabulary = text_lib.Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
     # The word embedding's size is in the checkpoint; read it from there.
     best = tf.train.latest_checkpoint(os.path.join(workdir, "best"))
     if best is None:
-        raise FileNotFoundError(f"no best checkpoint in {workdir}/best; train first")
+        raise errors.MissingError(
+            f"{workdir} has no best checkpoint yet (no finished epoch in "
+            f"{workdir}/best); train first, or give the finished run's --workdir"
+        )
     word_dim = feature_dim = None
     for name, shape in tf.train.list_variables(best):
         if "word_embedding" in name and len(shape) == 2 and shape[0] == len(vocabulary):
@@ -911,6 +1000,7 @@ def evaluate_workdir(
     split: str = "dev",
     dataset: Optional[str] = None,
     data_dir: Optional[str] = None,
+    max_eval_images: Optional[int] = None,
 ) -> dict[str, float]:
     """Evaluates a trained workdir's best model on a split; writes the JSON.
 
@@ -919,17 +1009,20 @@ def evaluate_workdir(
         split: Split name.
         dataset: Data set (default: the training one).
         data_dir: Data root (default: the training one).
+        max_eval_images: Score the first N images (default: as trained).
 
     Returns:
         The metrics dict (also in ``<workdir>/metrics_<split>.json``).
     """
     config, model = load_trained_model(workdir, include_backbone=None)
-    if dataset or data_dir:
-        data = dataclasses.replace(
-            config.data,
-            dataset=dataset or config.data.dataset,
-            data_dir=data_dir or config.data.data_dir,
-        )
-        config = dataclasses.replace(config, data=data)
+    config = config_lib.override(
+        config,
+        dataset=dataset or None,
+        data_dir=data_dir or None,
+        max_eval_images=max_eval_images,
+    )
+    if dataset == "demo":
+        config = config_lib.override(config, data_dir="")
+    config_lib.validate(config)
     data = prepare_eval(config, load_split(config, split), model.text_tower.tokenizer)
     return report(model, data, config, workdir, {"skipped_images": data.skipped_images})

@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import tempfile
 
 import numpy as np
 import pytest
@@ -19,70 +17,6 @@ import tensorflow as tf
 
 from tests import testing_utils
 from vse_tf.retrieval import html as html_lib
-
-_BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
-# Appended to a copy of the page (same folder, so relative links still
-# resolve): after the load event, records how many images decoded.
-_CHECK = """<script>
-window.addEventListener("load", () => {
-  const images = Array.from(document.images);
-  const ok = images.filter((i) => i.complete && i.naturalWidth > 0);
-  document.body.setAttribute("data-total", images.length);
-  document.body.setAttribute("data-loaded", ok.length);
-});
-</script>"""
-
-
-def _browser():
-    for name in _BROWSERS:
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def _loaded_images(page: str) -> tuple[int, int]:
-    """``(loaded, total)`` images of the page in headless Chromium."""
-    browser = _browser()
-    if browser is None:
-        pytest.skip(
-            "no headless browser: install Debian's chromium "
-            "(apt-get install -y chromium) to check that thumbnails load"
-        )
-    folder = os.path.dirname(os.path.abspath(page))
-    probe = os.path.join(folder, "_probe_" + os.path.basename(page))
-    with open(page, encoding="utf-8") as f:
-        text = f.read()
-    with open(probe, "w", encoding="utf-8") as f:
-        f.write(text.replace("</body>", _CHECK + "</body>"))
-    profile = tempfile.mkdtemp(prefix="vse-chromium-")
-    try:
-        result = subprocess.run(
-            [
-                browser,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                f"--user-data-dir={profile}",
-                "--virtual-time-budget=10000",
-                "--dump-dom",
-                "file://" + probe,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
-        os.remove(probe)
-    assert result.returncode == 0, result.stderr[-2000:]
-    match = re.search(r'<body data-total="(\d+)" data-loaded="(\d+)"', result.stdout)
-    assert match, result.stdout[:2000]
-    return int(match.group(2)), int(match.group(1))
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +75,7 @@ def test_embedded_page_is_self_contained_and_loads(images, tmp_path):
     moved.parent.mkdir()
     shutil.copyfile(out, moved)
     os.remove(out)
-    loaded, total = _loaded_images(str(moved))
+    loaded, total = testing_utils.loaded_images(str(moved))
     assert (loaded, total) == (len(images) + 1, len(images) + 1)
 
 
@@ -155,7 +89,7 @@ def test_linked_page_uses_relative_paths_that_load(images, tmp_path):
     assert len(srcs) == len(images)
     assert all(not s.startswith(("/", "file:", "data:")) for s in srcs)
     assert any("%23" in s and "%20" in s for s in srcs)  # '#' and ' ' quoted
-    loaded, total = _loaded_images(str(page_path))
+    loaded, total = testing_utils.loaded_images(str(page_path))
     assert (loaded, total) == (len(images), len(images))
 
 

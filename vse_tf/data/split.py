@@ -8,6 +8,8 @@ from typing import Optional
 
 import numpy as np
 
+from vse_tf import errors
+
 MAX_LISTED_PROBLEMS = 50
 MAX_LISTED_PER_KIND = 10
 
@@ -92,7 +94,7 @@ def format_problems(problems: Sequence[Problem], notes: Sequence[str] = ()) -> s
     return "\n".join(lines)
 
 
-class DataError(ValueError):
+class DataError(errors.UserError, ValueError):
     """Malformed input data; the message names the file and, where known, the line.
 
     A reader reports every problem it finds in one `DataError`; the message

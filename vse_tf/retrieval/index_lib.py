@@ -36,7 +36,7 @@ from typing import Any, NamedTuple, Optional, Protocol, Union
 import numpy as np
 import tensorflow as tf
 
-from vse_tf import io_utils
+from vse_tf import errors, io_utils, progress
 from vse_tf.retrieval import search as search_lib
 from vse_tf.serving import client as client_lib
 from vse_tf.serving import saved_model_lib
@@ -317,13 +317,12 @@ def load_index(index_dir: str, mmap_mode: Optional[str] = "r") -> Index:
     manifest_path = os.path.join(index_dir, MANIFEST_FILE)
     if not os.path.exists(manifest_path):
         hint = (
-            " (an unfinished build: run the indexer again to resume)"
+            "an unfinished build: run the same vse-index command again to resume"
             if os.path.exists(os.path.join(index_dir, BUILD_FILE))
-            else ""
+            else "build one with vse-index --model=MODEL --images=FOLDER "
+            f"--output={index_dir}"
         )
-        raise FileNotFoundError(
-            f"no index in {index_dir}: {MANIFEST_FILE} missing{hint}"
-        )
+        raise errors.MissingError(f"no index in {index_dir} ({hint})")
     with open(manifest_path, encoding="utf-8") as f:
         manifest = json.load(f)
     embeddings = np.load(os.path.join(index_dir, EMBEDDINGS_FILE), mmap_mode=mmap_mode)
@@ -405,9 +404,7 @@ def _build_index(
     num_shards = (len(inputs) + shard_size - 1) // shard_size
     progbar = None
     if verbose:
-        import keras
-
-        progbar = keras.utils.Progbar(len(inputs), unit_name=kind)
+        progbar = progress.bar(len(inputs), kind, "index")
     encode = encoder.encode_images if kind == "image" else encoder.encode_text
     for shard in range(num_shards):
         start = shard * shard_size
@@ -606,8 +603,9 @@ def _check_model(index: Index, encoder: Encoder) -> None:
         )
 
 
-def _results(index: Index, query: np.ndarray, k: int) -> list[Result]:
-    scores, ids = index.search(query, k)
+def search_embedding(index: Index, query: np.ndarray, k: int = 10) -> list[Result]:
+    """The ``k`` best items for one query embedding ``[1, D]`` or ``[D]``."""
+    scores, ids = index.search(np.reshape(query, [1, -1]), k)
     return [
         Result(index.items[i], float(s)) for s, i in zip(scores[0], ids[0].tolist())
     ]
@@ -628,7 +626,7 @@ def search_text(
         Up to ``k`` `Result` s, best first.
     """
     _check_model(index, encoder)
-    return _results(index, encoder.encode_text([sentence]), k)
+    return search_embedding(index, encoder.encode_text([sentence]), k)
 
 
 def search_image(
@@ -650,4 +648,4 @@ def search_image(
                 f"{image_path}: not a readable image: {_short(error)}"
             ) from None
         raise
-    return _results(index, query, k)
+    return search_embedding(index, query, k)
