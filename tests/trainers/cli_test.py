@@ -6,6 +6,7 @@ so the output checked is exactly what a terminal shows.
 
 import json
 import os
+import re
 
 import pytest
 
@@ -168,3 +169,27 @@ def test_traceback_comes_back_on_request(tmp_path):
     assert result.returncode == 1
     assert "Traceback" in result.stderr
     assert "MissingError" in result.stderr
+
+
+def _rsum(stdout):
+    return float(re.findall(r"^rsum\s+([\d.]+)", stdout, re.M)[-1])
+
+
+def test_evaluate_an_export_prints_the_workdirs_numbers(tmp_path):
+    workdir, data_dir = testing_utils.train_tiny_workdir(str(tmp_path))
+    with open(os.path.join(workdir, "metrics_dev.json")) as f:
+        dev = json.load(f)
+    export = _run(
+        "export.export_saved_model",
+        f"--workdir={workdir}",
+        f"--output_dir={tmp_path}/m",
+    )
+    assert export.returncode == 0, export.stderr[-2000:]
+    data = ("--preset=tiny", "--dataset=csv", f"--data_dir={data_dir}")
+    result = _run("trainers.evaluate", f"--saved_model={tmp_path}/m", *data)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "dev (8 images" in result.stdout
+    assert _rsum(result.stdout) == pytest.approx(dev["rsum"], abs=0.05)
+    few = _run("trainers.evaluate", f"--workdir={workdir}", "--max_eval_images=4")
+    assert few.returncode == 0, few.stderr[-3000:]
+    assert "dev (4 images)" in few.stdout
