@@ -146,7 +146,7 @@ def define_print_config() -> flags.FlagHolder:
 # --help.
 
 
-def help_text(program: str, doc: str) -> str:
+def help_text(program: str, doc: str, module: str = "__main__") -> str:
     """The grouped ``--help`` page of a command."""
     lines = [f"usage: {program} [flags]", ""]
     if doc:
@@ -164,10 +164,12 @@ def help_text(program: str, doc: str) -> str:
             lines += _describe(FLAGS[name])
             shown.add(name)
         lines.append("")
+    # absl files flags of a module run as __main__ under sys.argv[0].
+    modules = {module, sys.argv[0]} if module == "__main__" else {module}
     main_flags = [
         flag
-        for module, module_flags in FLAGS.flags_by_module_dict().items()
-        if module in (sys.argv[0], "__main__") or module.endswith(program)
+        for module_name, module_flags in FLAGS.flags_by_module_dict().items()
+        if module_name in modules
         for flag in module_flags
         if flag.name not in shown
     ]
@@ -253,10 +255,10 @@ def fail(message: str, exit_code: int = 1) -> None:
     sys.exit(exit_code)
 
 
-def _parser(doc: str, program: str) -> Callable[[list[str]], list[str]]:
+def _parser(doc: str, program: str, module: str) -> Callable[[list[str]], list[str]]:
     def parse(argv: list[str]) -> list[str]:
         if any(arg in _HELP_ARGS for arg in argv[1:]):
-            sys.stdout.write(help_text(program, doc))
+            sys.stdout.write(help_text(program, doc, module))
             sys.exit(0)
         if "--helpfull" in argv[1:]:
             sys.stdout.write(FLAGS.get_help())
@@ -308,7 +310,7 @@ def run(
         except KeyboardInterrupt:
             fail("interrupted; rerun the same command to continue", 130)
 
-    app.run(guarded, flags_parser=_parser(doc, program))
+    app.run(guarded, flags_parser=_parser(doc, program, main.__module__))
 
 
 def _report(error: BaseException, exit_code: int) -> None:

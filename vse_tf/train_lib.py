@@ -247,7 +247,6 @@ def word_vectors(
             matrix, coverage = glove_lib.load_glove_matrix(
                 source, vocabulary.tokens, seed=seed
             )
-            logging.info("%s", coverage)
             print(coverage)
             return matrix, matrix.shape[1]
         except ImportError as error:

@@ -7,6 +7,8 @@ so the output checked is exactly what a terminal shows.
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -193,3 +195,31 @@ def test_evaluate_an_export_prints_the_workdirs_numbers(tmp_path):
     few = _run("trainers.evaluate", f"--workdir={workdir}", "--max_eval_images=4")
     assert few.returncode == 0, few.stderr[-3000:]
     assert "dev (4 images)" in few.stdout
+
+
+SCRIPTS = {
+    "vse-train": "--workdir ",
+    "vse-extract-features": "--splits ",
+    "vse-evaluate": "--saved_model ",
+    "vse-export": "--output_dir ",
+    "vse-export-tflite": "--quantize ",
+    "vse-index": "--images ",
+    "vse-search": "--index ",
+    "vse-words": "--glove ",
+}
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_console_scripts_describe_themselves_and_their_flags(script):
+    path = os.path.join(os.path.dirname(sys.executable), script)
+    if not os.path.exists(path):
+        pytest.skip(f"{script} not installed: pip install -e . puts it beside python")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(
+        [path, "--help"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"usage: {script} [flags]"
+    assert lines[2].strip(), "no description"
+    assert SCRIPTS[script] in result.stdout
