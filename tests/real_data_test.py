@@ -66,6 +66,7 @@ def test_flickr8k_subset_with_hed_trunk_learns(tmp_path):
         max_train_images=300,
         batch_size=64,
         epochs=6,
+        lr_decay_epochs=0,
         learning_rate=1e-3,
         min_word_count=2,
     )
@@ -86,7 +87,9 @@ def test_flickr8k_preset_is_well_above_chance_after_a_short_run(tmp_path):
     must already separate the images it saw. VSE++'s default
     hardest-negative loss stays at chance on these features (its users'
     issue 27); a collapse would show here."""
-    _, _, fitted = _train_on_real_photos(tmp_path, max_train_images=1000, epochs=3)
+    _, _, fitted = _train_on_real_photos(
+        tmp_path, max_train_images=1000, epochs=3, lr_decay_epochs=0
+    )
     # Chance on 100 images is rsum ~32 (see above); a collapsed model
     # (every embedding alike) scores at or below it.
     assert fitted["rsum"] > 120, fitted

@@ -163,8 +163,10 @@ def example_queries(
     num_queries: int = 4,
     k: int = 5,
     captions_per_image: int = 5,
-) -> list[tuple[str, int, list[int]]]:
-    """``(caption, true image, top-k images)`` for the first caption of a few images.
+) -> list[tuple[str, int, list[int], int]]:
+    """``(caption, true image, top-k images, true image's rank)`` for a few images.
+
+    The query of each picked image is its first caption; ranks start at 1.
 
     Args:
         image_emb: ``[N, D]`` unit rows.
@@ -183,18 +185,22 @@ def example_queries(
     for image in picks.tolist():
         caption = image * captions_per_image
         scores = image_emb @ caption_emb[caption]
-        top = np.argsort(-scores, kind="stable")[:k].tolist()
-        examples.append((captions[caption], image, top))
+        order = np.argsort(-scores, kind="stable")
+        rank = int(np.flatnonzero(order == image)[0]) + 1
+        examples.append((captions[caption], image, order[:k].tolist(), rank))
     return examples
 
 
 def _example_html(
-    examples: Sequence[tuple[str, int, list[int]]], image_paths: Sequence[str]
+    examples: Sequence[tuple[str, int, list[int], int]], image_paths: Sequence[str]
 ) -> str:
     blocks = []
-    for caption, true_image, top in examples:
+    for caption, true_image, top, true_rank in examples:
         figures = []
-        for rank, image in enumerate(top, 1):
+        shown = list(enumerate(top, 1))
+        if true_image not in top:  # show where the true image went
+            shown.append((true_rank, true_image))
+        for rank, image in shown:
             mark = image == true_image
             src = (
                 html_lib.thumbnail_data_uri(image_paths[image], 160)
@@ -213,7 +219,7 @@ def _example_html(
         where = "in" if true_image in top else "not in"
         blocks.append(
             f'<div class="example"><p>&ldquo;{html.escape(caption)}&rdquo; '
-            f"&mdash; true image {where} the top {len(top)}"
+            f"&mdash; true image {where} the top {len(top)} (rank {true_rank})"
             f'</p><div class="row">{"".join(figures)}</div></div>'
         )
     return "".join(blocks)
@@ -240,7 +246,7 @@ def render_report(
     epochs: Sequence[dict[str, float]],
     results: dict[str, dict],
     config_json: str,
-    examples: Sequence[tuple[str, int, list[int]]] = (),
+    examples: Sequence[tuple[str, int, list[int], int]] = (),
     image_paths: Sequence[str] = (),
     notes: Sequence[str] = (),
 ) -> str:
@@ -280,7 +286,7 @@ def write_report(
     workdir: str,
     results: dict[str, dict],
     config_json: str,
-    examples: Sequence[tuple[str, int, list[int]]] = (),
+    examples: Sequence[tuple[str, int, list[int], int]] = (),
     image_paths: Sequence[str] = (),
     title: Optional[str] = None,
     notes: Sequence[str] = (),
