@@ -2,13 +2,16 @@
 
 Example:
     python -m export.export_saved_model --workdir=runs/demo --output_dir=models/vse
-    # -> models/vse/1/ (next free version); serve models/vse with TF Serving
+    # -> models/vse/1/ (next free version), models/vse/models.config and
+    #    models/vse/batching_parameters.txt; then the new version is loaded
+    #    and run through TensorFlow's C API as TF Serving would
+    #    (export.check_serving), and the docker line to serve it is printed.
 """
 
 from absl import flags
 
 from trainers import cli
-from vse_tf.serving import saved_model_lib
+from vse_tf.serving import saved_model_lib, serving_check, serving_config
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
 _OUTPUT_DIR = flags.DEFINE_string(
@@ -20,6 +23,11 @@ _IMAGE_INDEX = flags.DEFINE_string(
     "image_index", None, "Image index folder (vse-index) to serve as search_images."
 )
 _SEARCH_K = flags.DEFINE_integer("search_k", 10, "Results per search_images query.")
+_CHECK = flags.DEFINE_bool(
+    "check_serving",
+    True,
+    "Then load and run the new version as TF Serving does (export.check_serving).",
+)
 
 
 def main(argv):
@@ -33,6 +41,16 @@ def main(argv):
         search_k=_SEARCH_K.value,
     )
     print(f"SavedModel written to {path}")
+    for written in serving_config.write_serving_files(
+        _OUTPUT_DIR.value, _MODEL_NAME.value
+    ):
+        print(f"wrote {written}")
+    if _CHECK.value:
+        print(serving_check.check_or_raise(path).format())
+    print(
+        "Serve it with:\n  "
+        + serving_config.docker_command(_OUTPUT_DIR.value, _MODEL_NAME.value)
+    )
 
 
 def run():

@@ -76,8 +76,9 @@ class Embedder:
     def from_saved_model(cls, path: str) -> Embedder:
         """An exported SavedModel (a version folder, or the newest version)."""
         from vse_tf.retrieval import index_lib
+        from vse_tf.serving import saved_model_lib
 
-        version = _version_folder(path)
+        version = saved_model_lib.resolve_version(path)
         return cls(_EncoderBackend(index_lib.SavedModelEncoder(version)), version)
 
     @classmethod
@@ -267,22 +268,3 @@ def _stack(rows: list[np.ndarray]) -> np.ndarray:
     if not rows:
         return np.zeros([0, 0], np.float32)
     return np.concatenate(rows).astype(np.float32, copy=False)
-
-
-def _version_folder(path: str) -> str:
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return path
-    versions = (
-        sorted((int(name) for name in os.listdir(path) if name.isdigit()), reverse=True)
-        if os.path.isdir(path)
-        else []
-    )
-    for version in versions:
-        candidate = os.path.join(path, str(version))
-        if os.path.isfile(os.path.join(candidate, "saved_model.pb")):
-            return candidate
-    raise errors.MissingError(
-        f"{path} is neither a training workdir (config.json) nor an exported "
-        "SavedModel (saved_model.pb, or numbered versions holding one); train "
-        "with trainers.train or export with export.export_saved_model"
-    )

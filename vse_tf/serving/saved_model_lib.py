@@ -48,8 +48,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from vse_tf import errors, train_lib
 from vse_tf import features as features_lib
-from vse_tf import train_lib
 from vse_tf.models.vse_model import VSEModel
 from vse_tf.serving import image_decode
 
@@ -528,3 +528,27 @@ def load_saved_model(path: str):
     import tensorflow_text  # noqa: F401  (the graph's tokenizer ops)
 
     return tf.saved_model.load(path)
+
+
+def resolve_version(path: str) -> str:
+    """A version folder: ``path`` itself, or the newest numbered version in it.
+
+    Raises:
+        errors.MissingError: when ``path`` holds no SavedModel.
+    """
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = (
+        sorted((int(name) for name in os.listdir(path) if name.isdigit()), reverse=True)
+        if os.path.isdir(path)
+        else []
+    )
+    for version in versions:
+        candidate = os.path.join(path, str(version))
+        if os.path.isfile(os.path.join(candidate, "saved_model.pb")):
+            return candidate
+    raise errors.MissingError(
+        f"{path} is neither a training workdir (config.json) nor an exported "
+        "SavedModel (saved_model.pb, or numbered versions holding one); train "
+        "with trainers.train or export with export.export_saved_model"
+    )
