@@ -240,10 +240,21 @@ def test_int8_requantization_mismatches_finds_a_rescaled_copy(exported):
 
 def test_int8_needs_real_calibration_data(reference):
     model = reference["model"]
-    with pytest.raises(ValueError, match="representative_token_ids"):
-        tflite_lib.convert_text_tower(model.text_tower, "int8")
+    with pytest.raises(ValueError, match="representative_images"):
+        tflite_lib.convert_image_tower(model.image_tower, "int8")
     with pytest.raises(ValueError, match="quantize"):
         tflite_lib.convert_text_tower(model.text_tower, "int4")
+
+
+def test_int8_text_towers_are_the_dynamic_recipe(exported):
+    int8_files, int8_manifest = exported("int8")
+    dynamic_files, _ = exported("dynamic")
+    for name in (tflite_lib.TEXT_FILE, tflite_lib.STRINGS_FILE):
+        assert int8_files[name] == dynamic_files[name], name
+        entry = int8_manifest["files"][name]
+        assert entry["quantize"] == "dynamic"
+        assert entry["quantization"]["summary"].startswith("int8 weights")
+    assert int8_manifest["files"][tflite_lib.IMAGE_FILE]["quantize"] == "int8"
 
 
 def test_runner_drops_xnnpack_when_it_fails_to_prepare(exported, reference):
@@ -453,14 +464,11 @@ def test_hed_model_int8_image_tower_meets_the_bar(hed_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="the full-integer int8 text tower passes on the demo model (mean "
-    "cosine 0.9945) but not on this short-trained one (0.980)",
-)
 def test_hed_model_int8_text_tower_meets_the_bar(hed_run):
+    # int8's text tower is the dynamic recipe (the full-integer one reached
+    # a mean cosine of 0.980 on this model): it must keep dynamic's bar.
     cosine = _hed_cosines(hed_run, "int8")[tflite_lib.TEXT_FILE]
-    assert cosine.mean() >= 0.99, (cosine.mean(), cosine.min())
+    assert cosine.min() >= 0.999, (cosine.mean(), cosine.min())
 
 
 def test_gru_text_tower_converts_builtin_only():

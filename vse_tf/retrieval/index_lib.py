@@ -462,8 +462,11 @@ def _build_index(
         items += record["items"]
         skipped += record["skipped"]
     if not matrices:
-        raise ValueError(
-            f"nothing could be indexed from {source}: {len(skipped)} skipped"
+        first = skipped[0] if skipped else None
+        why = f"; the first: {first}" if first else ""
+        raise errors.UserError(
+            f"nothing could be indexed from {source}: {len(skipped)} skipped{why}. "
+            "Paths in a list file are relative to the file's folder"
         )
     embeddings = np.concatenate(matrices).astype(dtype)
     if skipped:

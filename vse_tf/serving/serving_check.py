@@ -259,6 +259,7 @@ def check_serving(
     with_text_ops: bool = True,
     atol: float = 1e-5,
     timeout: float = 600,
+    python_executable: Optional[str] = None,
 ) -> CheckReport:
     """Loads and runs an export through the C API; compares with Python.
 
@@ -272,6 +273,10 @@ def check_serving(
             what a server without them reports).
         atol: Largest allowed difference from the Python load.
         timeout: Seconds for the child process.
+        python_executable: The child's interpreter (default this one): a
+            virtualenv with another tensorflow + tensorflow-text checks
+            whether that runtime (e.g. an older TF Serving's) loads the
+            export. The child finds `vse_tf` through ``PYTHONPATH``.
 
     Returns:
         A `CheckReport`; ``report.ok`` only when every request ran and
@@ -287,12 +292,20 @@ def check_serving(
         out_dir = os.path.join(scratch, "out")
         os.makedirs(requests_dir)
         _write_requests(requests, requests_dir)
-        command = [sys.executable, "-m", "vse_tf.serving.c_api", export_dir]
+        python = python_executable or sys.executable
+        command = [python, "-m", "vse_tf.serving.c_api", export_dir]
         command += [requests_dir, out_dir] + (
             [] if with_text_ops else ["--no_text_ops"]
         )
+        root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+        paths = [root] + [p for p in [os.environ.get("PYTHONPATH", "")] if p]
         child = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, check=False
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(paths)),
         )
         report_path = os.path.join(out_dir, "outputs.json")
         if child.returncode != 0 or not os.path.exists(report_path):
