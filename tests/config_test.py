@@ -57,7 +57,6 @@ def test_field_help_reads_continuation_lines():
         (dict(dataset="flickr8k"), "needs --data_dir"),
         (dict(epochs=0), "--epochs=0: must be at least 1"),
         (dict(epochs=5, lr_decay_epochs=5), "i.e. never"),
-        (dict(loss="sum_then_max", epochs=3, warmup_epochs=3), "--warmup_epochs"),
         (dict(learning_rate=0.0), "--learning_rate=0.0: must be positive"),
         (dict(batch_size=1), "no in-batch negatives"),
         (dict(max_train_images=-1), "must not be negative"),

@@ -58,7 +58,7 @@ def main(argv):
 
 def run():
     """Console-script entry point (``vse-words``)."""
-    cli.run(main, __doc__)
+    cli.run(main, __doc__, takes_arguments=True)
 
 
 if __name__ == "__main__":

@@ -497,12 +497,8 @@ def problems(config: Config, check_paths: bool = True) -> list[str]:
             f"after the last of --epochs={t.epochs}, i.e. never; give a number "
             "below --epochs, or 0 for no decay"
         )
-    if t.loss == "sum_then_max" and t.epochs >= 1 and t.warmup_epochs >= t.epochs:
-        found.append(
-            f"--loss=sum_then_max switches to max after --warmup_epochs="
-            f"{t.warmup_epochs}, but there are only {t.epochs} epochs; lower "
-            "--warmup_epochs or use --loss=sum"
-        )
+    # No check that sum_then_max switches before the last epoch: a run may
+    # stop early on purpose and be continued with more --epochs.
     if t.batch_size == 1:
         found.append("--batch_size=1 leaves no in-batch negatives; use at least 2")
     return found

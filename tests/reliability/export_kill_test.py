@@ -81,7 +81,10 @@ def test_kill_9_mid_write_then_rerun(workdir, tmp_path):
 
     result = testing_utils.run_python(*command[1:])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(os.listdir(base)) == ["1"], "the stale staging folder remains"
+    serving_files = ["batching_parameters.txt", "models.config"]
+    assert sorted(os.listdir(base)) == ["1"] + serving_files, (
+        "the stale staging folder remains"
+    )
 
     version = os.path.join(base, "1")
     for name in ("saved_model.pb", "variables", "assets/vocab.txt"):

@@ -174,7 +174,7 @@ def test_interrupted_build_resumes_without_recomputing(setup, tmp_path):
         "shard-00000.json",
         "shard-00000.npy",
     ]
-    with pytest.raises(FileNotFoundError, match="run the indexer again to resume"):
+    with pytest.raises(FileNotFoundError, match="vse-index command again to resume"):
         index_lib.load_index(output)
 
     computed = []

@@ -164,8 +164,16 @@ def test_export_script_writes_a_version(trained, tmp_path):
         f"--output_dir={base}", "--version=3",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert os.listdir(base) == ["3"]
+    # The version, and beside it what a TF Serving deployment reads.
+    assert sorted(os.listdir(base)) == [
+        "3",
+        "batching_parameters.txt",
+        "models.config",
+    ]
     assert os.path.exists(base / "3" / "saved_model.pb")
+    # The exporter checked the new version through the C API.
+    assert "encode_image" in result.stdout and "max |diff|" in result.stdout
+    assert "docker run" in result.stdout
 
 
 def _free_port():

@@ -143,28 +143,22 @@ def _batching_parameters_class():
         syntax="proto3",
     )
     message = proto.message_type.add(name="BatchingParameters")
-    wrapped = {
-        "max_batch_size": 1,
-        "batch_timeout_micros": 2,
-        "max_enqueued_batches": 3,
-        "num_batch_threads": 4,
-    }
     field = descriptor_pb2.FieldDescriptorProto
-    for name, number in wrapped.items():
+    wrapped = (  # (name, number, wrapper type)
+        ("max_batch_size", 1, "Int64Value"),
+        ("batch_timeout_micros", 2, "Int64Value"),
+        ("max_enqueued_batches", 3, "Int64Value"),
+        ("num_batch_threads", 4, "Int64Value"),
+        ("thread_pool_name", 5, "StringValue"),
+    )
+    for name, number, wrapper in wrapped:
         message.field.add(
             name=name,
             number=number,
             type=field.TYPE_MESSAGE,
-            type_name=".google.protobuf.Int64Value",
+            type_name=f".google.protobuf.{wrapper}",
             label=field.LABEL_OPTIONAL,
         )
-    message.field.add(
-        name="thread_pool_name",
-        number=5,
-        type=field.TYPE_MESSAGE,
-        type_name=".google.protobuf.StringValue",
-        label=field.LABEL_OPTIONAL,
-    )
     message.field.add(
         name="allowed_batch_sizes",
         number=6,
