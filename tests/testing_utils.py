@@ -104,6 +104,24 @@ def train_tiny_workdir(root: str, **overrides) -> tuple[str, str]:
     return workdir, data_dir
 
 
+def train_and_export_tiny(root: str) -> tuple[str, str, str, object]:
+    """`train_tiny_workdir`, exported as version 1 of ``root/models``.
+
+    Returns:
+        ``(workdir, export_dir, data_dir, model)``: ``model`` is the trained
+        `VSEModel` (CNN included), to compare the export with.
+    """
+    from vse_tf import train_lib
+    from vse_tf.serving import saved_model_lib
+
+    workdir, data_dir = train_tiny_workdir(root)
+    export_dir = saved_model_lib.export_saved_model(
+        workdir, os.path.join(root, "models")
+    )
+    _, model = train_lib.load_trained_model(workdir)
+    return workdir, export_dir, data_dir, model
+
+
 def run_python(
     *args: str, timeout: float = 600, user_env: bool = False
 ) -> subprocess.CompletedProcess:

@@ -18,7 +18,6 @@ import tensorflow as tf
 
 from tests import testing_utils
 from vse_tf import features as features_lib
-from vse_tf import train_lib
 from vse_tf.serving import image_decode, saved_model_lib
 
 InvalidArgument = tf.errors.InvalidArgumentError
@@ -180,9 +179,7 @@ INVALID_UTF8 = {
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("robust")
-    workdir, data_dir = testing_utils.train_tiny_workdir(str(root))
-    export_dir = saved_model_lib.export_saved_model(workdir, str(root / "models"))
-    _, model = train_lib.load_trained_model(workdir)
+    _, export_dir, _, model = testing_utils.train_and_export_tiny(str(root))
     loaded = saved_model_lib.load_saved_model(export_dir)
     # The loaded object owns the variables: keep it alive with its signatures.
     return loaded.signatures, model, export_dir, loaded

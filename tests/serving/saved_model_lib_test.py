@@ -24,9 +24,9 @@ SENTENCES = ["A red square.", "", "!!!", "a GREEN stripe on black", "ünïcödé
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
-    workdir, data_dir = testing_utils.train_tiny_workdir(str(root))
-    export_dir = saved_model_lib.export_saved_model(workdir, str(root / "models"))
-    _, model = train_lib.load_trained_model(workdir)
+    workdir, export_dir, data_dir, model = testing_utils.train_and_export_tiny(
+        str(root)
+    )
     return workdir, export_dir, model, data_dir
 
 

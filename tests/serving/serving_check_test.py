@@ -14,16 +14,13 @@ from google.protobuf import (
 
 from tests import testing_utils
 from vse_tf import features as features_lib
-from vse_tf import train_lib
 from vse_tf.serving import c_api, saved_model_lib, serving_check, serving_config
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("check_serving")
-    workdir, _ = testing_utils.train_tiny_workdir(str(root))
-    export_dir = saved_model_lib.export_saved_model(workdir, str(root / "models"))
-    _, model = train_lib.load_trained_model(workdir)
+    _, export_dir, _, model = testing_utils.train_and_export_tiny(str(root))
     report = serving_check.check_serving(str(root / "models"))
     return export_dir, model, report
 
