@@ -124,8 +124,12 @@ def config_from_flags(**extra: Any) -> config_lib.Config:
         The resolved config (not yet validated; see `config_lib.validate`).
     """
     config = config_lib.get_config(FLAGS.preset)
-    given = {name: FLAGS[name].value for name in _CONFIG_FLAGS if FLAGS[name].present}
-    return config_lib.override(config, **given, **extra)
+    return config_lib.override(config, **given_values(_CONFIG_FLAGS), **extra)
+
+
+def given_values(names: Sequence[str]) -> dict[str, Any]:
+    """``{name: value}`` of the flags among ``names`` given on the command line."""
+    return {name: FLAGS[name].value for name in names if FLAGS[name].present}
 
 
 def print_config_and_exit(config: config_lib.Config) -> None:

@@ -45,11 +45,7 @@ def main(argv):
         )
     if _WORKDIR.value:
         # The trained config's data options, unless a data flag was given.
-        changed = {
-            name: cli.FLAGS[name].value
-            for name in ("dataset", "data_dir", "max_eval_images")
-            if cli.FLAGS[name].present
-        }
+        changed = cli.given_values(("dataset", "data_dir", "max_eval_images"))
         if _PRINT_CONFIG.value:
             config = train_lib.read_workdir_config(_WORKDIR.value)
             cli.print_config_and_exit(config_lib.override(config, **changed))

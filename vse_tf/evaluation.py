@@ -14,7 +14,6 @@ from typing import Any
 from vse_tf import config as config_lib
 from vse_tf import metrics as metrics_lib
 from vse_tf import train_lib
-from vse_tf.data import validation
 
 
 def evaluate_embedder(
@@ -44,11 +43,7 @@ def evaluate_embedder(
             5 captions.
     """
     config_lib.validate(config)
-    loaded = train_lib.load_split(config, split)
-    validation.check_captions_per_image(
-        loaded, train_lib.CAPTIONS_PER_IMAGE, "evaluation", allow_more=True
-    )
-    view = train_lib.protocol_view(loaded)
+    view = train_lib.evaluation_view(train_lib.load_split(config, split))
     image_emb = embedder.encode_images(view.image_paths, batch_size=batch_size)
     caption_emb = embedder.encode_texts(view.captions)
     values = metrics_lib.retrieval_metrics(

@@ -134,6 +134,19 @@ def select_images(split: CaptionedSplit, keep: Sequence[int]) -> CaptionedSplit:
     )
 
 
+def evaluation_view(split: CaptionedSplit) -> CaptionedSplit:
+    """The split as the retrieval protocol scores it: 5 captions per image.
+
+    Raises:
+        readers.DataError: naming the images with fewer than 5 captions
+            (more are allowed: the first 5 are used).
+    """
+    validation.check_captions_per_image(
+        split, CAPTIONS_PER_IMAGE, "evaluation", allow_more=True
+    )
+    return protocol_view(split)
+
+
 def protocol_view(split: CaptionedSplit, k: int = CAPTIONS_PER_IMAGE) -> CaptionedSplit:
     """The first ``k`` captions of every image that has at least ``k``.
 
@@ -462,10 +475,7 @@ def prepare_eval(
         readers.DataError: naming the images with fewer than 5 captions
             (more are allowed: the first 5 are used).
     """
-    validation.check_captions_per_image(
-        split, CAPTIONS_PER_IMAGE, "evaluation", allow_more=True
-    )
-    view, feats, skipped = split_features(config, protocol_view(split))
+    view, feats, skipped = split_features(config, evaluation_view(split))
     ids = text_lib.encode_captions(tokenizer, view.captions)
     return EvalData(view, ids, feats, skipped_images=skipped)
 
@@ -510,6 +520,7 @@ def report(
     config: Config,
     workdir: str,
     extra: Optional[dict] = None,
+    embeddings: Optional[tuple[np.ndarray, np.ndarray]] = None,
 ) -> dict[str, float]:
     """Evaluates, prints the table and writes ``metrics_<split>.json``.
 
@@ -517,11 +528,15 @@ def report(
     with the COCO 1K protocol (mean over five 1,000-image folds), written to
     ``metrics_<split>_1k.json``; the main file holds the 5K numbers.
 
+    Args:
+        embeddings: ``(image_emb, caption_emb)`` of ``data`` when already
+            computed (`embed_eval_data`); computed here otherwise.
+
     Returns:
         The metrics over the whole split.
     """
     name = data.split.name
-    image_emb, caption_emb = embed_eval_data(model, data, config)
+    image_emb, caption_emb = embeddings or embed_eval_data(model, data, config)
     values = metrics_lib.retrieval_metrics(image_emb, caption_emb, CAPTIONS_PER_IMAGE)
     write_metrics(workdir, name, values, extra)
     print(metrics_lib.format_table(values, f"{name} ({data.split.num_images} images)"))
@@ -900,28 +915,46 @@ def _train_and_evaluate(
     for data in evaluations:
         skipped_images[data.split.name] = data.skipped_images
     extra["skipped_images"] = skipped_images
+    # Dev is embedded once, for its table and for the report's queries.
+    dev_embeddings = embed_eval_data(model, dev_data, config)
     for data in evaluations:
-        results[data.split.name] = report(model, data, config, writer.path, extra)
+        results[data.split.name] = report(
+            model,
+            data,
+            config,
+            writer.path,
+            extra,
+            embeddings=dev_embeddings if data is dev_data else None,
+        )
     if distribute.is_chief(strategy):
-        path = write_report(model, dev_data, config, writer.path, results)
+        path = write_report(dev_data, dev_embeddings, config, writer.path, results)
         print(f"Report: {path}")
     return results
 
 
 def write_report(
-    model: VSEModel,
     dev: EvalData,
+    dev_embeddings: tuple[np.ndarray, np.ndarray],
     config: Config,
     workdir: str,
     results: dict[str, dict],
     num_queries: int = 4,
 ) -> str:
-    """Writes ``<workdir>/report.html`` (curves, tables, config, dev queries)."""
-    image_emb, caption_emb = embed_eval_data(model, dev, config)
+    """Writes ``<workdir>/report.html`` (curves, tables, config, dev queries).
+
+    Args:
+        dev: The prepared dev split.
+        dev_embeddings: Its ``(image_emb [N, D], caption_emb [5N, D])``.
+        config: The run's config.
+        workdir: Where the page goes.
+        results: ``{split: metrics}`` for the tables.
+        num_queries: Example dev captions shown.
+    """
+    image_emb, caption_emb = dev_embeddings
     examples = report_lib.example_queries(
         image_emb, caption_emb, dev.split.captions, num_queries
     )
-    image_paths = dev.split.image_paths if dev.split.image_paths else []
+    image_paths = dev.split.image_paths or []
     notes = [
         f"Data set {config.data.dataset} ({config.data.data_dir or 'built-in'}); "
         f"backbone {config.model.backbone} ({config.model.image_feature}); "

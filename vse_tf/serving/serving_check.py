@@ -222,34 +222,34 @@ def _c_outputs(c_entry: dict, out_dir: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _compare(label: str, c_entry: dict, python: Any, out_dir: str) -> SignatureResult:
+def _compare(
+    label: str, c_entry: dict, got: dict[str, np.ndarray], python: Any
+) -> SignatureResult:
+    """Compares the C API's decoded outputs ``got`` with the Python load's."""
     if "error" in c_entry:
         return SignatureResult(label, False, None, {}, c_entry["error"].splitlines()[0])
     if isinstance(python, str):
         return SignatureResult(label, False, None, {}, f"Python load failed: {python}")
     diff, shapes = 0.0, {}
     for key, want in python.items():
-        if key not in c_entry:
+        if key not in got:
             return SignatureResult(label, False, None, shapes, f"output {key} missing")
-        got_entry = c_entry[key]
-        if "strings" in got_entry:
-            got = np.array(
-                [base64.b64decode(s) for s in got_entry["strings"]], dtype=object
-            ).reshape(got_entry["shape"])
-            shapes[key] = list(got.shape)
-            if got.shape != want.shape or list(got.reshape(-1)) != list(
-                want.reshape(-1)
-            ):
+        value = got[key]
+        shapes[key] = list(value.shape)
+        if value.dtype == object:
+            if value.shape != want.shape or list(value.flat) != list(want.flat):
                 return SignatureResult(label, False, None, shapes, f"{key} differs")
             continue
-        got = np.load(os.path.join(out_dir, got_entry["npy"]))
-        shapes[key] = list(got.shape)
-        if got.shape != want.shape:
+        if value.shape != want.shape:
             return SignatureResult(
-                label, False, None, shapes, f"{key}: shape {got.shape} != {want.shape}"
+                label,
+                False,
+                None,
+                shapes,
+                f"{key}: shape {value.shape} != {want.shape}",
             )
-        if got.size:
-            diff = max(diff, float(np.max(np.abs(got.astype(np.float64) - want))))
+        if value.size:
+            diff = max(diff, float(np.max(np.abs(value.astype(np.float64) - want))))
     return SignatureResult(label, True, diff, shapes)
 
 
@@ -328,7 +328,7 @@ def check_serving(
         for label in requests:
             c_entry = found["signatures"][label]
             report.outputs[label] = _c_outputs(c_entry, out_dir)
-            result = _compare(label, c_entry, python[label], out_dir)
+            result = _compare(label, c_entry, report.outputs[label], python[label])
             if result.ok and result.max_abs_diff > atol:
                 result.ok = False
                 result.message = (
