@@ -205,44 +205,6 @@ def test_no_images_gives_no_rows(tmp_path):
     assert report.skipped == [] and report.shards_computed == 0
 
 
-def test_format2_cache_is_taken_over_without_vgg16(image_paths, tmp_path, monkeypatch):
-    computed = features.extract_features_with_report(
-        image_paths, cache_dir=str(tmp_path / "a"), verbose=0, **_pool5_kwargs()
-    )
-    # The previous layout: <cache>/features/<key id>/<list id>.npy + .json.
-    old_key = {
-        "format": 2,
-        "weights": "none",
-        "feature": "pool5",
-        "image_size": 32,
-        "dtype": "float32",
-        "resize": "bilinear-antialias",
-    }
-    key_id = hashlib.sha256(json.dumps(old_key, sort_keys=True).encode()).hexdigest()
-    absolute = [os.path.abspath(p) for p in image_paths]
-    list_id = hashlib.sha256("\n".join(absolute).encode()).hexdigest()[:16]
-    old = tmp_path / "b" / "features" / key_id[:16]
-    old.mkdir(parents=True)
-    np.save(old / f"{list_id}.npy", computed.features)
-    (old / f"{list_id}.json").write_text(
-        json.dumps(dict(old_key, used_dtype="float32", count=len(image_paths)))
-    )
-
-    def fail(*args, **kwargs):
-        raise AssertionError("VGG16 was rebuilt although the features are cached")
-
-    monkeypatch.setattr(features.backbone_lib, "build_backbone", fail)
-    adopted = features.extract_features_with_report(
-        image_paths, cache_dir=str(tmp_path / "b"), verbose=0, **_pool5_kwargs()
-    )
-    np.testing.assert_array_equal(adopted.features, computed.features)
-    assert adopted.shards_computed == 0 and adopted.valid.all()
-    with open(adopted.manifest_path) as f:
-        manifest = json.load(f)
-    assert manifest["complete"] and manifest["adopted_from"].endswith(".npy")
-    assert manifest["used_dtype"] == "float32"
-
-
 def test_mirrored_features_are_their_own_cache_entry(image_paths, tmp_path):
     from vse_tf.models import backbone as backbone_lib
 

@@ -18,8 +18,9 @@ Cache layout (one folder per key and image list)::
         shard-00001.npy     readable images, in image order
         ...
 
-Every file is written to a temporary name and renamed into place, a shard
-before the manifest entry that names it. An interrupted extraction run again
+The shards are a `vse_tf.shard_store` store: every file is written to a
+temporary name and renamed into place, a shard before the manifest entry
+that names it. An interrupted extraction run again
 continues after the last complete shard; a shard whose bytes do not match
 the manifest's sha256 (truncated, overwritten, flipped bytes) or whose shape
 is wrong is recomputed, never read as features.
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
@@ -45,7 +45,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from vse_tf import hardware, io_utils, progress
+from vse_tf import hardware, io_utils, progress, shard_store
 from vse_tf.config import Config
 from vse_tf.models import backbone as backbone_lib
 
@@ -157,21 +157,7 @@ class FeatureReport:
 
 
 # ---------------------------------------------------------------------------
-# Files.
-
-
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def _shard_file(shard: int) -> str:
-    return f"shard-{shard:05d}.npy"
+# The cache entry.
 
 
 def _cache_key(
@@ -232,32 +218,34 @@ def _weights_sha256(weights: str, backbone: str) -> Optional[str]:
     return None if path is None else io_utils.file_sha256(path)
 
 
-def _read_manifest(folder: str) -> Optional[dict]:
-    path = os.path.join(folder, MANIFEST_FILE)
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as error:
-        logging.warning("Unreadable %s (%s); extracting again", path, error)
+def _usable_manifest(
+    store: shard_store.ShardStore, key: dict, paths: Sequence[str]
+) -> Optional[dict]:
+    """The entry's manifest if it is well formed and of these features, else None."""
+    manifest = store.read_manifest()
+    if manifest is None:
         return None
     well_formed = (
-        isinstance(manifest, dict)
-        and isinstance(manifest.get("shards"), list)
-        and isinstance(manifest.get("shard_size"), int)
+        isinstance(manifest.get("shard_size"), int)
         and manifest["shard_size"] >= 1
         and manifest.get("used_dtype") in (None, *DTYPES)
     )
     if not well_formed:
-        logging.warning("Malformed %s; extracting again", path)
+        logging.warning("Malformed %s; extracting again", store.manifest_path)
+        return None
+    if (
+        any(manifest.get(name) != value for name, value in key.items())
+        or manifest.get("image_list_sha256") != _list_sha256(paths)
+        or manifest.get("count") != len(paths)
+    ):
+        logging.warning("%s belongs to other features; extracting again", store.folder)
         return None
     return manifest
 
 
-def _write_manifest(folder: str, manifest: dict) -> None:
-    data = (json.dumps(manifest, indent=2) + "\n").encode()
-    io_utils.atomic_write_bytes(os.path.join(folder, MANIFEST_FILE), data)
+def _shard_range(shard: int, shard_size: int, count: int) -> tuple[int, int]:
+    """``(start, stop)``: the image indices of shard ``shard``."""
+    return shard * shard_size, min((shard + 1) * shard_size, count)
 
 
 def _entry_ok(entry: Any, shard_size: int, count: int) -> bool:
@@ -265,11 +253,11 @@ def _entry_ok(entry: Any, shard_size: int, count: int) -> bool:
     try:
         shard = entry["shard"]
         return (
-            entry["start"] == shard * shard_size
-            and entry["stop"] == min((shard + 1) * shard_size, count)
+            (entry["start"], entry["stop"]) == _shard_range(shard, shard_size, count)
             and entry["start"] < entry["stop"]
-            and entry["file"] == _shard_file(shard)
+            and entry["file"] == shard_store.shard_file(shard)
             and isinstance(entry["sha256"], str)
+            and entry["rows"] == entry["stop"] - entry["start"] - len(entry["skipped"])
             and all(
                 entry["start"] <= item["index"] < entry["stop"]
                 for item in entry["skipped"]
@@ -277,47 +265,6 @@ def _entry_ok(entry: Any, shard_size: int, count: int) -> bool:
         )
     except (KeyError, TypeError):
         return False
-
-
-def _read_shard(folder: str, entry: dict, dim: int) -> Optional[np.ndarray]:
-    """A shard's features if its file matches the manifest entry, else None."""
-    path = os.path.join(folder, entry["file"])
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as error:
-        logging.warning("Feature shard %s unreadable (%s); recomputing", path, error)
-        return None
-    if _sha256_bytes(data) != entry["sha256"]:
-        logging.warning("Feature shard %s fails its sha256; recomputing", path)
-        return None
-    try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as error:  # sha256 matched, so only a manifest bug gets here.
-        logging.warning("Feature shard %s unparsable (%s); recomputing", path, error)
-        return None
-    expected_rows = entry["stop"] - entry["start"] - len(entry["skipped"])
-    if array.dtype != np.float32 or array.shape != (expected_rows, dim):
-        logging.warning(
-            "Feature shard %s is %s %s, expected float32 %s; recomputing",
-            path,
-            array.dtype,
-            array.shape,
-            (expected_rows, dim),
-        )
-        return None
-    return array
-
-
-def _remove_stale_temporaries(folder: str, older_than: float) -> None:
-    """Deletes temporary files that runs killed while writing left behind."""
-    for name in os.listdir(folder):
-        path = os.path.join(folder, name)
-        try:
-            if name.startswith(".tmp-") and os.path.getmtime(path) < older_than:
-                os.remove(path)
-        except OSError:
-            pass  # removed meanwhile by another run
 
 
 def _error_reason(error: Exception) -> str:
@@ -479,75 +426,207 @@ def _new_manifest(
     )
 
 
-def _adopt_format2_cache(cache_dir: str, folder: str, fresh: dict) -> Optional[dict]:
-    """Turns a finished cache entry of the previous (unsharded) format into shards.
+def _check_arguments(dtype: str, batch_size: int, shard_size: int) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"extract dtype must be one of {DTYPES}, got {dtype}")
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError(
+            f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}"
+        )
 
-    Format 2 kept one ``<list id>.npy`` of all ``N`` rows and a JSON beside
-    it, under a key without backbone/preprocessing (same computation). When
-    one matches, its rows become shards and a complete manifest here, so an
-    upgrade does not run VGG16 again; the old files are left in place.
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What one `extract_features_with_report` call computes, and how."""
+
+    paths: list[str]
+    backbone: str
+    image_feature: str
+    image_size: int
+    weights: str
+    dtype: str
+    batch_size: int
+    flip: bool
+    cache_dir: Optional[str]
+    on_shard: Optional[Callable[[int, int], None]]
+    verbose: int
+
+
+class _ShardWriter:
+    """Writes each computed shard into the cache, then records it in the manifest.
 
     Args:
-        cache_dir: The cache root.
-        folder: This cache entry's folder (exists, holds no manifest).
-        fresh: The new, empty manifest of this entry.
-
-    Returns:
-        The written manifest, or None when there is nothing to take over.
+        store: The cache entry's store.
+        manifest: Its manifest (updated in place and rewritten per shard).
+        job: The extraction.
+        done: ``{shard: Shard}`` of the complete shards (added to).
     """
-    if "flip" in fresh:  # format 2 had no mirrored features
-        return None
-    old_key = {
-        name: fresh[name]
-        for name in ("weights", "feature", "image_size", "dtype", "resize")
-    }
-    old_key["format"] = 2
-    key_id = hashlib.sha256(json.dumps(old_key, sort_keys=True).encode()).hexdigest()
-    base = os.path.join(
-        cache_dir, "features", key_id[:16], fresh["image_list_sha256"][:16]
-    )
-    if not (os.path.exists(base + ".npy") and os.path.exists(base + ".json")):
-        return None
-    try:
-        with open(base + ".json", encoding="utf-8") as f:
-            old_manifest = json.load(f)
-        features = np.load(base + ".npy", allow_pickle=False)
-    except (OSError, ValueError) as error:
-        logging.warning("Ignoring unreadable old feature cache %s: %s", base, error)
-        return None
-    count, dim = fresh["count"], fresh["feature_dim"]
-    used_dtype = old_manifest.get("used_dtype")
-    if (
-        features.shape != (count, dim)
-        or features.dtype != np.float32
-        or old_manifest.get("count") != count
-        or used_dtype not in DTYPES
-        or not np.all(np.isfinite(features))
+
+    def __init__(
+        self,
+        store: shard_store.ShardStore,
+        manifest: dict,
+        job: _Job,
+        done: dict[int, shard_store.Shard],
     ):
-        logging.warning("Ignoring old feature cache %s: it does not match", base)
-        return None
-    size = fresh["shard_size"]
-    manifest = dict(fresh, used_dtype=used_dtype, adopted_from=base + ".npy")
-    manifest["shards"] = []
-    for shard, start in enumerate(range(0, count, size)):
-        stop = min(start + size, count)
-        data = _npy_bytes(np.ascontiguousarray(features[start:stop]))
-        io_utils.atomic_write_bytes(os.path.join(folder, _shard_file(shard)), data)
-        manifest["shards"].append(
-            {
-                "shard": shard,
-                "start": start,
-                "stop": stop,
-                "rows": stop - start,
-                "file": _shard_file(shard),
-                "sha256": _sha256_bytes(data),
-                "batch_size": None,
-                "skipped": [],
-            }
+        self.store, self.manifest, self.job, self.done = store, manifest, job, done
+        self.extractor = _Extractor(
+            job.backbone,
+            job.image_feature,
+            job.image_size,
+            job.weights,
+            job.dtype,
+            manifest["used_dtype"],
+            job.cache_dir,
         )
-    _write_manifest(folder, manifest)
-    logging.info("Features of %d images taken over from %s.npy", count, base)
-    return manifest
+        self.shard_size = int(manifest["shard_size"])
+        self.num_shards = -(-len(job.paths) // self.shard_size)
+        self.progbar = None
+        if job.verbose:
+            self.progbar = progress.bar(len(job.paths), "image", "features")
+        self.advance(sum(s.entry["stop"] - s.entry["start"] for s in done.values()))
+
+    def advance(self, images: int) -> None:
+        """Moves the progress bar on by ``images``."""
+        if self.progbar is not None and images:
+            self.progbar.add(images)
+
+    def write(self, shard: int, rows: list[np.ndarray], kept: list[int]) -> None:
+        """Writes shard ``shard`` from its feature batches and kept image indices."""
+        start, stop = _shard_range(shard, self.shard_size, len(self.job.paths))
+        skipped = self._skipped(start, stop, kept)
+        dim = self.manifest["feature_dim"]
+        array = np.concatenate(rows) if rows else np.zeros([0, dim], np.float32)
+        if not np.all(np.isfinite(array)):
+            raise FloatingPointError(
+                f"non-finite {self.job.backbone} features; check the weights"
+            )
+        entry = self.store.write_shard(
+            shard,
+            array,
+            start=start,
+            stop=stop,
+            batch_size=self.job.batch_size,
+            skipped=skipped,
+        )
+        self.done[shard] = shard_store.Shard(entry=entry, array=array)
+        self.manifest["used_dtype"] = self.extractor.used_dtype
+        if self.extractor.min_cosine is not None:
+            self.manifest["bf16_min_cosine"] = round(self.extractor.min_cosine, 6)
+        self.manifest["shards"] = [self.done[s].entry for s in sorted(self.done)]
+        self.store.write_manifest(self.manifest)  # after the shard: it is complete
+        self.advance(len(skipped))
+        if self.job.on_shard is not None:
+            self.job.on_shard(shard, self.num_shards)
+
+    def _skipped(self, start: int, stop: int, kept: list[int]) -> list[dict]:
+        kept_set, paths = set(kept), self.job.paths
+        skipped = [
+            {
+                "index": i,
+                "path": paths[i],
+                "reason": _failure_reason(paths[i], self.job.image_size),
+            }
+            for i in range(start, stop)
+            if i not in kept_set
+        ]
+        for item in skipped:
+            logging.warning(
+                "Skipping image %d %s: %s", item["index"], item["path"], item["reason"]
+            )
+        return skipped
+
+
+def _compute_shards(
+    store: shard_store.ShardStore,
+    manifest: dict,
+    job: _Job,
+    done: dict[int, shard_store.Shard],
+    pending: Sequence[int],
+) -> None:
+    """Runs the backbone over the pending shards, writing each when it is done.
+
+    Args:
+        store: The cache entry's store.
+        manifest: Its manifest (updated and rewritten per shard).
+        job: The extraction.
+        done: ``{shard: Shard}`` of the complete shards (added to).
+        pending: The shards to compute, ascending.
+    """
+    writer = _ShardWriter(store, manifest, job, done)
+    count, size = len(job.paths), writer.shard_size
+    table = [(s, *_shard_range(s, size, count)) for s in pending]
+    batches = _shard_dataset(job.paths, table, job.image_size, job.batch_size, job.flip)
+    position, rows, kept = 0, [], []
+    for shard, indices, images in batches:
+        while pending[position] != int(shard):  # shards with no readable image
+            writer.write(pending[position], rows, kept)
+            position, rows, kept = position + 1, [], []
+        rows.append(writer.extractor(images))
+        kept.extend(indices.numpy().tolist())
+        writer.advance(len(indices))
+    for shard in pending[position:]:
+        writer.write(shard, rows, kept)
+        rows, kept = [], []
+
+
+def _open_cache(
+    store: shard_store.ShardStore,
+    key: dict,
+    job: _Job,
+    shard_size: int,
+    dim: int,
+) -> tuple[dict, dict[int, shard_store.Shard]]:
+    """The entry's manifest (a new one unless it fits) and its complete shards."""
+    manifest = _usable_manifest(store, key, job.paths)
+    if manifest is None:
+        os.makedirs(store.folder, exist_ok=True)
+        manifest = _new_manifest(key, job.weights, job.paths, shard_size, job.backbone)
+    size, count = int(manifest["shard_size"]), len(job.paths)
+    done = store.read_complete(
+        manifest["shards"],
+        is_valid=lambda entry: _entry_ok(entry, size, count),
+        dtype=np.float32,
+        row_shape=(dim,),
+    )
+    manifest["shards"] = [done[s].entry for s in sorted(done)]
+    return manifest, done
+
+
+def _assemble(
+    done: dict[int, shard_store.Shard], count: int, dim: int
+) -> tuple[np.ndarray, np.ndarray, list[SkippedImage]]:
+    """``(features [N, F], valid [N], skipped)`` from the complete shards."""
+    features = np.zeros([count, dim], np.float32)
+    valid = np.ones([count], bool)
+    skipped: list[SkippedImage] = []
+    for shard in sorted(done):
+        entry = done[shard].entry
+        for item in entry["skipped"]:
+            valid[item["index"]] = False
+            skipped.append(SkippedImage(item["index"], item["path"], item["reason"]))
+        span = np.arange(entry["start"], entry["stop"])
+        features[span[valid[span]]] = done[shard].array
+    return features, valid, skipped
+
+
+def _mark_complete(
+    store: shard_store.ShardStore,
+    manifest: dict,
+    valid: np.ndarray,
+    num_skipped: int,
+    dtype: str,
+    seconds: Optional[float],
+) -> None:
+    manifest.update(
+        complete=True,
+        num_valid=int(valid.sum()),
+        num_skipped=num_skipped,
+        used_dtype=manifest["used_dtype"] or dtype,
+    )
+    if seconds is not None:
+        manifest["seconds"] = round(seconds, 2)
+    store.write_manifest(manifest)
 
 
 def extract_features_with_report(
@@ -596,231 +675,79 @@ def extract_features_with_report(
         ValueError: for a bad ``dtype``, ``batch_size`` or ``shard_size``.
         FloatingPointError: if VGG16 produces non-finite features.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"extract dtype must be one of {DTYPES}, got {dtype}")
-    if batch_size < 1 or shard_size < 1:
-        raise ValueError(
-            f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}"
-        )
+    _check_arguments(dtype, batch_size, shard_size)
     start_time = time.time()
-    paths = [os.path.abspath(p) for p in paths]
+    job = _Job(
+        paths=[os.path.abspath(p) for p in paths],
+        backbone=backbone,
+        image_feature=image_feature,
+        image_size=image_size,
+        weights=weights,
+        dtype=dtype,
+        batch_size=batch_size,
+        flip=flip,
+        cache_dir=cache_dir,
+        on_shard=on_shard,
+        verbose=verbose,
+    )
+    paths = job.paths
     key = _cache_key(image_feature, image_size, weights, dtype, flip, backbone)
-    folder = _cache_folder(cache_dir or default_cache_dir(), key, paths)
+    store = shard_store.ShardStore(
+        _cache_folder(cache_dir or default_cache_dir(), key, paths)
+    )
     dim = backbone_lib.feature_dim(backbone, image_feature)
-
-    manifest = _read_manifest(folder)
-    if manifest is not None and (
-        any(manifest.get(name) != value for name, value in key.items())
-        or manifest.get("image_list_sha256") != _list_sha256(paths)
-        or manifest.get("count") != len(paths)
-    ):
-        logging.warning("%s belongs to other features; extracting again", folder)
-        manifest = None
-    if manifest is None:
-        os.makedirs(folder, exist_ok=True)
-        manifest = _new_manifest(key, weights, paths, shard_size, backbone)
-        manifest = (
-            _adopt_format2_cache(cache_dir or default_cache_dir(), folder, manifest)
-            or manifest
-        )
-    shard_size = int(manifest["shard_size"])
-    num_shards = -(-len(paths) // shard_size)
-
-    done: dict[int, np.ndarray] = {}
-    entries: dict[int, dict] = {}
-    for entry in manifest["shards"]:
-        if not _entry_ok(entry, shard_size, len(paths)) or entry["shard"] in done:
-            logging.warning("Malformed shard entry in %s: %r", folder, entry)
-            continue
-        array = _read_shard(folder, entry, dim)
-        if array is not None:
-            done[entry["shard"]] = array
-            entries[entry["shard"]] = entry
+    manifest, done = _open_cache(store, key, job, shard_size, dim)
+    num_shards = -(-len(paths) // int(manifest["shard_size"]))
     pending = [s for s in range(num_shards) if s not in done]
     if pending:
         manifest["complete"] = False
-    manifest["shards"] = [entries[s] for s in sorted(entries)]
-    if done and pending:
-        logging.info(
-            "Resuming feature extraction in %s: %d of %d shards complete, "
-            "%d to compute",
-            folder,
-            len(done),
-            num_shards,
-            len(pending),
-        )
-
-    if pending:
-        extractor = _Extractor(
-            backbone,
-            image_feature,
-            image_size,
-            weights,
-            dtype,
-            manifest["used_dtype"],
-            cache_dir,
-        )
-        progbar = progress.bar(len(paths), "image", "features") if verbose else None
-        if progbar:
-            progbar.add(sum(entries[s]["stop"] - entries[s]["start"] for s in entries))
-        ranges = {
-            s: (s * shard_size, min((s + 1) * shard_size, len(paths))) for s in pending
-        }
-        rows: list[np.ndarray] = []
-        kept: list[int] = []
-
-        def finish(shard: int) -> None:
-            begin, end = ranges[shard]
-            kept_set = set(kept)
-            skipped = [
-                {
-                    "index": i,
-                    "path": paths[i],
-                    "reason": _failure_reason(paths[i], image_size),
-                }
-                for i in range(begin, end)
-                if i not in kept_set
-            ]
-            for item in skipped:
-                logging.warning(
-                    "Skipping image %d %s: %s",
-                    item["index"],
-                    item["path"],
-                    item["reason"],
-                )
-            array = np.concatenate(rows) if rows else np.zeros([0, dim], np.float32)
-            if not np.all(np.isfinite(array)):
-                raise FloatingPointError(
-                    f"non-finite {backbone} features; check the weights"
-                )
-            data = _npy_bytes(array)
-            io_utils.atomic_write_bytes(os.path.join(folder, _shard_file(shard)), data)
-            entries[shard] = {
-                "shard": shard,
-                "start": begin,
-                "stop": end,
-                "rows": int(array.shape[0]),
-                "file": _shard_file(shard),
-                "sha256": _sha256_bytes(data),
-                "batch_size": batch_size,
-                "skipped": skipped,
-            }
-            done[shard] = array
-            manifest["used_dtype"] = extractor.used_dtype
-            if extractor.min_cosine is not None:
-                manifest["bf16_min_cosine"] = round(extractor.min_cosine, 6)
-            manifest["shards"] = [entries[s] for s in sorted(entries)]
-            _write_manifest(folder, manifest)  # after the shard: it is complete
-            rows.clear()
-            kept.clear()
-            if progbar and skipped:
-                progbar.add(len(skipped))
-            if on_shard is not None:
-                on_shard(shard, num_shards)
-
-        shard_table = [(s, *ranges[s]) for s in pending]
-        position = 0
-        for shard, indices, images in _shard_dataset(
-            paths, shard_table, image_size, batch_size, flip
-        ):
-            shard = int(shard)
-            while pending[position] != shard:
-                finish(pending[position])
-                position += 1
-            rows.append(extractor(images))
-            kept.extend(indices.numpy().tolist())
-            if progbar:
-                progbar.add(len(indices))
-        for shard in pending[position:]:
-            finish(shard)
-
-    features = np.zeros([len(paths), dim], np.float32)
-    valid = np.ones([len(paths)], bool)
-    skipped: list[SkippedImage] = []
-    for shard in range(num_shards):
-        entry = entries[shard]
-        for item in entry["skipped"]:
-            valid[item["index"]] = False
-            skipped.append(SkippedImage(item["index"], item["path"], item["reason"]))
-        span = np.arange(entry["start"], entry["stop"])
-        features[span[valid[span]]] = done[shard]
+        if done:
+            logging.info(
+                "Resuming feature extraction in %s: %d of %d shards complete, "
+                "%d to compute",
+                store.folder,
+                len(done),
+                num_shards,
+                len(pending),
+            )
+        _compute_shards(store, manifest, job, done, pending)
+    features, valid, skipped = _assemble(done, len(paths), dim)
     if not manifest["complete"]:
-        manifest.update(
-            complete=True,
-            num_valid=int(valid.sum()),
-            num_skipped=len(skipped),
-            used_dtype=manifest["used_dtype"] or dtype,
-        )
-        if pending:
-            manifest["seconds"] = round(time.time() - start_time, 2)
-        _write_manifest(folder, manifest)
-        _remove_stale_temporaries(folder, older_than=start_time)
+        seconds = time.time() - start_time if pending else None
+        _mark_complete(store, manifest, valid, len(skipped), dtype, seconds)
+        store.remove_stale_temporaries(older_than=start_time)
     if skipped:
         logging.warning(
             "%d of %d images could not be read or decoded and have no features "
             "(listed in %s)",
             len(skipped),
             len(paths),
-            os.path.join(folder, MANIFEST_FILE),
+            store.manifest_path,
         )
     if verbose and not pending:
-        logging.info("Features of %d images read from %s", len(paths), folder)
+        logging.info("Features of %d images read from %s", len(paths), store.folder)
     return FeatureReport(
         features=features,
         valid=valid,
         skipped=skipped,
-        cache_folder=folder,
+        cache_folder=store.folder,
         used_dtype=manifest["used_dtype"],
         shards_reused=num_shards - len(pending),
         shards_computed=len(pending),
     )
 
 
-def extract_features(
-    paths: Sequence[str],
-    image_feature: str,
-    image_size: int,
-    weights: str,
-    batch_size: int = 32,
-    dtype: str = "mixed_bfloat16",
-    cache_dir: Optional[str] = None,
-    verbose: int = 1,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    backbone: str = backbone_lib.VGG16,
-) -> np.ndarray:
+def extract_features(paths: Sequence[str], *args: Any, **kwargs: Any) -> np.ndarray:
     """CNN features of images, read from or written to the cache.
 
-    `extract_features_with_report` without the report: rows of images that
-    cannot be read are zero (a warning says how many); use the report to
-    drop them.
-
-    Args:
-        paths: ``[N]`` image files.
-        image_feature: One of `backbone_lib.image_features(backbone)`.
-        image_size: Square input size.
-        weights: See `extract_features_with_report`.
-        batch_size: Images per backbone call.
-        dtype: ``mixed_bfloat16`` (checked against float32) or ``float32``.
-        cache_dir: Cache root (default `default_cache_dir()`).
-        verbose: 1 shows a progress bar.
-        shard_size: Images per cache shard.
-        backbone: ``vgg16`` or ``efficientnet_lite0|1|2``.
+    `extract_features_with_report` without the report; it takes the same
+    arguments. Rows of images that cannot be read are zero (a warning says
+    how many); use the report to drop them.
 
     Returns:
         ``float32 [N, F]`` features.
     """
-    return extract_features_with_report(
-        paths,
-        image_feature,
-        image_size,
-        weights,
-        batch_size=batch_size,
-        dtype=dtype,
-        cache_dir=cache_dir,
-        verbose=verbose,
-        shard_size=shard_size,
-        backbone=backbone,
-    ).features
+    return extract_features_with_report(paths, *args, **kwargs).features
 
 
 def extract_for_config(

@@ -213,6 +213,49 @@ def test_interrupted_build_resumes_without_recomputing(setup, tmp_path):
     assert -1 not in computed and again.manifest == index.manifest
 
 
+def test_resumed_build_encodes_a_damaged_shard_again(setup, tmp_path):
+    """Index shards get the feature cache's integrity: sha256 checked on resume."""
+    output = str(tmp_path / "damaged")
+    kwargs = dict(dtype="float32", batch_size=4, shard_size=8, verbose=0)
+
+    def stop_after_third(shard, done):
+        if shard == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        index_lib.build_image_index(
+            setup["export_dir"],
+            setup["list_file"],
+            output,
+            on_shard=stop_after_third,
+            **kwargs,
+        )
+    with open(os.path.join(output, "build.json")) as f:
+        entries = json.load(f)["shards"]
+    assert [e["shard"] for e in entries] == [0, 1, 2]
+    assert [e["rows"] for e in entries] == [8, 8, 5]  # shard 2 skips 3 bad files
+    # Flip one byte of shard 1's embeddings and truncate shard 2's items.
+    npy = os.path.join(output, "shards", "shard-00001.npy")
+    data = bytearray(open(npy, "rb").read())
+    data[-1] ^= 0x01
+    open(npy, "wb").write(bytes(data))
+    record = os.path.join(output, "shards", "shard-00002.json")
+    open(record, "w").write(open(record).read()[:20])
+
+    computed = []
+    index = index_lib.build_image_index(
+        setup["export_dir"],
+        setup["list_file"],
+        output,
+        on_shard=lambda shard, done: computed.append(shard),
+        **kwargs,
+    )
+    assert computed == [1, 2, 3, 4, 5]  # shard 0 verified and kept
+    np.testing.assert_array_equal(index.embeddings, setup["index"].embeddings)
+    assert index.items == setup["index"].items
+    assert index.manifest["skipped"] == setup["index"].manifest["skipped"]
+
+
 def test_caption_index_and_image_search(setup, tmp_path):
     output = str(tmp_path / "captions")
     encoder = setup["encoder"]

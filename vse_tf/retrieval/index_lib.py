@@ -8,12 +8,14 @@ An index is a folder::
     embeddings.npy    float16 or float32 [count, D], L2-normalised rows
     items.txt         count lines: absolute image paths, or captions
 
-While it is being built the folder holds ``build.json`` (what is being
-built) and ``shards/shard-NNNNN.npy`` + ``shard-NNNNN.json`` (embeddings and
-items of ``shard_size`` inputs each, every file written atomically, the JSON
-last). An interrupted build run again with the same inputs continues after
-the last complete shard; the final files are written atomically and the
-shards then removed.
+While it is being built the folder holds a `vse_tf.shard_store` store:
+``build.json`` (what is being built, and one entry per finished shard with
+its rows and sha256s) and ``shards/shard-NNNNN.npy`` + ``shard-NNNNN.json``
+(the embeddings and the items of ``shard_size`` inputs each; every file
+written atomically, the entry last). An interrupted build run again with
+the same inputs continues after the last complete shard, and a shard whose
+files fail their checksums is encoded again; the final files are written
+atomically and the shards then removed.
 
 Embeddings come from the exported SavedModel (`saved_model_lib`,
 signatures ``encode_image`` and ``encode_text``) or from a TF Serving server
@@ -25,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import io
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ from typing import Any, NamedTuple, Optional, Protocol, Union
 import numpy as np
 import tensorflow as tf
 
-from vse_tf import errors, io_utils, progress
+from vse_tf import errors, io_utils, progress, shard_store
 from vse_tf.retrieval import search as search_lib
 from vse_tf.serving import client as client_lib
 from vse_tf.serving import saved_model_lib
@@ -135,13 +136,11 @@ def _is_invalid_input(error: Exception) -> bool:
 
 
 def _atomic_write_json(path: str, value: Any) -> None:
-    io_utils.atomic_write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
+    io_utils.atomic_write_bytes(path, shard_store.json_bytes(value))
 
 
 def _atomic_save_npy(path: str, array: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    io_utils.atomic_write_bytes(path, buffer.getvalue(), suffix=".npy")
+    io_utils.atomic_write_bytes(path, shard_store.npy_bytes(array), suffix=".npy")
 
 
 def list_images(images: Union[str, Sequence[str]]) -> list[str]:
@@ -340,19 +339,35 @@ def load_index(index_dir: str, mmap_mode: Optional[str] = "r") -> Index:
     return Index(embeddings=embeddings, items=items, manifest=manifest)
 
 
-def _build_index(
-    kind: str,
-    inputs: list[str],
-    encoder: Encoder,
-    output_dir: str,
-    source: str,
-    dtype: str,
-    batch_size: int,
-    shard_size: int,
-    overwrite: bool,
-    verbose: int,
-    on_shard: Optional[Callable[[int, int], None]],
-) -> Index:
+@dataclasses.dataclass(frozen=True)
+class _BuildJob:
+    """What one index build encodes, with what, and where it writes."""
+
+    kind: str
+    inputs: list[str]
+    encoder: Encoder
+    output_dir: str
+    source: str
+    dtype: str
+    batch_size: int
+    shard_size: int
+    overwrite: bool
+    verbose: int
+    on_shard: Optional[Callable[[int, int], None]]
+
+    @property
+    def num_shards(self) -> int:
+        return (len(self.inputs) + self.shard_size - 1) // self.shard_size
+
+    def chunk(self, shard: int) -> list[str]:
+        """The inputs of shard ``shard``."""
+        start = shard * self.shard_size
+        return self.inputs[start : start + self.shard_size]
+
+
+def _check_build_arguments(
+    inputs: Sequence[str], dtype: str, batch_size: int, shard_size: int
+) -> None:
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if batch_size < 1 or shard_size < 1:
@@ -360,131 +375,191 @@ def _build_index(
     for item in inputs:
         if "\n" in item or "\r" in item:
             raise ValueError(f"items may not contain line breaks: {item!r}")
-    shard_size = max(batch_size, shard_size // batch_size * batch_size)
-    model = encoder.describe()
-    build = {
+
+
+def _build_description(job: _BuildJob, model: dict) -> dict:
+    """What is being built (``build.json``, and ``build`` in the manifest)."""
+    return {
         "format": INDEX_FORMAT,
-        "kind": kind,
+        "kind": job.kind,
         "model": model,
-        "dtype": dtype,
-        "shard_size": shard_size,
-        "inputs_sha256": hashlib.sha256("\n".join(inputs).encode()).hexdigest(),
-        "count": len(inputs),
+        "dtype": job.dtype,
+        "shard_size": job.shard_size,
+        "inputs_sha256": hashlib.sha256("\n".join(job.inputs).encode()).hexdigest(),
+        "count": len(job.inputs),
     }
-    os.makedirs(output_dir, exist_ok=True)
-    build_path = os.path.join(output_dir, BUILD_FILE)
-    manifest_path = os.path.join(output_dir, MANIFEST_FILE)
-    shards_dir = os.path.join(output_dir, SHARDS_DIR)
-    if os.path.exists(manifest_path) and not overwrite:
-        index = load_index(output_dir)
-        done = {k: index.manifest.get("build", {}).get(k) for k in build}
-        if done == build:
-            logging.info("%s already holds this index", output_dir)
-            return index
-        raise FileExistsError(
-            f"{output_dir} holds another index; use another folder or overwrite"
-        )
+
+
+def _finished_index(job: _BuildJob, build: dict) -> Optional[Index]:
+    """The index already in the folder when it is this build's, else None.
+
+    Raises:
+        FileExistsError: if the folder holds another index (and not
+            ``overwrite``).
+    """
+    if job.overwrite or not os.path.exists(os.path.join(job.output_dir, MANIFEST_FILE)):
+        return None
+    index = load_index(job.output_dir)
+    done = {k: index.manifest.get("build", {}).get(k) for k in build}
+    if done == build:
+        logging.info("%s already holds this index", job.output_dir)
+        return index
+    raise FileExistsError(
+        f"{job.output_dir} holds another index; use another folder or overwrite"
+    )
+
+
+def _start_build(job: _BuildJob, build: dict) -> list:
+    """Prepares the folder for ``build``; returns the shard entries to resume.
+
+    Raises:
+        FileExistsError: if the folder holds an unfinished build of other
+            inputs, model or settings (and not ``overwrite``).
+    """
+    build_path = os.path.join(job.output_dir, BUILD_FILE)
+    entries: list = []
     if os.path.exists(build_path):
         with open(build_path, encoding="utf-8") as f:
             previous = json.load(f)
-        if previous != build and not overwrite:
+        entries = previous.pop("shards", None)
+        if not isinstance(entries, list):
+            entries = []  # (an older build's layout: its shards are recomputed)
+        if previous != build and not job.overwrite:
             raise FileExistsError(
-                f"{output_dir} holds an unfinished build of other inputs, model or "
-                "settings; use another folder or overwrite"
+                f"{job.output_dir} holds an unfinished build of other inputs, "
+                "model or settings; use another folder or overwrite"
             )
         if previous != build:
-            shutil.rmtree(shards_dir, ignore_errors=True)
-    if overwrite:
+            shutil.rmtree(os.path.join(job.output_dir, SHARDS_DIR), ignore_errors=True)
+            entries = []
+    if job.overwrite:
         for name in (MANIFEST_FILE, EMBEDDINGS_FILE, ITEMS_FILE):
-            if os.path.exists(os.path.join(output_dir, name)):
-                os.remove(os.path.join(output_dir, name))
-    _atomic_write_json(build_path, build)
-    os.makedirs(shards_dir, exist_ok=True)
+            if os.path.exists(os.path.join(job.output_dir, name)):
+                os.remove(os.path.join(job.output_dir, name))
+    return entries
 
-    num_shards = (len(inputs) + shard_size - 1) // shard_size
-    progbar = None
-    if verbose:
-        progbar = progress.bar(len(inputs), kind, "index")
-    encode = encoder.encode_images if kind == "image" else encoder.encode_text
-    for shard in range(num_shards):
-        start = shard * shard_size
-        chunk = inputs[start : start + shard_size]
-        npy_path = os.path.join(shards_dir, f"shard-{shard:05d}.npy")
-        json_path = os.path.join(shards_dir, f"shard-{shard:05d}.json")
-        if os.path.exists(json_path) and os.path.exists(npy_path):
+
+def _encode_images(
+    job: _BuildJob, chunk: list[str], progbar
+) -> tuple[list[np.ndarray], list[str], list[dict]]:
+    """Reads and encodes image files: ``(embedding batches, kept, skipped)``."""
+    rows, kept, skipped, seen = [], [], [], set()
+    for positions, data in _read_files(chunk, job.batch_size):
+        seen.update(positions)
+        embeddings, good, bad = _encode_checked(job.encoder.encode_images, data)
+        if len(good):
+            rows.append(embeddings)
+        kept += [chunk[positions[i]] for i in good]
+        skipped += [
+            {"item": chunk[positions[i]], "error": message}
+            for i, message in bad.items()
+        ]
+        if progbar is not None:
+            progbar.add(len(positions))
+    unread = [i for i in range(len(chunk)) if i not in seen]
+    skipped += [{"item": chunk[i], "error": "cannot be read"} for i in unread]
+    if progbar is not None and unread:
+        progbar.add(len(unread))
+    return rows, kept, skipped
+
+
+def _encode_captions(
+    job: _BuildJob, chunk: list[str], progbar
+) -> tuple[list[np.ndarray], list[str], list[dict]]:
+    """Encodes captions in batches: ``(embedding batches, kept, skipped=[])``."""
+    rows, kept = [], []
+    for begin in range(0, len(chunk), job.batch_size):
+        batch = chunk[begin : begin + job.batch_size]
+        rows.append(job.encoder.encode_text(batch))
+        kept += batch
+        if progbar is not None:
+            progbar.add(len(batch))
+    return rows, kept, []
+
+
+def _encode_shards(
+    job: _BuildJob,
+    store: shard_store.ShardStore,
+    build: dict,
+    done: dict[int, shard_store.Shard],
+) -> None:
+    """Encodes the shards not in ``done``, writing and recording each one."""
+    progbar = progress.bar(len(job.inputs), job.kind, "index") if job.verbose else None
+    encode = _encode_images if job.kind == "image" else _encode_captions
+    for shard in range(job.num_shards):
+        chunk = job.chunk(shard)
+        if shard in done:  # finished by an earlier run
             if progbar is not None:
                 progbar.add(len(chunk))
-            continue  # finished by an earlier run
-        rows, kept, skipped = [], [], []
-        if kind == "image":
-            seen = set()
-            for positions, data in _read_files(chunk, batch_size):
-                seen.update(positions)
-                embeddings, good, bad = _encode_checked(encode, data)
-                if len(good):
-                    rows.append(embeddings)
-                kept += [chunk[positions[i]] for i in good]
-                skipped += [
-                    {"item": chunk[positions[i]], "error": message}
-                    for i, message in bad.items()
-                ]
-                if progbar is not None:
-                    progbar.add(len(positions))
-            unread = [i for i in range(len(chunk)) if i not in seen]
-            skipped += [{"item": chunk[i], "error": "cannot be read"} for i in unread]
-            if progbar is not None and unread:
-                progbar.add(len(unread))
-        else:
-            for begin in range(0, len(chunk), batch_size):
-                batch = chunk[begin : begin + batch_size]
-                rows.append(encode(batch))
-                kept += batch
-                if progbar is not None:
-                    progbar.add(len(batch))
-        matrix = np.concatenate(rows).astype(dtype) if rows else np.zeros([0, 0], dtype)
-        _atomic_save_npy(npy_path, matrix)
-        _atomic_write_json(json_path, {"items": kept, "skipped": skipped})
-        if on_shard is not None:
-            on_shard(shard, start + len(chunk))
+            continue
+        rows, kept, skipped = encode(job, chunk, progbar)
+        matrix = (
+            np.concatenate(rows).astype(job.dtype)
+            if rows
+            else np.zeros([0, 0], job.dtype)
+        )
+        record = {"items": kept, "skipped": skipped}
+        entry = store.write_shard(shard, matrix, record=record)
+        done[shard] = shard_store.Shard(entry, matrix, record)
+        store.write_manifest(dict(build, shards=[done[s].entry for s in sorted(done)]))
+        if job.on_shard is not None:
+            job.on_shard(shard, shard * job.shard_size + len(chunk))
 
-    # Consolidate.
+
+def _complete_shards(
+    job: _BuildJob, store: shard_store.ShardStore, entries: list
+) -> dict[int, shard_store.Shard]:
+    """The verified shards of an earlier run whose items match their rows."""
+    done = store.read_complete(
+        entries,
+        is_valid=lambda e: 0 <= e["shard"] < job.num_shards,
+        dtype=job.dtype,
+    )
+    return {
+        number: shard
+        for number, shard in done.items()
+        if isinstance(shard.record, dict)
+        and len(shard.record.get("items", ())) == shard.array.shape[0]
+        and isinstance(shard.record.get("skipped"), list)
+    }
+
+
+def _write_index(
+    job: _BuildJob, build: dict, model: dict, done: dict[int, shard_store.Shard]
+) -> Index:
+    """Joins the shards into the final files (the manifest last)."""
     matrices, items, skipped = [], [], []
-    for shard in range(num_shards):
-        matrix = np.load(os.path.join(shards_dir, f"shard-{shard:05d}.npy"))
-        with open(
-            os.path.join(shards_dir, f"shard-{shard:05d}.json"), encoding="utf-8"
-        ) as f:
-            record = json.load(f)
-        if matrix.shape[0] != len(record["items"]):
-            raise ValueError(f"shard {shard} of {output_dir} is inconsistent")
+    for shard in range(job.num_shards):
+        record = done[shard].record
         if len(record["items"]):
-            matrices.append(matrix)
+            matrices.append(done[shard].array)
         items += record["items"]
         skipped += record["skipped"]
     if not matrices:
         first = skipped[0] if skipped else None
         why = f"; the first: {first}" if first else ""
         raise errors.UserError(
-            f"nothing could be indexed from {source}: {len(skipped)} skipped{why}. "
-            "Paths in a list file are relative to the file's folder"
+            f"nothing could be indexed from {job.source}: {len(skipped)} skipped"
+            f"{why}. Paths in a list file are relative to the file's folder"
         )
-    embeddings = np.concatenate(matrices).astype(dtype)
+    embeddings = np.concatenate(matrices).astype(job.dtype)
+    manifest_path = os.path.join(job.output_dir, MANIFEST_FILE)
     if skipped:
         logging.warning(
             "%d of %d %ss skipped (listed in %s)",
             len(skipped),
-            len(inputs),
-            kind,
+            len(job.inputs),
+            job.kind,
             manifest_path,
         )
     manifest = {
         "format": INDEX_FORMAT,
-        "kind": kind,
+        "kind": job.kind,
         "model": model,
-        "source": source,
+        "source": job.source,
         "dim": int(embeddings.shape[1]),
         "count": len(items),
-        "dtype": dtype,
+        "dtype": job.dtype,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"
         ),
@@ -492,15 +567,39 @@ def _build_index(
         "skipped": skipped,
         "build": build,
     }
-    _atomic_save_npy(os.path.join(output_dir, EMBEDDINGS_FILE), embeddings)
+    _atomic_save_npy(os.path.join(job.output_dir, EMBEDDINGS_FILE), embeddings)
     io_utils.atomic_write_bytes(
-        os.path.join(output_dir, ITEMS_FILE),
+        os.path.join(job.output_dir, ITEMS_FILE),
         "".join(item + "\n" for item in items).encode("utf-8"),
     )
     _atomic_write_json(manifest_path, manifest)  # last: the index is complete
-    shutil.rmtree(shards_dir, ignore_errors=True)
-    os.remove(build_path)
     return Index(embeddings=embeddings, items=items, manifest=manifest)
+
+
+def _build_index(job: _BuildJob) -> Index:
+    """Builds (or resumes, or returns the finished) index of ``job``."""
+    _check_build_arguments(job.inputs, job.dtype, job.batch_size, job.shard_size)
+    # Shards hold whole batches, so a resumed build encodes the same batches.
+    size = max(job.batch_size, job.shard_size // job.batch_size * job.batch_size)
+    job = dataclasses.replace(job, shard_size=size)
+    model = job.encoder.describe()
+    build = _build_description(job, model)
+    os.makedirs(job.output_dir, exist_ok=True)
+    finished = _finished_index(job, build)
+    if finished is not None:
+        return finished
+    entries = _start_build(job, build)
+    store = shard_store.ShardStore(
+        os.path.join(job.output_dir, SHARDS_DIR),
+        manifest_path=os.path.join(job.output_dir, BUILD_FILE),
+    )
+    done = _complete_shards(job, store, entries)
+    store.write_manifest(dict(build, shards=[done[s].entry for s in sorted(done)]))
+    _encode_shards(job, store, build, done)
+    index = _write_index(job, build, model, done)
+    shutil.rmtree(store.folder, ignore_errors=True)
+    os.remove(store.manifest_path)
+    return index
 
 
 def build_image_index(
@@ -549,11 +648,20 @@ def build_image_index(
     paths = list_images(images)
     if not paths:
         raise ValueError(f"no images in {images}")
-    source = os.path.abspath(images) if isinstance(images, str) else "<list>"
-    return _build_index(
-        "image", paths, encoder, output_dir, source, dtype, batch_size, shard_size,
-        overwrite, verbose, on_shard,
-    )  # fmt: skip
+    job = _BuildJob(
+        kind="image",
+        inputs=paths,
+        encoder=encoder,
+        output_dir=output_dir,
+        source=os.path.abspath(images) if isinstance(images, str) else "<list>",
+        dtype=dtype,
+        batch_size=batch_size,
+        shard_size=shard_size,
+        overwrite=overwrite,
+        verbose=verbose,
+        on_shard=on_shard,
+    )
+    return _build_index(job)
 
 
 def build_caption_index(
@@ -588,10 +696,20 @@ def build_caption_index(
         source, texts = "<list>", [str(c) for c in captions]
     if not texts:
         raise ValueError(f"no captions in {source}")
-    return _build_index(
-        "caption", texts, encoder, output_dir, source, dtype, batch_size, shard_size,
-        overwrite, verbose, on_shard,
-    )  # fmt: skip
+    job = _BuildJob(
+        kind="caption",
+        inputs=texts,
+        encoder=encoder,
+        output_dir=output_dir,
+        source=source,
+        dtype=dtype,
+        batch_size=batch_size,
+        shard_size=shard_size,
+        overwrite=overwrite,
+        verbose=verbose,
+        on_shard=on_shard,
+    )
+    return _build_index(job)
 
 
 def _check_model(index: Index, encoder: Encoder) -> None:
