@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from vse_tf.data import pipeline
 
@@ -21,17 +22,23 @@ def _batches(dataset, count):
     return [{k: v.numpy() for k, v in batch.items()} for batch in dataset.take(count)]
 
 
-def test_each_epoch_visits_every_caption_once_with_its_image():
-    ids, owners, features = _arrays()
-    dataset, steps = pipeline.train_dataset(
+def _on_features(features, ids, owners, batch_size, seed, epochs, **options):
+    """`pipeline.train_dataset` on cached ``features``, epochs ``range(*epochs)``."""
+    return pipeline.train_dataset(
         ids,
         owners,
-        batch_size=4,
-        seed=1,
-        first_epoch=0,
-        last_epoch=2,
+        batch_size,
+        seed=seed,
+        first_epoch=epochs[0],
+        last_epoch=epochs[1],
         image_features=features,
+        **options,
     )
+
+
+def test_each_epoch_visits_every_caption_once_with_its_image():
+    ids, owners, features = _arrays()
+    dataset, steps = _on_features(features, ids, owners, 4, seed=1, epochs=(0, 2))
     assert steps == 3
     batches = _batches(dataset, 2 * steps)
     assert len(batches) == 6
@@ -54,12 +61,8 @@ def test_each_epoch_visits_every_caption_once_with_its_image():
 
 def test_resuming_at_an_epoch_gives_the_same_batches():
     ids, owners, features = _arrays()
-    full, steps = pipeline.train_dataset(
-        ids, owners, 4, seed=7, first_epoch=0, last_epoch=3, image_features=features
-    )
-    resumed, _ = pipeline.train_dataset(
-        ids, owners, 4, seed=7, first_epoch=2, last_epoch=3, image_features=features
-    )
+    full, steps = _on_features(features, ids, owners, 4, seed=7, epochs=(0, 3))
+    resumed, _ = _on_features(features, ids, owners, 4, seed=7, epochs=(2, 3))
     expected = _batches(full, 3 * steps)[2 * steps :]
     for a, b in zip(expected, _batches(resumed, steps)):
         np.testing.assert_array_equal(a["token_ids"], b["token_ids"])
@@ -67,8 +70,8 @@ def test_resuming_at_an_epoch_gives_the_same_batches():
 
 def test_seed_changes_the_order():
     ids, owners, features = _arrays()
-    a, _ = pipeline.train_dataset(ids, owners, 12, 0, 0, 1, image_features=features)
-    b, _ = pipeline.train_dataset(ids, owners, 12, 1, 0, 1, image_features=features)
+    a, _ = _on_features(features, ids, owners, 12, seed=0, epochs=(0, 1))
+    b, _ = _on_features(features, ids, owners, 12, seed=1, epochs=(0, 1))
     assert not np.array_equal(
         _batches(a, 1)[0]["token_ids"][:, 0], _batches(b, 1)[0]["token_ids"][:, 0]
     )
@@ -96,24 +99,9 @@ def _long_arrays(num_captions=256, num_images=64, length=20):
 def test_length_buckets_cover_the_epoch_and_cut_padding():
     ids, owners, features, lengths = _long_arrays()
     batch_size = 8
-    plain, steps = pipeline.train_dataset(
-        ids,
-        owners,
-        batch_size,
-        seed=2,
-        first_epoch=0,
-        last_epoch=1,
-        image_features=features,
-    )
-    bucketed, bucketed_steps = pipeline.train_dataset(
-        ids,
-        owners,
-        batch_size,
-        seed=2,
-        first_epoch=0,
-        last_epoch=1,
-        image_features=features,
-        bucket_by_length=True,
+    plain, steps = _on_features(features, ids, owners, batch_size, 2, (0, 1))
+    bucketed, bucketed_steps = _on_features(
+        features, ids, owners, batch_size, 2, (0, 1), bucket_by_length=True
     )
     assert steps == bucketed_steps == 32
     plain_batches = _batches(plain, steps)
@@ -143,15 +131,8 @@ def test_length_buckets_are_deterministic_per_seed_and_epoch():
     ids, owners, features, _ = _long_arrays()
 
     def run(seed, first_epoch):
-        dataset, steps = pipeline.train_dataset(
-            ids,
-            owners,
-            8,
-            seed=seed,
-            first_epoch=first_epoch,
-            last_epoch=2,
-            image_features=features,
-            bucket_by_length=True,
+        dataset, _ = _on_features(
+            features, ids, owners, 8, seed, (first_epoch, 2), bucket_by_length=True
         )
         return [b["token_ids"][:, 0] for b in _batches(dataset, 64)]
 
@@ -166,23 +147,14 @@ def test_length_buckets_are_deterministic_per_seed_and_epoch():
 
 def test_hard_negative_flag_follows_the_epoch():
     ids, owners, features = _arrays()
-    dataset, steps = pipeline.train_dataset(
-        ids,
-        owners,
-        4,
-        seed=1,
-        first_epoch=0,
-        last_epoch=3,
-        image_features=features,
-        hard_negatives_from_epoch=1,
+    dataset, steps = _on_features(
+        features, ids, owners, 4, seed=1, epochs=(0, 3), hard_negatives_from_epoch=1
     )
     flags = [b["hard_negatives"] for b in _batches(dataset, 3 * steps)]
     assert all(f.shape == (4,) and f.dtype == np.int32 for f in flags)
     assert [bool(f.all()) for f in flags] == [False] * 3 + [True] * 6
     assert [bool(f.any()) for f in flags] == [False] * 3 + [True] * 6
-    plain, _ = pipeline.train_dataset(
-        ids, owners, 4, seed=1, first_epoch=0, last_epoch=1, image_features=features
-    )
+    plain, _ = _on_features(features, ids, owners, 4, seed=1, epochs=(0, 1))
     assert "hard_negatives" not in _batches(plain, 1)[0]
 
 
@@ -190,9 +162,7 @@ def test_feature_views_are_drawn_per_caption_and_epoch():
     ids, owners, features = _arrays(num_captions=240, num_images=48)
     # View v of image i is the row (i + 1000 v): both are recoverable.
     views = np.stack([features, features + 1000.0])
-    dataset, steps = pipeline.train_dataset(
-        ids, owners, 16, seed=5, first_epoch=0, last_epoch=3, image_features=views
-    )
+    dataset, steps = _on_features(views, ids, owners, 16, seed=5, epochs=(0, 3))
     batches = _batches(dataset, 3 * steps)
     drawn = {}
     for epoch in range(3):
@@ -211,19 +181,33 @@ def test_feature_views_are_drawn_per_caption_and_epoch():
     per_epoch = [[drawn[(e, c)] for c in range(240)] for e in range(3)]
     assert per_epoch[0] != per_epoch[1] != per_epoch[2]
     # A resumed run draws the same views.
-    resumed, _ = pipeline.train_dataset(
-        ids, owners, 16, seed=5, first_epoch=2, last_epoch=3, image_features=views
-    )
+    resumed, _ = _on_features(views, ids, owners, 16, seed=5, epochs=(2, 3))
     for a, b in zip(batches[2 * steps :], _batches(resumed, steps)):
         np.testing.assert_array_equal(a["image_features"], b["image_features"])
     # One view is the plain [N, F] case.
-    single, _ = pipeline.train_dataset(
-        ids, owners, 16, seed=5, first_epoch=0, last_epoch=1, image_features=views[:1]
-    )
-    plain, _ = pipeline.train_dataset(
-        ids, owners, 16, seed=5, first_epoch=0, last_epoch=1, image_features=features
-    )
+    single, _ = _on_features(views[:1], ids, owners, 16, seed=5, epochs=(0, 1))
+    plain, _ = _on_features(features, ids, owners, 16, seed=5, epochs=(0, 1))
     for a, b in zip(_batches(single, steps), _batches(plain, steps)):
         np.testing.assert_array_equal(a["image_features"], b["image_features"])
     with pytest.raises(ValueError, match=r"\[V, N, F\]"):
         pipeline.train_dataset(ids, owners, 16, 0, 0, 1, image_features=features[0])
+
+
+def test_image_paths_are_decoded_per_batch(tmp_path):
+    ids, owners, _ = _arrays()
+    paths = []
+    for i in range(4):
+        pixels = np.full([6, 6, 3], 10 * (i + 1), np.uint8)
+        path = str(tmp_path / f"{i}.png")
+        tf.io.write_file(path, tf.io.encode_png(pixels))
+        paths.append(path)
+    dataset, steps = pipeline.train_dataset(
+        ids, owners, 4, 1, 0, 1, image_paths=paths, image_size=6
+    )
+    assert steps == 3
+    for batch in _batches(dataset, steps):
+        assert batch["images"].shape == (4, 6, 6, 3)
+        assert "image_features" not in batch
+        np.testing.assert_allclose(
+            batch["images"][:, 0, 0, 0], 10.0 * (batch["image_ids"] + 1)
+        )

@@ -14,6 +14,7 @@ padding steps, while every batch still draws from a random window.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Optional
 
@@ -116,64 +117,137 @@ def train_dataset(
     """
     if (image_features is None) == (image_paths is None):
         raise ValueError("give exactly one of image_features and image_paths")
-    num_examples = len(token_ids)
-    steps = num_examples // batch_size
+    steps = len(token_ids) // batch_size
     if steps == 0:
         raise ValueError(
-            f"{num_examples} training captions do not fill one batch of {batch_size}"
+            f"{len(token_ids)} training captions do not fill one batch of {batch_size}"
         )
-    ids = tf.constant(token_ids, tf.int32)
-    lengths = tf.constant(np.count_nonzero(token_ids, axis=1), tf.int32)
-    owners = tf.constant(caption_image_index, tf.int32)
-    feats = None if image_features is None else tf.constant(image_features, tf.float32)
-    num_views = 1
-    if feats is not None:
-        if feats.shape.rank == 2:
-            feats = feats[None]  # one view
-        elif feats.shape.rank != 3:
-            raise ValueError(
-                f"image_features must be [N, F] or [V, N, F], got {feats.shape}"
-            )
-        num_views = int(feats.shape[0])
     paths = None if image_paths is None else tf.constant(list(image_paths), tf.string)
+    data = _TrainData(
+        ids=tf.constant(token_ids, tf.int32),
+        lengths=tf.constant(np.count_nonzero(token_ids, axis=1), tf.int32),
+        owners=tf.constant(caption_image_index, tf.int32),
+        feats=_feature_views(image_features),
+        paths=paths,
+        image_size=image_size,
+        hard_negatives_from_epoch=hard_negatives_from_epoch,
+    )
+    epochs = tf.data.Dataset.range(first_epoch, last_epoch)
+    return (
+        epochs.flat_map(
+            lambda epoch: _epoch_dataset(
+                data, batch_size, steps, seed, epoch, bucket_by_length
+            )
+        ).prefetch(tf.data.AUTOTUNE),
+        steps,
+    )
 
-    def gather(indices, epoch, views):
-        image_ids = tf.gather(owners, indices)
-        longest = tf.maximum(tf.reduce_max(tf.gather(lengths, indices)), 1)
+
+def _feature_views(image_features: Optional[np.ndarray]) -> Optional[tf.Tensor]:
+    """``float32 [V, N, F]`` views of the cached features (``V = 1`` for ``[N, F]``).
+
+    Raises:
+        ValueError: When ``image_features`` is neither ``[N, F]`` nor
+            ``[V, N, F]``.
+    """
+    if image_features is None:
+        return None
+    feats = tf.constant(image_features, tf.float32)
+    if feats.shape.rank == 2:
+        return feats[None]  # one view
+    if feats.shape.rank != 3:
+        raise ValueError(
+            f"image_features must be [N, F] or [V, N, F], got {feats.shape}"
+        )
+    return feats
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _TrainData:
+    """The in-graph arrays one epoch's batches are gathered from.
+
+    Attributes:
+        ids: ``int32 [M, L]`` padded caption ids.
+        lengths: ``int32 [M]`` caption lengths.
+        owners: ``int32 [M]`` image of each caption.
+        feats: ``float32 [V, N, F]`` feature views, or None (image files).
+        paths: ``string [N]`` image files, or None (cached features).
+        image_size: Decode size for ``paths``.
+        hard_negatives_from_epoch: First epoch whose batches set
+            ``hard_negatives``, or None for no such key.
+    """
+
+    ids: tf.Tensor
+    lengths: tf.Tensor
+    owners: tf.Tensor
+    feats: Optional[tf.Tensor]
+    paths: Optional[tf.Tensor]
+    image_size: int
+    hard_negatives_from_epoch: Optional[int]
+
+    @property
+    def num_views(self) -> int:
+        return 1 if self.feats is None else int(self.feats.shape[0])
+
+    def batch(
+        self, indices: tf.Tensor, epoch: tf.Tensor, views: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
+        """The batch of captions ``indices [B]``, trimmed to its longest caption.
+
+        Args:
+            indices: ``int64 [B]`` caption indices.
+            epoch: The epoch (scalar).
+            views: ``int32 [M]`` feature view of each caption this epoch.
+
+        Returns:
+            ``token_ids [B, L_b]``, ``image_ids [B]``, ``image_features
+            [B, F]`` or ``images [B, S, S, 3]``, and ``hard_negatives [B]``
+            when asked for.
+        """
+        image_ids = tf.gather(self.owners, indices)
+        longest = tf.maximum(tf.reduce_max(tf.gather(self.lengths, indices)), 1)
         batch = {
-            "token_ids": tf.gather(ids, indices)[:, :longest],
+            "token_ids": tf.gather(self.ids, indices)[:, :longest],
             "image_ids": image_ids,
         }
-        if feats is not None:
+        if self.feats is not None:
             view_ids = tf.gather(views, indices)
             batch["image_features"] = tf.gather_nd(
-                feats, tf.stack([view_ids, image_ids], axis=1)
+                self.feats, tf.stack([view_ids, image_ids], axis=1)
             )
         else:
             batch["images"] = tf.map_fn(
-                lambda p: features_lib.load_image(p, image_size),
-                tf.gather(paths, image_ids),
-                fn_output_signature=tf.TensorSpec([image_size, image_size, 3]),
+                lambda p: features_lib.load_image(p, self.image_size),
+                tf.gather(self.paths, image_ids),
+                fn_output_signature=tf.TensorSpec(
+                    [self.image_size, self.image_size, 3]
+                ),
             )
-        if hard_negatives_from_epoch is not None:
+        if self.hard_negatives_from_epoch is not None:
             # int32, not bool: cross-replica ops (all_gather, reduce) sum
             # tensors, which bool cannot do.
             batch["hard_negatives"] = tf.fill(
                 tf.shape(indices),
-                tf.cast(epoch >= hard_negatives_from_epoch, tf.int32),
+                tf.cast(epoch >= self.hard_negatives_from_epoch, tf.int32),
             )
         return batch
 
-    def one_epoch(epoch):
-        batches = _epoch_batches(
-            lengths, batch_size, steps, seed, epoch, bucket_by_length
-        )
-        views = _epoch_views(num_examples, num_views, seed, epoch)
-        return tf.data.Dataset.from_tensor_slices(batches).map(
-            lambda indices: gather(indices, epoch, views),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
 
-    epochs = tf.data.Dataset.range(first_epoch, last_epoch)
-    return epochs.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE), steps
+def _epoch_dataset(
+    data: _TrainData,
+    batch_size: int,
+    steps: int,
+    seed: int,
+    epoch: tf.Tensor,
+    bucket_by_length: bool,
+) -> tf.data.Dataset:
+    """The ``steps`` batches of one epoch, in the order ``(seed, epoch)`` draws."""
+    batches = _epoch_batches(
+        data.lengths, batch_size, steps, seed, epoch, bucket_by_length
+    )
+    views = _epoch_views(int(data.ids.shape[0]), data.num_views, seed, epoch)
+    return tf.data.Dataset.from_tensor_slices(batches).map(
+        lambda indices: data.batch(indices, epoch, views),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )

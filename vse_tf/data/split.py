@@ -156,6 +156,32 @@ def _rebuild_data_error(problems: list[Problem], text: str) -> DataError:
     return DataError(first.path, text, first.line, problems=problems)
 
 
+class MissingSplitError(DataError):
+    """The requested split does not exist in the data set.
+
+    Raised, with kind ``missing_file``, exactly when the file that defines the
+    split is absent: the Flickr8k split list ``Flickr_8k.{split}Images.txt``,
+    the MS-COCO ``annotations/captions_{train,val}2014.json`` of a train or
+    dev split, or a VSE++ precomp ``{split}_caps.txt`` (neither ``dev_`` nor
+    ``val_`` for dev) or ``{split}_ims.npy``. A missing file that every split
+    needs (a caption file, the image folder, a Karpathy ``dataset_*.json``,
+    a caption table) is a plain `DataError`, as are splits that are merely
+    empty; so is a COCO test split without ``captions_test*.json``, which
+    has always been an error rather than an absent split. Callers may treat
+    a missing optional split (``test``) as absent.
+    """
+
+    def __reduce__(self):
+        return _rebuild_missing_split_error, (self.problems, str(self))
+
+
+def _rebuild_missing_split_error(
+    problems: list[Problem], text: str
+) -> MissingSplitError:
+    first = problems[0]
+    return MissingSplitError(first.path, text, first.line, problems=problems)
+
+
 @dataclasses.dataclass(frozen=True)
 class CaptionedSplit:
     """Images and their captions for one split.

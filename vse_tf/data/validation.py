@@ -23,7 +23,7 @@ from typing import NoReturn, Optional, Union
 
 import numpy as np
 
-from vse_tf.data.split import CaptionedSplit, DataError, Problem
+from vse_tf.data.split import CaptionedSplit, DataError, MissingSplitError, Problem
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -79,6 +79,7 @@ WARNING_KINDS = frozenset({DUPLICATE_CAPTION})
 __all__ = [
     "CaptionedSplit",
     "DataError",
+    "MissingSplitError",
     "Problem",
     "ProblemLog",
     "KINDS",
@@ -86,6 +87,7 @@ __all__ = [
     "WARNING_KINDS",
     "check_captions_per_image",
     "clean_caption",
+    "clean_pair",
     "decode_lines",
     "path_problem",
     "read_bytes",
@@ -129,6 +131,20 @@ class ProblemLog:
         """
         self.problems.append(Problem(os.fspath(path), line, message, kind, fatal=True))
         raise DataError.from_problems(self.ordered(), notes)
+
+    def missing_split(self, path: PathLike, message: str) -> NoReturn:
+        """Raises `MissingSplitError`: the file that defines the split is absent.
+
+        Like `fatal` with kind ``missing_file``; the error lists every earlier
+        problem too.
+
+        Raises:
+            MissingSplitError: Always.
+        """
+        self.problems.append(
+            Problem(os.fspath(path), None, message, MISSING_FILE, fatal=True)
+        )
+        raise MissingSplitError.from_problems(self.ordered())
 
     def ordered(self) -> list[Problem]:
         """The problems grouped by file (in order of first appearance), by line.
@@ -260,6 +276,25 @@ def clean_caption(raw: object) -> tuple[Optional[str], Optional[tuple[str, str]]
     if not text:
         return None, (EMPTY_CAPTION, "empty caption")
     return text, None
+
+
+def clean_pair(
+    image: object, raw_caption: object
+) -> tuple[Optional[str], Optional[tuple[str, str]]]:
+    """Validates one ``(image name, caption)`` row of a caption table.
+
+    Args:
+        image: The image name as read (stripped).
+        raw_caption: The caption as read.
+
+    Returns:
+        As `clean_caption`; the image name is checked first (`path_problem`)
+        and its problem, if any, is the one returned.
+    """
+    problem = path_problem(image)
+    if problem is not None:
+        return None, problem
+    return clean_caption(raw_caption)
 
 
 def path_problem(name: object, allow_parent: bool = False) -> Optional[tuple[str, str]]:
