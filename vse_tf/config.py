@@ -414,18 +414,35 @@ def problems(config: Config, check_paths: bool = True) -> list[str]:
     Returns:
         The problems found (empty when the config can run).
     """
-    from vse_tf.models import backbone as backbone_lib
+    found = _choice_problems(config)
+    if found:
+        return found  # the checks below assume known values
+    return [
+        *_data_dir_problems(config.data, check_paths),
+        *_backbone_problems(config),
+        *_weight_file_problems(config.model, check_paths),
+        *_image_input_problems(config),
+        *_range_problems(config),
+        *_schedule_problems(config.train),
+    ]
 
+
+def _choice_problems(config: Config) -> list[str]:
+    """Fields of `choices` whose value is not one of the allowed ones."""
     found = []
-    d, m, t = config.data, config.model, config.train
+    sections = (config.data, config.model, config.train)
     for name, allowed in choices().items():
-        section = next(s for s in (d, m, t) if hasattr(s, name))
+        section = next(s for s in sections if hasattr(s, name))
         if getattr(section, name) not in allowed:
             found.append(
                 f"{name}={getattr(section, name)!r} is not one of {', '.join(allowed)}"
             )
-    if found:
-        return found  # the checks below assume known values
+    return found
+
+
+def _data_dir_problems(d: DataConfig, check_paths: bool) -> list[str]:
+    """``--data_dir`` given for the demo, missing for a data set, or no folder."""
+    found = []
     if d.dataset == "demo" and d.data_dir:
         found.append(
             f"--data_dir={d.data_dir} is given but the data set is the built-in "
@@ -436,12 +453,26 @@ def problems(config: Config, check_paths: bool = True) -> list[str]:
     if check_paths and d.dataset != "demo" and d.data_dir:
         if not os.path.isdir(d.data_dir):
             found.append(f"--data_dir={d.data_dir} is not a folder")
+    return found
+
+
+def _backbone_problems(config: Config) -> list[str]:
+    """What `backbone.check_backbone` says of the backbone, feature and size."""
+    from vse_tf.models import backbone as backbone_lib
+
+    m = config.model
     try:
         backbone_lib.check_backbone(
-            m.backbone, m.image_feature, d.image_size, m.backbone_weights
+            m.backbone, m.image_feature, config.data.image_size, m.backbone_weights
         )
     except ValueError as error:
-        found.append(str(error))
+        return [str(error)]
+    return []
+
+
+def _weight_file_problems(m: ModelConfig, check_paths: bool) -> list[str]:
+    """CNN weights and word vectors that are neither a known name nor a file."""
+    found = []
     for name, value in (
         ("vgg_weights", m.vgg_weights),
         ("lite_weights", m.lite_weights),
@@ -452,6 +483,13 @@ def problems(config: Config, check_paths: bool = True) -> list[str]:
     if check_paths and m.glove not in ("kumo-6b-50d", "none"):
         if not os.path.isfile(m.glove):
             found.append(f"--glove={m.glove} is neither kumo-6b-50d, none nor a file")
+    return found
+
+
+def _image_input_problems(config: Config) -> list[str]:
+    """Flip augmentation and fine-tuning where the images are not there."""
+    d, m = config.data, config.model
+    found = []
     if d.augment_flip and d.dataset == "precomp":
         found.append(
             "--augment_flip mirrors images before the CNN, but precomp data sets "
@@ -464,6 +502,13 @@ def problems(config: Config, check_paths: bool = True) -> list[str]:
         )
     if m.fine_tune_from and d.dataset == "precomp":
         found.append("--fine_tune_from needs images; precomp data sets hold features")
+    return found
+
+
+def _range_problems(config: Config) -> list[str]:
+    """Counts below 1, negative sizes and rates, non-positive rates."""
+    d, m, t = config.data, config.model, config.train
+    found = []
     positive = dict(
         epochs=t.epochs,
         batch_size=t.batch_size,
@@ -491,6 +536,12 @@ def problems(config: Config, check_paths: bool = True) -> list[str]:
         found.append(f"--learning_rate={t.learning_rate}: must be positive")
     if t.temperature <= 0:
         found.append(f"--temperature={t.temperature}: must be positive")
+    return found
+
+
+def _schedule_problems(t: TrainConfig) -> list[str]:
+    """A learning-rate decay that never happens; a batch with no negatives."""
+    found = []
     if t.epochs >= 1 and t.lr_decay_epochs >= t.epochs:
         found.append(
             f"--lr_decay_epochs={t.lr_decay_epochs} would decay the learning rate "

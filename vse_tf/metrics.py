@@ -11,6 +11,8 @@ that the full ``[N, N * k]`` score matrix is never held in memory at once.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 METRIC_KEYS = (
@@ -72,6 +74,76 @@ def _validate(
     return images, captions
 
 
+def _checked_inputs(
+    image_emb: np.ndarray,
+    caption_emb: np.ndarray,
+    captions_per_image: int,
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Validated ``(images [N, D], captions [N * k, D], k, batch_size)``."""
+    images, captions = _validate(image_emb, caption_emb, captions_per_image)
+    return images, captions, int(captions_per_image), _batch_size(batch_size)
+
+
+def _blocks(count: int, batch_size: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of each run of ``batch_size`` queries out of ``count``."""
+    for start in range(0, count, batch_size):
+        yield start, min(start + batch_size, count)
+
+
+def _block_scores(
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    group: int,
+    true_groups: np.ndarray,
+    start: int,
+    stop: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Queries ``start:stop`` against all candidates.
+
+    Args:
+        queries: ``[Q, D]``.
+        candidates: ``[G * group, D]``, in ``G`` runs of ``group`` rows.
+        group: Rows per candidate run (``k`` captions an image; 1 image).
+        true_groups: ``int [Q]``: the run of each query's true candidates.
+        start: First query of the block.
+        stop: One past its last query.
+
+    Returns:
+        ``(scores [b, G * group], true [b, group])``: every candidate's
+        score and those of each query's true candidates.
+    """
+    rows = np.arange(stop - start)
+    scores = queries[start:stop] @ candidates.T  # [b, G * group]
+    true = scores.reshape(stop - start, -1, group)[rows, true_groups[start:stop]]
+    return scores, true
+
+
+def _block_ranks(scores: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """``[b]`` ranks from `_block_scores`: 1 + wrong candidates >= best true."""
+    best = true.max(axis=1)  # [b]
+    at_least = np.count_nonzero(scores >= best[:, None], axis=1)
+    true_at_least = np.count_nonzero(true >= best[:, None], axis=1)
+    return at_least - true_at_least + 1
+
+
+def _ranks(
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    group: int,
+    true_groups: np.ndarray,
+    batch_size: int,
+) -> np.ndarray:
+    """``int64 [Q]`` ranks of each query's best true candidate (see `_block_scores`)."""
+    ranks = np.empty(queries.shape[0], dtype=np.int64)
+    for start, stop in _blocks(queries.shape[0], batch_size):
+        scores, true = _block_scores(
+            queries, candidates, group, true_groups, start, stop
+        )
+        ranks[start:stop] = _block_ranks(scores, true)
+    return ranks
+
+
 def i2t_ranks(
     image_emb: np.ndarray,
     caption_emb: np.ndarray,
@@ -93,27 +165,16 @@ def i2t_ranks(
     Returns:
         int64 array of shape ``[N]``.
     """
-    images, captions = _validate(image_emb, caption_emb, captions_per_image)
     return _i2t_ranks(
-        images, captions, int(captions_per_image), _batch_size(batch_size)
+        *_checked_inputs(image_emb, caption_emb, captions_per_image, batch_size)
     )
 
 
 def _i2t_ranks(
     images: np.ndarray, captions: np.ndarray, k: int, batch_size: int
 ) -> np.ndarray:
-    n = images.shape[0]
-    ranks = np.empty(n, dtype=np.int64)
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        rows = np.arange(stop - start)
-        scores = images[start:stop] @ captions.T  # [b, N*k]
-        true = scores.reshape(stop - start, n, k)[rows, np.arange(start, stop)]
-        best = true.max(axis=1)  # [b]
-        at_least = np.count_nonzero(scores >= best[:, None], axis=1)
-        true_at_least = np.count_nonzero(true >= best[:, None], axis=1)
-        ranks[start:stop] = at_least - true_at_least + 1
-    return ranks
+    """Each image's ``k`` own captions are its true candidates."""
+    return _ranks(images, captions, k, np.arange(images.shape[0]), batch_size)
 
 
 def t2i_ranks(
@@ -136,24 +197,16 @@ def t2i_ranks(
     Returns:
         int64 array of shape ``[N * k]``.
     """
-    images, captions = _validate(image_emb, caption_emb, captions_per_image)
     return _t2i_ranks(
-        images, captions, int(captions_per_image), _batch_size(batch_size)
+        *_checked_inputs(image_emb, caption_emb, captions_per_image, batch_size)
     )
 
 
 def _t2i_ranks(
     images: np.ndarray, captions: np.ndarray, k: int, batch_size: int
 ) -> np.ndarray:
-    m = captions.shape[0]
-    ranks = np.empty(m, dtype=np.int64)
-    for start in range(0, m, batch_size):
-        stop = min(start + batch_size, m)
-        scores = captions[start:stop] @ images.T  # [b, N]
-        true = scores[np.arange(stop - start), np.arange(start, stop) // k]
-        # Counts the true image itself once; it stands in for the "1 +".
-        ranks[start:stop] = np.count_nonzero(scores >= true[:, None], axis=1)
-    return ranks
+    """Caption ``j``'s one true candidate is image ``j // k``."""
+    return _ranks(captions, images, 1, np.arange(captions.shape[0]) // k, batch_size)
 
 
 def _both_ranks(
@@ -170,8 +223,7 @@ def _both_ranks(
     """
     n = images.shape[0]
     true_scores = np.empty(n * k, np.float32)
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
+    for start, stop in _blocks(n, batch_size):
         rows = np.arange(stop - start)
         diagonal = images[start:stop] @ captions[start * k : stop * k].T
         true_scores[start * k : stop * k] = diagonal.reshape(
@@ -180,18 +232,13 @@ def _both_ranks(
     i2t = np.empty(n, dtype=np.int64)
     t2i = np.zeros(n * k, dtype=np.int64)
     exact = True
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        rows = np.arange(stop - start)
-        scores = images[start:stop] @ captions.T  # [b, N*k]
-        true = scores.reshape(stop - start, n, k)[rows, np.arange(start, stop)]
+    image_ids = np.arange(n)
+    for start, stop in _blocks(n, batch_size):
+        scores, true = _block_scores(images, captions, k, image_ids, start, stop)
         exact = exact and np.array_equal(
             true.reshape(-1), true_scores[start * k : stop * k]
         )
-        best = true.max(axis=1)
-        at_least = np.count_nonzero(scores >= best[:, None], axis=1)
-        true_at_least = np.count_nonzero(true >= best[:, None], axis=1)
-        i2t[start:stop] = at_least - true_at_least + 1
+        i2t[start:stop] = _block_ranks(scores, true)
         if exact:
             # Counts the true image itself once; it stands in for the "1 +".
             t2i += np.count_nonzero(scores >= true_scores[None, :], axis=0)
@@ -238,10 +285,9 @@ def retrieval_metrics(
         ValueError: On malformed shapes, non-finite values or a bad
             ``captions_per_image``.
     """
-    images, captions = _validate(image_emb, caption_emb, captions_per_image)
-    k = int(captions_per_image)
-    batch_size = _batch_size(batch_size)
-    i2t, t2i = _both_ranks(images, captions, k, batch_size)
+    i2t, t2i = _both_ranks(
+        *_checked_inputs(image_emb, caption_emb, captions_per_image, batch_size)
+    )
     out = _summarise(i2t, "i2t")
     out.update(_summarise(t2i, "t2i"))
     out["rsum"] = float(

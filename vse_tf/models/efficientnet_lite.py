@@ -132,14 +132,15 @@ class LitePreprocess(keras.layers.Layer):
 
 
 def _conv_bn(x, filters, kernel, stride, name, activate=True):
-    x = keras.layers.Conv2D(
-        filters,
-        kernel,
-        strides=stride,
-        padding="same",
-        use_bias=False,
-        name=f"{name}_conv",
-    )(x)
+    """Conv (no bias, "same") -> BatchNorm [-> ReLU6]: ``{name}_conv|bn|relu6``.
+
+    ``filters=None`` makes the conv depthwise (one filter per channel).
+    """
+    options = dict(strides=stride, padding="same", use_bias=False, name=f"{name}_conv")
+    if filters is None:
+        x = keras.layers.DepthwiseConv2D(kernel, **options)(x)
+    else:
+        x = keras.layers.Conv2D(filters, kernel, **options)(x)
     x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     return keras.layers.ReLU(6.0, name=f"{name}_relu6")(x) if activate else x
 
@@ -150,15 +151,7 @@ def _mbconv(x, stage: Stage, stride: int, name: str):
     in_channels = x.shape[-1]
     if stage.expand != 1:
         x = _conv_bn(x, in_channels * stage.expand, 1, 1, f"{name}_expand")
-    x = keras.layers.DepthwiseConv2D(
-        stage.kernel,
-        strides=stride,
-        padding="same",
-        use_bias=False,
-        name=f"{name}_dw_conv",
-    )(x)
-    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_dw_bn")(x)
-    x = keras.layers.ReLU(6.0, name=f"{name}_dw_relu6")(x)
+    x = _conv_bn(x, None, stage.kernel, stride, f"{name}_dw")
     x = _conv_bn(x, stage.channels, 1, 1, f"{name}_project", activate=False)
     if stride == 1 and in_channels == stage.channels:
         x = keras.layers.Add(name=f"{name}_add")([inputs, x])

@@ -35,6 +35,8 @@ form XLA (``jit_compile``) accepts.
 
 from __future__ import annotations
 
+import functools
+
 import tensorflow as tf
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -138,6 +140,12 @@ class _Schedule:
         stacked = array.stack()
         return tf.reshape(stacked, tf.concat([[-1], tf.shape(stacked)[2:]], 0))
 
+    def forward_from_zeros(self, step, units, num_states, array_dtypes):
+        """`forward` from ``num_states`` zero ``[B, units]`` states, empty arrays."""
+        zeros = tf.zeros([self.batch, units], tf.float32)
+        arrays = [self.array(dtype) for dtype in array_dtypes]
+        return self.forward(step, (*[zeros] * num_states, *arrays))
+
     def forward(self, step, carried):
         """Runs ``step(t, *carried)`` for ``t = 0 .. loop_steps - 1``."""
         return self._loop(lambda t, *_: t < self.loop_steps, step, 0, carried)
@@ -213,81 +221,130 @@ def lstm_last_state(
 
 def _lstm_recurrence(projected, recurrent_kernel, schedule, dtype):
     """``[T, B, 4H]`` projected inputs (run order) -> ``[B, H]`` last state."""
-    units = recurrent_kernel.shape[0]
-    width = 4 * units
-    ones = tf.ones([units])
-    # tanh(x) = 2 sigmoid(2x) - 1, so one sigmoid covers all four gates.
-    gate_scale = tf.concat([ones, ones, 2.0 * ones, ones], 0)
-    # d sigmoid(s x) / dx = s sigmoid' (and tanh' = 4 sigmoid'(2x) for g).
-    grad_scale = tf.concat([ones, ones, 4.0 * ones, ones], 0)
+    cell = _LstmCell(recurrent_kernel.shape[0], schedule, dtype)
+    return _recurrence(cell, projected, recurrent_kernel)
+
+
+class _LstmCell:
+    """The LSTM's forward and backward loop bodies (gates i, f, c, o).
+
+    Forward saves per step the gates, ``c_{t-1}``, ``tanh(c_t)`` and
+    ``h_{t-1}`` (in the matmul dtype); backward carries ``dh`` and ``dc``
+    and saves the gate pre-activation gradients ``dz`` ``[rows, 4H]``, which
+    are both the input projection's and the recurrent matmul's gradient.
+    """
+
+    def __init__(self, units: int, schedule: _Schedule, dtype: tf.DType):
+        self.units, self.schedule, self.dtype = units, schedule, dtype
+        ones = tf.ones([units])
+        # tanh(x) = 2 sigmoid(2x) - 1, so one sigmoid covers all four gates.
+        self.gate_scale = tf.concat([ones, ones, 2.0 * ones, ones], 0)
+        # d sigmoid(s x) / dx = s sigmoid' (and tanh' = 4 sigmoid'(2x) for g).
+        self.grad_scale = tf.concat([ones, ones, 4.0 * ones, ones], 0)
+
+    def forward(self, projected, weights):
+        """`_recurrence`'s forward: ``(last h [B, H], h_{t-1} array, saved)``."""
+        step = functools.partial(self._step, projected, weights)
+        array_dtypes = (tf.float32, tf.float32, tf.float32, self.dtype)
+        last_h, _, gates_ta, c_prev_ta, tanh_c_ta, h_prev_ta = (
+            self.schedule.forward_from_zeros(step, self.units, 2, array_dtypes)
+        )
+        return last_h, h_prev_ta, (gates_ta, c_prev_ta, tanh_c_ta)
+
+    def _step(
+        self, projected, weights, t, h, c, gates_ta, c_prev_ta, tanh_c_ta, h_prev_ta
+    ):
+        """Step ``t`` of the forward loop: new ``h, c`` ``[B, H]``, saved values."""
+        schedule, dtype = self.schedule, self.dtype
+        h_rows, c_rows = schedule.rows(h, t), schedule.rows(c, t)
+        z = schedule.rows(projected[t], t) + _matmul(h_rows, weights, dtype)
+        gates = tf.sigmoid(z * self.gate_scale)  # i, f, (g + 1) / 2, o
+        i, f, g_half, o = tf.split(gates, 4, axis=1)
+        new_c = f * c_rows + i * (2.0 * g_half - 1.0)
+        tanh_c = tf.tanh(new_c)
+        return (
+            t + 1,
+            schedule.merge(o * tanh_c, h, t),
+            schedule.merge(new_c, c, t),
+            gates_ta.write(t, gates),
+            c_prev_ta.write(t, c_rows),
+            tanh_c_ta.write(t, tanh_c),
+            h_prev_ta.write(t, tf.cast(h_rows, dtype)),
+        )
+
+    def backward(self, d_last_h, weights_t, saved):
+        """`_recurrence`'s backward: ``(None, dz array)`` (inputs' grad is dz)."""
+        back = functools.partial(self._back_step, weights_t, *saved)
+        _, _, dz_ta = self.schedule.backward(
+            back, (d_last_h, tf.zeros_like(d_last_h), self.schedule.array(tf.float32))
+        )
+        return None, dz_ta
+
+    def _back_step(self, weights_t, gates_ta, c_prev_ta, tanh_c_ta, t, dh, dc, dz_ta):
+        """Step ``t`` of the backward loop: ``dh, dc`` ``[B, H]`` of step t - 1."""
+        schedule = self.schedule
+        gates = gates_ta.read(t)
+        i, f, g_half, o = tf.split(gates, 4, axis=1)
+        tanh_c = tanh_c_ta.read(t)
+        dh_rows = schedule.grad_rows(dh, t)
+        dc_rows = schedule.grad_rows(dc, t)
+        dc_rows = dc_rows + dh_rows * o * (1.0 - tanh_c * tanh_c)
+        d_gates = tf.concat(
+            [
+                dc_rows * (2.0 * g_half - 1.0),
+                dc_rows * c_prev_ta.read(t),
+                dc_rows * i,
+                dh_rows * tanh_c,
+            ],
+            1,
+        )
+        dz = d_gates * gates * (1.0 - gates) * self.grad_scale
+        # Rows that did not run pass their gradients through.
+        dh_next = schedule.merge(_matmul(dz, weights_t, self.dtype), dh, t)
+        dc_next = schedule.merge(dc_rows * f, dc, t)
+        return t - 1, dh_next, dc_next, dz_ta.write(t, dz)
+
+
+def _recurrence(cell, projected, recurrent_kernel, *recurrent_biases):
+    """Runs ``cell``'s loops under one `tf.custom_gradient`: ``[B, H]`` last state.
+
+    The forward loop runs from the zero state; the gradient runs ``cell``'s
+    backward loop, then computes the recurrent kernel's gradient as one
+    matmul (`_weight_gradient`) and each recurrent bias's (added to the
+    recurrent matmul) as the sum of the matmul output's gradients.
+
+    Args:
+        cell: `_LstmCell` or `_GruCell` (holds the schedule and dtype).
+        projected: ``float32 [T, B, G*H]`` projected inputs, run order.
+        recurrent_kernel: ``[H, G*H]``.
+        *recurrent_biases: ``[G*H]`` biases the cell adds to ``h U``.
+    """
+    schedule, dtype = cell.schedule, cell.dtype
+    width = recurrent_kernel.shape[-1]
 
     @tf.custom_gradient
-    def recurrence(projected, recurrent_kernel):
+    def recurrence(projected, recurrent_kernel, *recurrent_biases):
         weights = tf.cast(recurrent_kernel, dtype)
-
-        def step(t, h, c, gates_ta, c_prev_ta, tanh_c_ta, h_prev_ta):
-            h_rows, c_rows = schedule.rows(h, t), schedule.rows(c, t)
-            z = schedule.rows(projected[t], t) + _matmul(h_rows, weights, dtype)
-            gates = tf.sigmoid(z * gate_scale)  # i, f, (g + 1) / 2, o
-            i, f, g_half, o = tf.split(gates, 4, axis=1)
-            new_c = f * c_rows + i * (2.0 * g_half - 1.0)
-            tanh_c = tf.tanh(new_c)
-            return (
-                t + 1,
-                schedule.merge(o * tanh_c, h, t),
-                schedule.merge(new_c, c, t),
-                gates_ta.write(t, gates),
-                c_prev_ta.write(t, c_rows),
-                tanh_c_ta.write(t, tanh_c),
-                h_prev_ta.write(t, tf.cast(h_rows, dtype)),
-            )
-
-        zeros = tf.zeros([schedule.batch, units], tf.float32)
-        arrays = [schedule.array(tf.float32) for _ in range(3)]
-        arrays.append(schedule.array(dtype))
-        last_h, _, gates_ta, c_prev_ta, tanh_c_ta, h_prev_ta = schedule.forward(
-            step, (zeros, zeros, *arrays)
-        )
+        last_h, h_prev_ta, saved = cell.forward(projected, weights, *recurrent_biases)
 
         def grad(d_last_h):
             d_last_h = tf.convert_to_tensor(d_last_h)  # may be IndexedSlices
-            weights_t = tf.transpose(weights)
-
-            def back(t, dh, dc, dz_ta):
-                gates = gates_ta.read(t)
-                i, f, g_half, o = tf.split(gates, 4, axis=1)
-                tanh_c = tanh_c_ta.read(t)
-                dh_rows = schedule.grad_rows(dh, t)
-                dc_rows = schedule.grad_rows(dc, t)
-                dc_rows = dc_rows + dh_rows * o * (1.0 - tanh_c * tanh_c)
-                d_gates = tf.concat(
-                    [
-                        dc_rows * (2.0 * g_half - 1.0),
-                        dc_rows * c_prev_ta.read(t),
-                        dc_rows * i,
-                        dh_rows * tanh_c,
-                    ],
-                    1,
-                )
-                dz = d_gates * gates * (1.0 - gates) * grad_scale
-                # Rows that did not run pass their gradients through.
-                dh_next = schedule.merge(_matmul(dz, weights_t, dtype), dh, t)
-                dc_next = schedule.merge(dc_rows * f, dc, t)
-                return t - 1, dh_next, dc_next, dz_ta.write(t, dz)
-
-            _, _, dz_ta = schedule.backward(
-                back, (d_last_h, tf.zeros_like(d_last_h), schedule.array(tf.float32))
-            )
-            dz = schedule.gather_steps(dz_ta)  # [R, 4H]
-            d_kernel = _weight_gradient(schedule.gather_steps(h_prev_ta), dz, dtype)
+            dx_ta, drec_ta = cell.backward(d_last_h, tf.transpose(weights), saved)
+            d_rec = schedule.gather_steps(drec_ta)  # [R, G*H]
+            d_kernel = _weight_gradient(schedule.gather_steps(h_prev_ta), d_rec, dtype)
+            d_x = d_rec if dx_ta is None else schedule.gather_steps(dx_ta)
             return (
-                schedule.to_time_major(dz, width),
+                schedule.to_time_major(d_x, width),
                 tf.cast(d_kernel, recurrent_kernel.dtype),
+                *(
+                    tf.cast(tf.reduce_sum(d_rec, axis=0), bias.dtype)
+                    for bias in recurrent_biases
+                ),
             )
 
         return last_h, grad
 
-    return recurrence(projected, recurrent_kernel)
+    return recurrence(projected, recurrent_kernel, *recurrent_biases)
 
 
 def gru_last_state(
@@ -329,71 +386,79 @@ def gru_last_state(
 
 def _gru_recurrence(projected, recurrent_kernel, recurrent_bias, schedule, dtype):
     """``[T, B, 3H]`` projected inputs (run order) -> ``[B, H]`` last state."""
-    units = recurrent_kernel.shape[0]
-    width = 3 * units
+    cell = _GruCell(recurrent_kernel.shape[0], schedule, dtype)
+    return _recurrence(cell, projected, recurrent_kernel, recurrent_bias)
 
-    @tf.custom_gradient
-    def recurrence(projected, recurrent_kernel, recurrent_bias):
-        weights = tf.cast(recurrent_kernel, dtype)
 
-        def step(t, h, zr_ta, n_ta, hn_ta, h_prev_ta):
-            h_rows = schedule.rows(h, t)
-            x_zr, x_n = tf.split(
-                schedule.rows(projected[t], t), [2 * units, units], axis=1
-            )
-            rec = _matmul(h_rows, weights, dtype) + recurrent_bias
-            h_zr, h_n = tf.split(rec, [2 * units, units], axis=1)
-            zr = tf.sigmoid(x_zr + h_zr)
-            z, r = tf.split(zr, 2, axis=1)
-            n = tf.tanh(x_n + r * h_n)
-            return (
-                t + 1,
-                schedule.merge(n + z * (h_rows - n), h, t),
-                zr_ta.write(t, zr),
-                n_ta.write(t, n),
-                hn_ta.write(t, h_n),
-                h_prev_ta.write(t, h_rows),
-            )
+class _GruCell:
+    """The GRU's (``reset_after=True``) forward and backward loop bodies.
 
-        zeros = tf.zeros([schedule.batch, units], tf.float32)
-        arrays = [schedule.array(tf.float32) for _ in range(4)]
-        last_h, zr_ta, n_ta, hn_ta, h_prev_ta = schedule.forward(step, (zeros, *arrays))
+    Forward saves per step ``z, r``, ``n``, ``h U_n + c_n`` and ``h_{t-1}``;
+    backward carries ``dh`` and saves the gradients of the gates'
+    pre-activations (the input projection's) and of ``h U + c`` (the
+    recurrent matmul's), which differ in the ``n`` gate by the reset ``r``.
+    """
 
-        def grad(d_last_h):
-            d_last_h = tf.convert_to_tensor(d_last_h)  # may be IndexedSlices
-            weights_t = tf.transpose(weights)
+    def __init__(self, units: int, schedule: _Schedule, dtype: tf.DType):
+        self.units, self.schedule, self.dtype = units, schedule, dtype
 
-            def back(t, dh, dx_ta, drec_ta):
-                zr = zr_ta.read(t)
-                z, r = tf.split(zr, 2, axis=1)
-                n = n_ta.read(t)
-                dh_rows = schedule.grad_rows(dh, t)
-                dn_pre = dh_rows * (1.0 - z) * (1.0 - n * n)
-                dr = dn_pre * hn_ta.read(t)
-                d_zr = tf.concat([dh_rows * (h_prev_ta.read(t) - n), dr], 1)
-                d_zr = d_zr * zr * (1.0 - zr)
-                d_rec = tf.concat([d_zr, dn_pre * r], 1)
-                dh_prev = dh_rows * z + _matmul(d_rec, weights_t, dtype)
-                return (
-                    t - 1,
-                    schedule.merge(dh_prev, dh, t),
-                    dx_ta.write(t, tf.concat([d_zr, dn_pre], 1)),
-                    drec_ta.write(t, d_rec),
-                )
+    def forward(self, projected, weights, recurrent_bias):
+        """`_recurrence`'s forward: ``(last h [B, H], h_{t-1} array, saved)``."""
+        step = functools.partial(self._step, projected, weights, recurrent_bias)
+        last_h, zr_ta, n_ta, hn_ta, h_prev_ta = self.schedule.forward_from_zeros(
+            step, self.units, 1, (tf.float32,) * 4
+        )
+        return last_h, h_prev_ta, (zr_ta, n_ta, hn_ta, h_prev_ta)
 
-            arrays = [schedule.array(tf.float32) for _ in range(2)]
-            _, dx_ta, drec_ta = schedule.backward(back, (d_last_h, *arrays))
-            d_rec = schedule.gather_steps(drec_ta)  # [R, 3H]
-            d_kernel = _weight_gradient(schedule.gather_steps(h_prev_ta), d_rec, dtype)
-            return (
-                schedule.to_time_major(schedule.gather_steps(dx_ta), width),
-                tf.cast(d_kernel, recurrent_kernel.dtype),
-                tf.cast(tf.reduce_sum(d_rec, axis=0), recurrent_bias.dtype),
-            )
+    def _step(
+        self, projected, weights, recurrent_bias, t, h, zr_ta, n_ta, hn_ta, h_prev_ta
+    ):
+        """Step ``t`` of the forward loop: new ``h`` ``[B, H]``, saved values."""
+        schedule, units = self.schedule, self.units
+        h_rows = schedule.rows(h, t)
+        x_zr, x_n = tf.split(schedule.rows(projected[t], t), [2 * units, units], axis=1)
+        rec = _matmul(h_rows, weights, self.dtype) + recurrent_bias
+        h_zr, h_n = tf.split(rec, [2 * units, units], axis=1)
+        zr = tf.sigmoid(x_zr + h_zr)
+        z, r = tf.split(zr, 2, axis=1)
+        n = tf.tanh(x_n + r * h_n)
+        return (
+            t + 1,
+            schedule.merge(n + z * (h_rows - n), h, t),
+            zr_ta.write(t, zr),
+            n_ta.write(t, n),
+            hn_ta.write(t, h_n),
+            h_prev_ta.write(t, h_rows),
+        )
 
-        return last_h, grad
+    def backward(self, d_last_h, weights_t, saved):
+        """`_recurrence`'s backward: ``(d inputs array, d (h U + c) array)``."""
+        back = functools.partial(self._back_step, weights_t, *saved)
+        arrays = [self.schedule.array(tf.float32) for _ in range(2)]
+        _, dx_ta, drec_ta = self.schedule.backward(back, (d_last_h, *arrays))
+        return dx_ta, drec_ta
 
-    return recurrence(projected, recurrent_kernel, recurrent_bias)
+    def _back_step(
+        self, weights_t, zr_ta, n_ta, hn_ta, h_prev_ta, t, dh, dx_ta, drec_ta
+    ):
+        """Step ``t`` of the backward loop: ``dh`` ``[B, H]`` of step t - 1."""
+        schedule = self.schedule
+        zr = zr_ta.read(t)
+        z, r = tf.split(zr, 2, axis=1)
+        n = n_ta.read(t)
+        dh_rows = schedule.grad_rows(dh, t)
+        dn_pre = dh_rows * (1.0 - z) * (1.0 - n * n)
+        dr = dn_pre * hn_ta.read(t)
+        d_zr = tf.concat([dh_rows * (h_prev_ta.read(t) - n), dr], 1)
+        d_zr = d_zr * zr * (1.0 - zr)
+        d_rec = tf.concat([d_zr, dn_pre * r], 1)
+        dh_prev = dh_rows * z + _matmul(d_rec, weights_t, self.dtype)
+        return (
+            t - 1,
+            schedule.merge(dh_prev, dh, t),
+            dx_ta.write(t, tf.concat([d_zr, dn_pre], 1)),
+            drec_ta.write(t, d_rec),
+        )
 
 
 def rnn_last_state(

@@ -110,6 +110,92 @@ def _pq_subvector_dim(dim: int) -> int:
     )
 
 
+def _checked_vectors(vectors) -> np.ndarray:
+    """``vectors`` as a float ``[N, D]`` array (N >= 1), not copied if one."""
+    vectors = np.asarray(vectors) if not isinstance(vectors, np.ndarray) else vectors
+    if not np.issubdtype(vectors.dtype, np.floating):
+        raise TypeError(f"vectors must be a float array, got {vectors.dtype}")
+    if vectors.ndim != 2 or len(vectors) == 0:
+        raise ValueError(f"vectors must be a non-empty [N, D], got {vectors.shape}")
+    return vectors
+
+
+def _list_sizes(
+    num: int,
+    nlist: Optional[int],
+    nprobe: Optional[int],
+    train_size: Optional[int],
+    kmeans_iterations: int,
+) -> tuple[int, int, int]:
+    """Checked ``(nlist, nprobe, train_size)`` for ``num`` vectors, defaults filled."""
+    nlist = default_nlist(num) if nlist is None else nlist
+    if not 1 <= nlist <= num:
+        raise ValueError(f"nlist must be in [1, {num}], got {nlist}")
+    nprobe = default_nprobe(nlist) if nprobe is None else nprobe
+    if nprobe < 1:
+        raise ValueError(f"nprobe must be >= 1, got {nprobe}")
+    if kmeans_iterations < 1:
+        raise ValueError(f"kmeans_iterations must be >= 1, got {kmeans_iterations}")
+    train_size = min(num, 64 * nlist if train_size is None else train_size)
+    if train_size < nlist:
+        raise ValueError(f"train_size={train_size} is below nlist={nlist}")
+    return nlist, nprobe, train_size
+
+
+def _encoding_and_rerank(
+    encoding: str, train_size: int, rerank: Optional[int]
+) -> tuple[str, int]:
+    """The encoding used (``"pq"`` needs enough vectors) and its re-ranking."""
+    if encoding == "pq" and train_size < MIN_PQ_VECTORS:
+        encoding = "fp16"  # Too few vectors to train 16-centroid codebooks.
+    if rerank is None:
+        rerank = DEFAULT_RERANK if encoding in LOSSY_ENCODINGS else 0
+    if rerank < 0:
+        raise ValueError(f"rerank must be >= 0, got {rerank}")
+    return encoding, rerank
+
+
+def _new_ivf_index(faiss: ModuleType, quantizer, encoding: str, dim: int, nlist: int):
+    """An untrained inner-product IVF index storing ``encoding`` codes."""
+    metric = faiss.METRIC_INNER_PRODUCT
+    if encoding == "flat":
+        return faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
+    if encoding == "pq":
+        sub_dim = _pq_subvector_dim(dim)
+        return faiss.IndexIVFPQFastScan(
+            quantizer, dim, nlist, dim // sub_dim, 4, metric
+        )
+    qtype = {
+        "fp16": faiss.ScalarQuantizer.QT_fp16,
+        "sq8": faiss.ScalarQuantizer.QT_8bit,
+    }[encoding]
+    return faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, qtype, metric)
+
+
+def _set_kmeans(
+    index, encoding: str, seed: int, kmeans_iterations: int, train_size: int
+) -> None:
+    """Spherical, seeded k-means of the centroids (and of the PQ codebooks)."""
+    index.cp.spherical = True  # Centroids on the unit sphere, as the data.
+    index.cp.seed = seed
+    index.cp.niter = int(kmeans_iterations)
+    index.cp.max_points_per_centroid = max(256, -(-train_size // index.nlist))
+    if encoding == "pq":
+        index.pq.cp.niter = int(kmeans_iterations)
+
+
+def _train_and_add(index, vectors: np.ndarray, train_size: int, seed: int) -> None:
+    """Trains ``index`` on a seeded sample of ``[N, D]`` vectors, adds them all."""
+    num = len(vectors)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(num, size=train_size, replace=False))
+    index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+    for start in range(0, num, _ADD_BATCH):
+        index.add(
+            np.ascontiguousarray(vectors[start : start + _ADD_BATCH], dtype=np.float32)
+        )
+
+
 class ApproximateIndex:
     """An inverted-file (IVF) index for fast, approximate inner-product search.
 
@@ -167,68 +253,22 @@ class ApproximateIndex:
         kmeans_iterations: int = 10,
     ):
         faiss = import_faiss()
-        vectors = (
-            np.asarray(vectors) if not isinstance(vectors, np.ndarray) else vectors
-        )
-        if not np.issubdtype(vectors.dtype, np.floating):
-            raise TypeError(f"vectors must be a float array, got {vectors.dtype}")
-        if vectors.ndim != 2 or len(vectors) == 0:
-            raise ValueError(f"vectors must be a non-empty [N, D], got {vectors.shape}")
+        vectors = _checked_vectors(vectors)
         if encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
         if vectors.dtype not in (np.float16, np.float32):
             vectors = vectors.astype(np.float32)
         num, dim = vectors.shape
-        nlist = default_nlist(num) if nlist is None else nlist
-        if not 1 <= nlist <= num:
-            raise ValueError(f"nlist must be in [1, {num}], got {nlist}")
-        nprobe = default_nprobe(nlist) if nprobe is None else nprobe
-        if nprobe < 1:
-            raise ValueError(f"nprobe must be >= 1, got {nprobe}")
-        if kmeans_iterations < 1:
-            raise ValueError(f"kmeans_iterations must be >= 1, got {kmeans_iterations}")
-        train_size = min(num, 64 * nlist if train_size is None else train_size)
-        if train_size < nlist:
-            raise ValueError(f"train_size={train_size} is below nlist={nlist}")
-        if encoding == "pq" and train_size < MIN_PQ_VECTORS:
-            encoding = "fp16"  # Too few vectors to train 16-centroid codebooks.
-        if rerank is None:
-            rerank = DEFAULT_RERANK if encoding in LOSSY_ENCODINGS else 0
-        if rerank < 0:
-            raise ValueError(f"rerank must be >= 0, got {rerank}")
+        nlist, nprobe, train_size = _list_sizes(
+            num, nlist, nprobe, train_size, kmeans_iterations
+        )
+        encoding, rerank = _encoding_and_rerank(encoding, train_size, rerank)
         if num_threads is not None:
             faiss.omp_set_num_threads(int(num_threads))
-
         quantizer = faiss.IndexFlatIP(dim)
-        metric = faiss.METRIC_INNER_PRODUCT
-        if encoding == "flat":
-            index = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
-        elif encoding == "pq":
-            sub_dim = _pq_subvector_dim(dim)
-            index = faiss.IndexIVFPQFastScan(
-                quantizer, dim, nlist, dim // sub_dim, 4, metric
-            )
-        else:
-            qtype = {
-                "fp16": faiss.ScalarQuantizer.QT_fp16,
-                "sq8": faiss.ScalarQuantizer.QT_8bit,
-            }[encoding]
-            index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, qtype, metric)
-        index.cp.spherical = True  # Centroids on the unit sphere, as the data.
-        index.cp.seed = seed
-        index.cp.niter = int(kmeans_iterations)
-        index.cp.max_points_per_centroid = max(256, -(-train_size // nlist))
-        if encoding == "pq":
-            index.pq.cp.niter = int(kmeans_iterations)
-        rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(num, size=train_size, replace=False))
-        index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
-        for start in range(0, num, _ADD_BATCH):
-            index.add(
-                np.ascontiguousarray(
-                    vectors[start : start + _ADD_BATCH], dtype=np.float32
-                )
-            )
+        index = _new_ivf_index(faiss, quantizer, encoding, dim, nlist)
+        _set_kmeans(index, encoding, seed, kmeans_iterations, train_size)
+        _train_and_add(index, vectors, train_size, seed)
         self._index = index
         self._quantizer = quantizer  # FAISS does not own it from Python.
         self._vectors = vectors
