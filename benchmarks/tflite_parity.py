@@ -1,7 +1,7 @@
 """TFLite export parity: size, CPU latency, cosine and R@1 against Keras.
 
 For each quantisation and each tower this converts a trained workdir's best
-model (`vse_tf.serving.tflite_lib.export_tflite`), runs it in LiteRT on the
+model (`vse_tf.serving.tflite.export.export_tflite`), runs it in LiteRT on the
 workdir's TEST split (real images and captions, 5 captions per image) and
 prints:
 
@@ -39,8 +39,12 @@ from absl import app, flags
 from vse_tf import features as features_lib
 from vse_tf import metrics as metrics_lib
 from vse_tf import text as text_lib
-from vse_tf import train_lib
-from vse_tf.serving import tflite_lib
+from vse_tf import workdir as workdir_lib
+from vse_tf.data import datasets
+from vse_tf.serving.tflite import convert as tflite_convert
+from vse_tf.serving.tflite import export as tflite_export
+from vse_tf.serving.tflite import runner as tflite_runner
+from vse_tf.serving.tflite.manifest import IMAGE_FILE, STRINGS_FILE, TEXT_FILE
 
 _WORKDIR = flags.DEFINE_list(
     "workdir",
@@ -69,7 +73,7 @@ _SAVED_MODEL = flags.DEFINE_string(
     "encode_image_pixels / encode_text signatures instead of Keras.",
 )
 
-TOWERS = (tflite_lib.IMAGE_FILE, tflite_lib.TEXT_FILE, tflite_lib.STRINGS_FILE)
+TOWERS = (IMAGE_FILE, TEXT_FILE, STRINGS_FILE)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -96,7 +100,7 @@ def _median_ms(fn, example, runs: int) -> float:
 
 def _r1(image_emb: np.ndarray, caption_emb: np.ndarray) -> dict[str, float]:
     metrics = metrics_lib.retrieval_metrics(
-        image_emb, caption_emb, train_lib.CAPTIONS_PER_IMAGE
+        image_emb, caption_emb, datasets.CAPTIONS_PER_IMAGE
     )
     return {"i2t_r1": metrics["i2t_r1"], "t2i_r1": metrics["t2i_r1"]}
 
@@ -134,16 +138,16 @@ def _saved_model_embeddings(
         batch_size,
     )
     return {
-        tflite_lib.IMAGE_FILE: image_emb,
-        tflite_lib.TEXT_FILE: text_emb,
-        tflite_lib.STRINGS_FILE: text_emb,
+        IMAGE_FILE: image_emb,
+        TEXT_FILE: text_emb,
+        STRINGS_FILE: text_emb,
     }
 
 
 def main(argv):
     del argv
     modes = (
-        list(tflite_lib.QUANTIZE_MODES)
+        list(tflite_convert.QUANTIZE_MODES)
         if _QUANTIZE.value == "all"
         else _QUANTIZE.value.split(",")
     )
@@ -157,11 +161,11 @@ def main(argv):
 
 def _measure(workdir: str, modes: list[str]) -> dict:
     """Every figure of one workdir's export (and prints its table)."""
-    config, model = train_lib.load_trained_model(workdir)
-    split = train_lib.load_split(config, _SPLIT.value)
+    config, model = workdir_lib.load_trained_model(workdir)
+    split = datasets.load_split(config, _SPLIT.value)
     if _MAX_IMAGES.value:
         split = split.take_images(_MAX_IMAGES.value)
-    split = train_lib.protocol_view(split)
+    split = datasets.protocol_view(split)
     size = config.data.image_size
     images = np.concatenate(
         [b.numpy() for b in features_lib.image_dataset(split.image_paths, size, 32)]
@@ -173,13 +177,9 @@ def _measure(workdir: str, modes: list[str]) -> dict:
     encode_tokens = tf.function(model.text_tower.encode_tokens)
     encode_text = tf.function(model.text_tower.call)
     keras_emb = {
-        tflite_lib.IMAGE_FILE: _batched(
-            lambda x: encode_image(x).numpy(), images, _BATCH.value
-        ),
-        tflite_lib.TEXT_FILE: _batched(
-            lambda x: encode_tokens(x).numpy(), tokens, _BATCH.value
-        ),
-        tflite_lib.STRINGS_FILE: _batched(
+        IMAGE_FILE: _batched(lambda x: encode_image(x).numpy(), images, _BATCH.value),
+        TEXT_FILE: _batched(lambda x: encode_tokens(x).numpy(), tokens, _BATCH.value),
+        STRINGS_FILE: _batched(
             lambda x: encode_text(tf.constant(x)).numpy(), captions, _BATCH.value
         ),
     }
@@ -195,19 +195,17 @@ def _measure(workdir: str, modes: list[str]) -> dict:
                 name: _summary(_cosine(reference[name], keras_emb[name]))
                 for name in TOWERS
             },
-            "retrieval": _r1(
-                reference[tflite_lib.IMAGE_FILE], reference[tflite_lib.TEXT_FILE]
-            ),
+            "retrieval": _r1(reference[IMAGE_FILE], reference[TEXT_FILE]),
         }
     inputs = {
-        tflite_lib.IMAGE_FILE: images,
-        tflite_lib.TEXT_FILE: tokens,
-        tflite_lib.STRINGS_FILE: captions,
+        IMAGE_FILE: images,
+        TEXT_FILE: tokens,
+        STRINGS_FILE: captions,
     }
     keras_fns = {
-        tflite_lib.IMAGE_FILE: lambda x: encode_image(x).numpy(),
-        tflite_lib.TEXT_FILE: lambda x: encode_tokens(x).numpy(),
-        tflite_lib.STRINGS_FILE: lambda x: encode_text(tf.constant(x)).numpy(),
+        IMAGE_FILE: lambda x: encode_image(x).numpy(),
+        TEXT_FILE: lambda x: encode_tokens(x).numpy(),
+        STRINGS_FILE: lambda x: encode_text(tf.constant(x)).numpy(),
     }
     results = {
         "workdir": os.path.abspath(workdir),
@@ -227,20 +225,20 @@ def _measure(workdir: str, modes: list[str]) -> dict:
                 name: _median_ms(keras_fns[name], inputs[name][:1], _NUM_RUNS.value)
                 for name in TOWERS
             },
-            "retrieval": _r1(
-                keras_emb[tflite_lib.IMAGE_FILE], keras_emb[tflite_lib.TEXT_FILE]
-            ),
+            "retrieval": _r1(keras_emb[IMAGE_FILE], keras_emb[TEXT_FILE]),
         },
         "variants": {},
     }
 
     for quantize in modes:
         start = time.time()
-        files, manifest = tflite_lib.export_tflite(workdir, quantize)
+        files, manifest = tflite_export.export_tflite(workdir, quantize)
         convert_s = time.time() - start
         towers, emb = {}, {}
         for name in TOWERS:
-            runner = tflite_lib.TFLiteTower(files[name], num_threads=_NUM_THREADS.value)
+            runner = tflite_runner.TFLiteTower(
+                files[name], num_threads=_NUM_THREADS.value
+            )
             emb[name] = _batched(runner, inputs[name], _BATCH.value)
             cosine = _cosine(emb[name], reference[name])
             towers[name] = {
@@ -254,10 +252,8 @@ def _measure(workdir: str, modes: list[str]) -> dict:
         results["variants"][quantize] = {
             "convert_s": convert_s,
             "towers": towers,
-            "retrieval": _r1(emb[tflite_lib.IMAGE_FILE], emb[tflite_lib.TEXT_FILE]),
-            "retrieval_strings": _r1(
-                emb[tflite_lib.IMAGE_FILE], emb[tflite_lib.STRINGS_FILE]
-            ),
+            "retrieval": _r1(emb[IMAGE_FILE], emb[TEXT_FILE]),
+            "retrieval_strings": _r1(emb[IMAGE_FILE], emb[STRINGS_FILE]),
         }
         print(f"{quantize}: converted in {convert_s:.0f}s", flush=True)
 
@@ -277,8 +273,8 @@ def _print_image_comparison(runs: list[dict]) -> None:
     first = runs[0]["variants"]
     for run in runs:
         for quantize, variant in run["variants"].items():
-            tower = variant["towers"][tflite_lib.IMAGE_FILE]
-            base = first.get(quantize, {}).get("towers", {}).get(tflite_lib.IMAGE_FILE)
+            tower = variant["towers"][IMAGE_FILE]
+            base = first.get(quantize, {}).get("towers", {}).get(IMAGE_FILE)
             size_x = tower["size_mb"] / base["size_mb"] if base else float("nan")
             time_x = tower["latency_ms"] / base["latency_ms"] if base else float("nan")
             r1 = variant["retrieval"]
@@ -327,9 +323,7 @@ def _print_table(results: dict) -> None:
     for quantize, variant in results["variants"].items():
         for name in TOWERS:
             tower = variant["towers"][name]
-            r1 = variant[
-                "retrieval_strings" if name == tflite_lib.STRINGS_FILE else "retrieval"
-            ]
+            r1 = variant["retrieval_strings" if name == STRINGS_FILE else "retrieval"]
             print(
                 f"{quantize:8} {name:26} {tower['size_mb']:7.2f} "
                 f"{tower['latency_ms']:8.2f} {tower['cos_mean']:9.6f} "

@@ -23,7 +23,9 @@ import tempfile
 from absl import flags, logging
 
 from trainers import cli
-from vse_tf.serving import tflite_lib
+from vse_tf.serving.tflite import convert as tflite_convert
+from vse_tf.serving.tflite import export as tflite_export
+from vse_tf.serving.tflite import manifest as tflite_manifest
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
 _OUTPUT_DIR = flags.DEFINE_string(
@@ -32,7 +34,7 @@ _OUTPUT_DIR = flags.DEFINE_string(
 _QUANTIZE = flags.DEFINE_enum(
     "quantize",
     "none",
-    list(tflite_lib.QUANTIZE_MODES),
+    list(tflite_convert.QUANTIZE_MODES),
     "none: float32; float16: float16 weights; dynamic: int8 weights; int8: "
     "int8 weights and activations, calibrated on real training data.",
 )
@@ -59,7 +61,7 @@ def write_export(files: dict[str, bytes], manifest: dict, output_dir: str) -> li
     tmp = tempfile.mkdtemp(prefix=".tflite_export_", dir=output_dir)
     try:
         contents = dict(files)
-        contents[tflite_lib.MANIFEST_FILE] = (
+        contents[tflite_manifest.MANIFEST_FILE] = (
             json.dumps(manifest, indent=2, sort_keys=True) + "\n"
         ).encode("utf-8")
         for name, data in contents.items():
@@ -68,8 +70,8 @@ def write_export(files: dict[str, bytes], manifest: dict, output_dir: str) -> li
                 f.flush()
                 os.fsync(f.fileno())
         written = []
-        order = [n for n in contents if n != tflite_lib.MANIFEST_FILE]
-        for name in order + [tflite_lib.MANIFEST_FILE]:
+        order = [n for n in contents if n != tflite_manifest.MANIFEST_FILE]
+        for name in order + [tflite_manifest.MANIFEST_FILE]:
             path = os.path.join(output_dir, name)
             os.replace(os.path.join(tmp, name), path)
             written.append(path)
@@ -81,7 +83,7 @@ def write_export(files: dict[str, bytes], manifest: dict, output_dir: str) -> li
 def main(argv):
     del argv
     output_dir = _OUTPUT_DIR.value or os.path.join(_WORKDIR.value, "tflite")
-    files, manifest = tflite_lib.export_tflite(
+    files, manifest = tflite_export.export_tflite(
         _WORKDIR.value,
         _QUANTIZE.value,
         num_calibration_images=_CALIBRATION_IMAGES.value,

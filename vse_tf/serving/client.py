@@ -77,7 +77,12 @@ def _as_matrix(rows: Any, count: int, where: str) -> np.ndarray:
 
 
 class _Client:
-    """Batching shared by the REST and gRPC clients."""
+    """Batching, timeouts and error reports shared by the REST and gRPC clients.
+
+    Subclasses set `PROTOCOL` and implement `_predict` and `describe`.
+    """
+
+    PROTOCOL = ""  # the port a refused connection hints at: "REST" or "gRPC"
 
     def __init__(self, model_name: str, timeout: float, batch_size: int):
         if batch_size < 1:
@@ -85,6 +90,25 @@ class _Client:
         self.model_name = model_name
         self.timeout = float(timeout)
         self.batch_size = int(batch_size)
+
+    def _timeout_error(self, url: str, **details: Any) -> ServingTimeoutError:
+        """The error for a call to ``url`` that outlived the timeout."""
+        return ServingTimeoutError(
+            f"{url}: no answer within {self.timeout:g} s", url, **details
+        )
+
+    def _unreachable_error(self, url: str, reason: str, **details: Any) -> ServingError:
+        """The error for a server that refused or dropped the connection."""
+        return ServingError(
+            f"cannot connect to {url}: {reason} "
+            f"(is the model server running, on this {self.PROTOCOL} port?)",
+            url,
+            **details,
+        )
+
+    def _description(self, server: str, version: Optional[str]) -> dict:
+        """`describe`'s record: ``{"server", "model_name", "version"}``."""
+        return {"server": server, "model_name": self.model_name, "version": version}
 
     def _predict(self, signature: str, key: str, values: list) -> np.ndarray:
         raise NotImplementedError
@@ -125,6 +149,8 @@ class ServingClient(_Client):
         batch_size: Items per request; larger inputs are split.
         version: Optional model version to pin.
     """
+
+    PROTOCOL = "REST"
 
     def __init__(
         self,
@@ -169,21 +195,13 @@ class ServingClient(_Client):
                 message=message,
             ) from None
         except TimeoutError as error:
-            raise ServingTimeoutError(
-                f"{url}: no answer within {self.timeout:g} s", url
-            ) from error
+            raise self._timeout_error(url) from error
         except urllib.error.URLError as error:
             reason = error.reason
             if isinstance(reason, TimeoutError):
-                raise ServingTimeoutError(
-                    f"{url}: no answer within {self.timeout:g} s", url
-                ) from error
+                raise self._timeout_error(url) from error
             if isinstance(reason, ConnectionRefusedError):
-                raise ServingError(
-                    f"cannot connect to {url}: connection refused "
-                    "(is the model server running, on this REST port?)",
-                    url,
-                ) from error
+                raise self._unreachable_error(url, "connection refused") from error
             raise ServingError(f"cannot reach {url}: {reason}", url) from error
         except ConnectionError as error:
             raise ServingError(f"connection to {url} failed: {error}", url) from error
@@ -224,11 +242,7 @@ class ServingClient(_Client):
                 version = str(max(int(s["version"]) for s in available))
         except (ServingError, ValueError, KeyError, TypeError):
             pass
-        return {
-            "server": self.model_url,
-            "model_name": self.model_name,
-            "version": version,
-        }
+        return self._description(self.model_url, version)
 
 
 class GrpcServingClient(_Client):
@@ -241,6 +255,8 @@ class GrpcServingClient(_Client):
         batch_size: Items per request; larger inputs are split.
         version: Optional model version to pin.
     """
+
+    PROTOCOL = "gRPC"
 
     def __init__(
         self,
@@ -291,27 +307,7 @@ class GrpcServingClient(_Client):
         try:
             reply = self._stub.Predict(request, timeout=self.timeout)
         except self._grpc.RpcError as error:
-            code = error.code()
-            details = error.details() or ""
-            name = code.name if code is not None else "UNKNOWN"
-            if code == self._grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise ServingTimeoutError(
-                    f"{self.url}: no answer within {self.timeout:g} s",
-                    self.url,
-                    status=name,
-                    message=details,
-                ) from None
-            if code == self._grpc.StatusCode.UNAVAILABLE:
-                raise ServingError(
-                    f"cannot connect to {self.url}: {details} "
-                    "(is the model server running, on this gRPC port?)",
-                    self.url,
-                    status=name,
-                    message=details,
-                ) from None
-            raise ServingError(
-                f"{self.url}: {name}: {details}", self.url, status=name, message=details
-            ) from None
+            raise self._rpc_error(error) from None
         if OUTPUT_KEY not in reply.outputs:
             raise ServingError(
                 f"{self.url}: no '{OUTPUT_KEY}' output in the answer "
@@ -322,10 +318,25 @@ class GrpcServingClient(_Client):
             tf.make_ndarray(reply.outputs[OUTPUT_KEY]), len(values), self.url
         )
 
+    def _rpc_error(self, error) -> ServingError:
+        """The `ServingError` for a failed RPC, with its code name and details."""
+        code = error.code()
+        details = error.details() or ""
+        name = code.name if code is not None else "UNKNOWN"
+        if code == self._grpc.StatusCode.DEADLINE_EXCEEDED:
+            return self._timeout_error(self.url, status=name, message=details)
+        if code == self._grpc.StatusCode.UNAVAILABLE:
+            return self._unreachable_error(
+                self.url, details, status=name, message=details
+            )
+        return ServingError(
+            f"{self.url}: {name}: {details}", self.url, status=name, message=details
+        )
+
     def describe(self) -> dict:
         """``{"server", "model_name", "version"}`` (version only when pinned)."""
         version = None if self.version is None else str(self.version)
-        return {"server": self.url, "model_name": self.model_name, "version": version}
+        return self._description(self.url, version)
 
 
 def connect(url: str, **kwargs) -> _Client:

@@ -118,48 +118,85 @@ def _ceil_div(a, b):
     return (a + b - 1) // b
 
 
-def _jpeg_header(data, max_pixels):
-    """Frame size, scan structure and scale of a JPEG (walks its markers)."""
-    length = tf.cast(tf.strings.length(data), tf.int64)
+def _jpeg_marker_step(data, length, pos, sof, components, scans, outcome):
+    """One step of the JPEG marker walk: reads the marker at ``pos``.
+
+    Args:
+        data: ``tf.string`` scalar.
+        length: int64 scalar, its length.
+        pos: int64 scalar, offset of the marker (``0xFF``, code).
+        sof: The start-of-frame marker seen so far (0: none).
+        components: Its component count.
+        scans: The component count of the first scan (0: none yet).
+        outcome: `_RUNNING` so far.
+
+    Returns:
+        ``(next_pos, sof, components, scans, outcome)``; ``outcome`` is
+        `_FOUND_SCAN`, `_UNPARSED`, `_TRUNCATED` or still `_RUNNING`.
+    """
+    # (10 bytes at a time, not a copy of the data: the walk is short)
+    b = _bytes_at(data, pos, 10)
+    marker = b[1]
+    is_fill = tf.logical_and(tf.equal(b[0], 0xFF), tf.equal(marker, 0xFF))
+    standalone = tf.reduce_any(tf.equal(marker, _STANDALONE))
+    is_sof = tf.logical_and(
+        tf.reduce_any(tf.equal(marker, _SOF_MARKERS)), tf.equal(sof, 0)
+    )
+    is_sos = tf.equal(marker, 0xDA)
+    broken = tf.logical_or(
+        tf.not_equal(b[0], 0xFF), tf.reduce_any(tf.equal(marker, [0xD8, 0xD9]))
+    )
+    next_pos = tf.where(
+        is_fill, pos + 1, tf.where(standalone, pos + 2, pos + 2 + _be16(b, 2))
+    )
+    sof = tf.where(is_sof, marker, sof)
+    components = tf.where(is_sof, b[9], components)
+    scans = tf.where(is_sos, b[4], scans)
+    outcome = tf.where(
+        is_sos,
+        _FOUND_SCAN,
+        tf.where(
+            broken,
+            _UNPARSED,
+            tf.where(next_pos + 4 > length, _TRUNCATED, _RUNNING),
+        ),
+    )
+    return next_pos, sof, components, scans, outcome
+
+
+def _walk_jpeg_markers(data, length):
+    """``(sof, components, scans, outcome)`` of the markers up to the first scan."""
     zero = tf.constant(0, tf.int64)
-
-    def body(pos, sof, components, scans, outcome):
-        # (10 bytes at a time, not a copy of the data: the walk is short)
-        b = _bytes_at(data, pos, 10)
-        marker = b[1]
-        is_fill = tf.logical_and(tf.equal(b[0], 0xFF), tf.equal(marker, 0xFF))
-        standalone = tf.reduce_any(tf.equal(marker, _STANDALONE))
-        is_sof = tf.logical_and(
-            tf.reduce_any(tf.equal(marker, _SOF_MARKERS)), tf.equal(sof, 0)
-        )
-        is_sos = tf.equal(marker, 0xDA)
-        broken = tf.logical_or(
-            tf.not_equal(b[0], 0xFF), tf.reduce_any(tf.equal(marker, [0xD8, 0xD9]))
-        )
-        next_pos = tf.where(
-            is_fill, pos + 1, tf.where(standalone, pos + 2, pos + 2 + _be16(b, 2))
-        )
-        sof = tf.where(is_sof, marker, sof)
-        components = tf.where(is_sof, b[9], components)
-        scans = tf.where(is_sos, b[4], scans)
-        outcome = tf.where(
-            is_sos,
-            _FOUND_SCAN,
-            tf.where(
-                broken,
-                _UNPARSED,
-                tf.where(next_pos + 4 > length, _TRUNCATED, _RUNNING),
-            ),
-        )
-        return next_pos, sof, components, scans, outcome
-
     state = (tf.constant(2, tf.int64), zero, zero, zero, _RUNNING)
     _, sof, components, scans, outcome = tf.while_loop(
         lambda *s: tf.equal(s[-1], _RUNNING),
-        body,
+        lambda *s: _jpeg_marker_step(data, length, *s),
         state,
         maximum_iterations=tf.strings.length(data),
     )
+    return sof, components, scans, outcome
+
+
+def _jpeg_ratio_index(height, width, streamed, max_pixels):
+    """Index in `JPEG_RATIOS` of the smallest reduction whose raster fits.
+
+    Reduced scales only for ``streamed`` JPEGs; ``len(JPEG_RATIOS)`` when
+    nothing fits.
+    """
+    ratio_index = tf.constant(len(JPEG_RATIOS), tf.int32)
+    for index in reversed(range(len(JPEG_RATIOS))):
+        ratio = JPEG_RATIOS[index]
+        fits = _ceil_div(height, ratio) * _ceil_div(width, ratio) <= max_pixels
+        if index > 0:
+            fits = tf.logical_and(fits, streamed)
+        ratio_index = tf.where(fits, index, ratio_index)
+    return ratio_index
+
+
+def _jpeg_header(data, max_pixels):
+    """Frame size, scan structure and scale of a JPEG (walks its markers)."""
+    length = tf.cast(tf.strings.length(data), tf.int64)
+    sof, components, scans, outcome = _walk_jpeg_markers(data, length)
     truncated = tf.logical_or(tf.equal(outcome, _TRUNCATED), length < 4)
     # libjpeg's own reading of the frame header (the size it allocates for;
     # it raises InvalidArgumentError on a header it cannot read). Markers
@@ -176,13 +213,7 @@ def _jpeg_header(data, max_pixels):
         tf.logical_and(tf.equal(scans, components), components > 0),
     )
     # Smallest ratio whose raster fits; streamed JPEGs only.
-    ratio_index = tf.constant(len(JPEG_RATIOS), tf.int32)
-    for index in reversed(range(len(JPEG_RATIOS))):
-        ratio = JPEG_RATIOS[index]
-        fits = _ceil_div(height, ratio) * _ceil_div(width, ratio) <= max_pixels
-        if index > 0:
-            fits = tf.logical_and(fits, streamed)
-        ratio_index = tf.where(fits, index, ratio_index)
+    ratio_index = _jpeg_ratio_index(height, width, streamed, max_pixels)
     too_large = ratio_index >= len(JPEG_RATIOS)
     problem = tf.where(truncated, _BAD_HEADER, tf.where(too_large, _TOO_LARGE, _OK))
     return height, width, tf.minimum(ratio_index, len(JPEG_RATIOS) - 1), problem
@@ -220,75 +251,95 @@ def _bmp_header(data, max_pixels):
     return height, width, tf.constant(0, tf.int32), problem
 
 
+def _gif_byte(raw, length, pos):
+    """int64 ``raw[pos]``, 0 past the end (``raw``: the GIF as uint8)."""
+    value = tf.cast(tf.gather(raw, tf.minimum(pos, length - 1)), tf.int64)
+    return tf.where(pos < length, value, tf.zeros_like(value))
+
+
+def _skip_gif_sub_blocks(data, raw, length, pos):
+    """The offset after the chain of data sub-blocks that starts at ``pos``."""
+
+    # A chain of (size byte, data) ends with a size of 0.
+    def body(pos, size):
+        pos = pos + 1 + size
+        return pos, _gif_byte(raw, length, pos)
+
+    end, _ = tf.while_loop(
+        lambda pos, size: size > 0,
+        body,
+        (pos, _gif_byte(raw, length, pos)),
+        maximum_iterations=tf.strings.length(data),
+    )
+    return end + 1
+
+
+def _gif_block_step(data, raw, length, pos, width, height, total, status):
+    """One step of the GIF block walk: reads the block at ``pos``.
+
+    Args:
+        data: ``tf.string`` scalar.
+        raw: ``uint8 [length]``, the same bytes.
+        length: int64 scalar.
+        pos: int64 scalar, offset of the block.
+        width: Canvas width so far (frames may extend it).
+        height: Canvas height so far.
+        total: Pixels of all the frames so far.
+        status: `_RUNNING` so far.
+
+    Returns:
+        ``(next_pos, width, height, total, status)``; ``status`` is
+        `_GIF_OK` (trailer, or the data ends after a block), `_GIF_BAD`
+        or still `_RUNNING`.
+    """
+    b = _bytes_at(data, pos, 10)
+    # Image descriptor: 0x2C, left, top, width, height (LE 16), flags;
+    # then its colour table, the LZW code size byte and data sub-blocks.
+    is_image = tf.equal(b[0], 0x2C)
+    is_ext = tf.equal(b[0], 0x21)  # 0x21, label, sub-blocks
+    frame_w, frame_h = _le16(b, 5), _le16(b, 7)
+    width = tf.where(is_image, tf.maximum(width, _le16(b, 1) + frame_w), width)
+    height = tf.where(is_image, tf.maximum(height, _le16(b, 3) + frame_h), height)
+    total = tf.where(is_image, total + frame_w * frame_h, total)
+    blocks = tf.where(is_image, pos + 11 + _palette_bytes(b[9]), pos + 2)
+    next_pos = tf.cond(
+        tf.logical_or(is_image, is_ext),
+        lambda: _skip_gif_sub_blocks(data, raw, length, blocks),
+        lambda: pos,
+    )
+    known = tf.logical_or(is_image, is_ext)
+    status = tf.where(
+        tf.logical_or(
+            tf.equal(b[0], 0x3B),  # the trailer
+            tf.logical_and(known, tf.equal(next_pos, length)),  # none: as TF
+        ),
+        _GIF_OK,
+        tf.where(
+            tf.logical_and(known, next_pos < length),
+            _RUNNING,
+            _GIF_BAD,  # unknown block, or data that ends inside a block
+        ),
+    )
+    return next_pos, width, height, total, status
+
+
 def _gif_header(data, max_pixels):
     """Canvas size and the pixels of all frames (libgif decodes them all)."""
     length = tf.cast(tf.strings.length(data), tf.int64)
     # One copy of the data as numbers: GIF data is walked 256 bytes at a time.
     raw = tf.io.decode_raw(data, tf.uint8)  # at least the 6-byte magic
-
-    def byte(pos):
-        value = tf.cast(tf.gather(raw, tf.minimum(pos, length - 1)), tf.int64)
-        return tf.where(pos < length, value, tf.zeros_like(value))
-
-    def skip_sub_blocks(pos):
-        # A chain of (size byte, data) ends with a size of 0.
-        def body(pos, size):
-            pos = pos + 1 + size
-            return pos, byte(pos)
-
-        end, _ = tf.while_loop(
-            lambda pos, size: size > 0,
-            body,
-            (pos, byte(pos)),
-            maximum_iterations=tf.strings.length(data),
-        )
-        return end + 1
-
     screen = _bytes_at(data, 0, 13)
-    zero = tf.constant(0, tf.int64)
-
-    def body(pos, width, height, total, status):
-        b = _bytes_at(data, pos, 10)
-        # Image descriptor: 0x2C, left, top, width, height (LE 16), flags;
-        # then its colour table, the LZW code size byte and data sub-blocks.
-        is_image = tf.equal(b[0], 0x2C)
-        is_ext = tf.equal(b[0], 0x21)  # 0x21, label, sub-blocks
-        frame_w, frame_h = _le16(b, 5), _le16(b, 7)
-        width = tf.where(is_image, tf.maximum(width, _le16(b, 1) + frame_w), width)
-        height = tf.where(is_image, tf.maximum(height, _le16(b, 3) + frame_h), height)
-        total = tf.where(is_image, total + frame_w * frame_h, total)
-        blocks = tf.where(is_image, pos + 11 + _palette_bytes(b[9]), pos + 2)
-        next_pos = tf.cond(
-            tf.logical_or(is_image, is_ext),
-            lambda: skip_sub_blocks(blocks),
-            lambda: pos,
-        )
-        known = tf.logical_or(is_image, is_ext)
-        status = tf.where(
-            tf.logical_or(
-                tf.equal(b[0], 0x3B),  # the trailer
-                tf.logical_and(known, tf.equal(next_pos, length)),  # none: as TF
-            ),
-            _GIF_OK,
-            tf.where(
-                tf.logical_and(known, next_pos < length),
-                _RUNNING,
-                _GIF_BAD,  # unknown block, or data that ends inside a block
-            ),
-        )
-        return next_pos, width, height, total, status
-
     start = 13 + _palette_bytes(screen[10])
     state = (
         start,
         _le16(screen, 6),
         _le16(screen, 8),
-        zero,
+        tf.constant(0, tf.int64),
         tf.where(start < length, _RUNNING, _GIF_BAD),
     )
     _, width, height, total, status = tf.while_loop(
         lambda *s: tf.equal(s[-1], _RUNNING),
-        body,
+        lambda *s: _gif_block_step(data, raw, length, *s),
         state,
         maximum_iterations=tf.strings.length(data),
     )
