@@ -11,6 +11,7 @@ Example:
 from absl import flags
 
 from trainers import cli
+from vse_tf.retrieval import index_lib
 from vse_tf.serving import saved_model_lib, serving_check, serving_config
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
@@ -32,12 +33,15 @@ _CHECK = flags.DEFINE_bool(
 
 def main(argv):
     del argv
+    index = None
+    if _IMAGE_INDEX.value:
+        index = index_lib.load_index(_IMAGE_INDEX.value, mmap_mode=None)
     path = saved_model_lib.export_saved_model(
         _WORKDIR.value,
         _OUTPUT_DIR.value,
         _VERSION.value,
         _MODEL_NAME.value,
-        image_index=_IMAGE_INDEX.value,
+        image_index=index,
         search_k=_SEARCH_K.value,
     )
     print(f"SavedModel written to {path}")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests import testing_utils
-from vse_tf import train_lib
+from vse_tf import evaluation, train_lib
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +43,8 @@ def _train_on_real_photos(tmp_path, **overrides):
     results = train_lib.train_and_evaluate(config, workdir, verbose=0)
     config, model = train_lib.load_trained_model(workdir, include_backbone=False)
     seen = train_lib.load_split(config, "train").take_images(100)
-    data = train_lib.prepare_eval(config, seen, model.text_tower.tokenizer)
-    return workdir, results["dev"], train_lib.evaluate(model, data, config)
+    data = evaluation.prepare_eval(config, seen, model.text_tower.tokenizer)
+    return workdir, results["dev"], evaluation.evaluate(model, data, config)
 
 
 def test_flickr8k_subset_with_hed_trunk_learns(tmp_path):

@@ -113,3 +113,41 @@ def test_stale_temporaries_are_removed_but_not_fresh_ones(tmp_path):
     os.utime(old, (1000.0, 1000.0))
     store.remove_stale_temporaries(older_than=2000.0)
     assert sorted(os.listdir(store.folder)) == [".tmp-new.npy", "shard-00000.npy"]
+
+
+def test_entries_left_beside_shards_are_gathered_and_removed(tmp_path):
+    store = _store(tmp_path)
+    entries = [store.write_shard(s, np.full([2, 1], s, np.float32)) for s in (2, 0)]
+    for entry in entries:
+        store.write_entry(entry)
+    with open(os.path.join(store.folder, "shard-00001.entry.json"), "w") as f:
+        f.write("{truncated")  # a damaged entry is left out, its shard redone
+    assert store.read_entries() == [entries[1], entries[0]]  # by file name
+    store.remove_entries()
+    assert store.read_entries() == []
+    assert sorted(os.listdir(store.folder)) == ["shard-00000.npy", "shard-00002.npy"]
+
+
+def test_a_store_on_a_url_file_system(tmp_path):
+    """URLs go through tf.io.gfile; TensorFlow's ram:// stands in for gs://."""
+    import tensorflow as tf
+
+    folder = f"ram://{tmp_path.name}/store"
+    store = shard_store.ShardStore(folder)
+    entry = store.write_shard(0, np.eye(2, dtype=np.float32), record={"a": 1})
+    store.write_entry(entry)
+    store.write_manifest({"shards": [entry]})
+    assert sorted(tf.io.gfile.listdir(folder)) == [
+        "manifest.json",
+        "shard-00000.entry.json",
+        "shard-00000.json",
+        "shard-00000.npy",
+    ]
+    assert store.read_manifest() == {"shards": [entry]}
+    assert store.read_entries() == [entry]
+    shard = store.read_shard(entry, dtype=np.float32, row_shape=(2,))
+    np.testing.assert_array_equal(shard.array, np.eye(2))
+    assert shard.record == {"a": 1}
+    with tf.io.gfile.GFile(f"{folder}/shard-00000.npy", "wb") as f:
+        f.write(b"overwritten")
+    assert store.read_shard(entry) is None

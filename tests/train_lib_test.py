@@ -9,8 +9,10 @@ import pytest
 
 from tests import testing_utils
 from vse_tf import config as config_lib
+from vse_tf import evaluation, train_lib
+from vse_tf import features as features_lib
 from vse_tf import metrics as metrics_lib
-from vse_tf import train_lib
+from vse_tf.data import datasets
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +90,7 @@ def test_augment_flip_trains_on_both_views_from_the_cache(tiny_data, tmp_path):
     assert plain.cache_folder != mirrored.cache_folder
 
     split = train_lib.load_split(config, "train")
-    _, views, skipped = train_lib.split_features(config, split, 0, flip=True)
+    _, views, skipped = features_lib.split_features(config, split, 0, flip=True)
     assert skipped == 0
     np.testing.assert_array_equal(views, np.stack([plain.features, mirrored.features]))
 
@@ -106,10 +108,10 @@ def test_augment_flip_is_refused_without_a_frozen_cnn(tiny_data):
     config = _config(tiny_data, augment_flip=True, fine_tune_from="block5")
     split = train_lib.load_split(config, "train")
     with pytest.raises(ValueError, match="fine_tune_from='block5'"):
-        train_lib.split_features(config, split, 0, flip=True)
+        features_lib.split_features(config, split, 0, flip=True)
     precomputed = dataclasses.replace(split, features=np.zeros([split.num_images, 4]))
     with pytest.raises(ValueError, match="precomputed features"):
-        train_lib.split_features(config, precomputed, 0, flip=True)
+        features_lib.split_features(config, precomputed, 0, flip=True)
 
 
 def test_rerun_with_different_config_is_refused(tiny_data, tmp_path):
@@ -133,10 +135,10 @@ def test_load_trained_model_embeds_image_files(tiny_data, tmp_path):
     train_lib.train_and_evaluate(_config(tiny_data), workdir, verbose=0)
     config, model = train_lib.load_trained_model(workdir)
     split = train_lib.load_split(config, "test")
-    from_files, _ = train_lib.embed_split(
+    from_files, _ = evaluation.embed_split(
         model, np.ones([1, 2], np.int32), image_paths=split.image_paths, image_size=32
     )
-    _, feats, skipped = train_lib.split_features(config, split, verbose=0)
+    _, feats, skipped = features_lib.split_features(config, split, verbose=0)
     assert skipped == 0
     from_features = model.image_tower.embed_features(feats).numpy()
     np.testing.assert_allclose(from_files, from_features, atol=1e-4)
@@ -148,7 +150,7 @@ def test_protocol_view_keeps_first_five_captions():
 
     pairs = [("a", f"a{i}") for i in range(7)] + [("b", f"b{i}") for i in range(3)]
     pairs += [("c", f"c{i}") for i in range(5)]
-    view = train_lib.protocol_view(group_captions("dev", pairs))
+    view = datasets.protocol_view(group_captions("dev", pairs))
     assert view.image_paths == ["a", "c"]
     assert view.captions == [f"a{i}" for i in range(5)] + [f"c{i}" for i in range(5)]
     assert view.captions_per_image() == 5
@@ -222,18 +224,18 @@ def test_report_adds_coco_1k_protocol_for_5000_images(tmp_path):
     vocabulary = text.Vocabulary([f"{i}" for i in range(7)] + ["caption"])
     config = config_lib.get_config("tiny")
     model = train_lib.build_model(config, vocabulary, feature_dim=6)
-    data = train_lib.EvalData(
+    data = evaluation.EvalData(
         split,
         text.encode_captions(model.text_tower.tokenizer, split.captions),
         split.features,
     )
-    values = train_lib.report(model, data, config, str(tmp_path))
+    values = evaluation.report(model, data, config, str(tmp_path))
 
     with open(tmp_path / "metrics_test.json") as f:
         assert json.load(f)["rsum"] == pytest.approx(values["rsum"])
     with open(tmp_path / "metrics_test_1k.json") as f:
         folds = json.load(f)
-    image_emb, caption_emb = train_lib.embed_eval_data(model, data, config)
+    image_emb, caption_emb = evaluation.embed_eval_data(model, data, config)
     expected = metrics_lib.coco_metrics(image_emb, caption_emb, protocol="1k")
     assert folds["rsum"] == pytest.approx(expected["rsum"])
 

@@ -19,8 +19,9 @@ Examples:
 from absl import flags
 
 from trainers import cli
-from vse_tf import api, errors, evaluation, train_lib
+from vse_tf import api, errors, evaluation
 from vse_tf import config as config_lib
+from vse_tf import workdir as workdir_lib
 
 cli.define_config_flags(sections=("data",))
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.")
@@ -47,9 +48,9 @@ def main(argv):
         # The trained config's data options, unless a data flag was given.
         changed = cli.given_values(("dataset", "data_dir", "max_eval_images"))
         if _PRINT_CONFIG.value:
-            config = train_lib.read_workdir_config(_WORKDIR.value)
+            config = workdir_lib.read_workdir_config(_WORKDIR.value)
             cli.print_config_and_exit(config_lib.override(config, **changed))
-        train_lib.evaluate_workdir(_WORKDIR.value, split=_SPLIT.value, **changed)
+        evaluation.evaluate_workdir(_WORKDIR.value, split=_SPLIT.value, **changed)
         return
     config = cli.config_from_flags()
     if _PRINT_CONFIG.value:

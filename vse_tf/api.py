@@ -67,9 +67,9 @@ class Embedder:
     @classmethod
     def from_workdir(cls, workdir: str) -> Embedder:
         """The best checkpoint of a training workdir (CNN included)."""
-        from vse_tf import train_lib
+        from vse_tf import workdir as workdir_lib
 
-        config, model = train_lib.load_trained_model(workdir, include_backbone=True)
+        config, model = workdir_lib.load_trained_model(workdir, include_backbone=True)
         return cls(_KerasBackend(model, config), workdir, config)
 
     @classmethod
@@ -178,11 +178,11 @@ class Embedder:
             ``{i2t_r1, ..., t2i_medr, rsum}``.
         """
         from vse_tf import config as config_lib
-        from vse_tf import evaluation, train_lib
+        from vse_tf import evaluation
 
         if isinstance(self._backend, _KerasBackend):
             # The workdir's own path: cached CNN features, metrics JSON written.
-            return train_lib.evaluate_workdir(
+            return evaluation.evaluate_workdir(
                 self.source,
                 split,
                 dataset=dataset,

@@ -1,19 +1,207 @@
-"""Scores any embedder (an export, a server, a workdir) with the papers' protocol.
+"""Retrieval evaluation: of a trained model on a split, of a workdir, of any embedder.
 
 The protocol is the one training selects on (`vse_tf.metrics`): each image
 with its first 5 captions; R@1/5/10 and median rank for image->text and
-text->image; rsum. Here the images go through the model as files (JPEG/PNG
-bytes), as a deployed model sees them, so the numbers check an export end to
-end.
+text->image; rsum. `evaluate_embedder` sends the images through the model as
+files (JPEG/PNG bytes), as a deployed model sees them, so its numbers check
+an export end to end.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import json
+import os
+import weakref
+from typing import Any, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
 
 from vse_tf import config as config_lib
+from vse_tf import features as features_lib
 from vse_tf import metrics as metrics_lib
-from vse_tf import train_lib
+from vse_tf import text as text_lib
+from vse_tf import workdir as workdir_lib
+from vse_tf.config import Config
+from vse_tf.data import datasets
+from vse_tf.data.datasets import CAPTIONS_PER_IMAGE
+from vse_tf.data.split import CaptionedSplit
+from vse_tf.models.vse_model import VSEModel
+
+_COMPILED: weakref.WeakKeyDictionary[keras.Model, dict] = weakref.WeakKeyDictionary()
+
+
+def _compiled(owner: keras.Model, method: str):
+    """One traced ``tf.function`` per (model, method), reused across calls."""
+    functions = _COMPILED.setdefault(owner, {})
+    if method not in functions:
+        functions[method] = tf.function(getattr(owner, method), reduce_retracing=True)
+    return functions[method]
+
+
+def embed_split(
+    model: VSEModel,
+    token_ids: np.ndarray,
+    image_features: Optional[np.ndarray] = None,
+    image_paths: Optional[list[str]] = None,
+    image_size: int = 224,
+    batch_size: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeds a split's images (features or files) and captions.
+
+    Returns:
+        ``(image_emb [N, D], caption_emb [M, D])`` float32.
+    """
+    encode_text = _compiled(model.text_tower, "encode_tokens")
+    caption_emb = [
+        encode_text(tf.constant(token_ids[i : i + batch_size])).numpy()
+        for i in range(0, len(token_ids), batch_size)
+    ]
+    if image_features is not None:
+        embed = _compiled(model.image_tower, "embed_features")
+        image_emb = [
+            embed(tf.constant(image_features[i : i + batch_size])).numpy()
+            for i in range(0, len(image_features), batch_size)
+        ]
+    else:
+        embed = _compiled(model.image_tower, "call")
+        image_emb = [
+            embed(images).numpy()
+            for images in features_lib.image_dataset(
+                image_paths, image_size, batch_size
+            )
+        ]
+    return np.concatenate(image_emb), np.concatenate(caption_emb)
+
+
+@dataclasses.dataclass
+class EvalData:
+    """A split prepared for evaluation (5 captions per image)."""
+
+    split: CaptionedSplit
+    token_ids: np.ndarray
+    features: Optional[np.ndarray]
+    skipped_images: int = 0
+
+
+def prepare_eval(
+    config: Config, split: CaptionedSplit, tokenizer: text_lib.SentenceTokenizer
+) -> EvalData:
+    """The protocol view of a split, its caption ids and its features.
+
+    Raises:
+        readers.DataError: naming the images with fewer than 5 captions
+            (more are allowed: the first 5 are used).
+    """
+    view, feats, skipped = features_lib.split_features(
+        config, datasets.evaluation_view(split)
+    )
+    ids = text_lib.encode_captions(tokenizer, view.captions)
+    return EvalData(view, ids, feats, skipped_images=skipped)
+
+
+def embed_eval_data(
+    model: VSEModel, data: EvalData, config: Config
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(image_emb [N, D], caption_emb [5N, D])`` of a prepared split."""
+    return embed_split(
+        model,
+        data.token_ids,
+        image_features=data.features,
+        image_paths=None if data.features is not None else data.split.image_paths,
+        image_size=config.data.image_size,
+        batch_size=config.train.eval_batch_size,
+    )
+
+
+def evaluate(model: VSEModel, data: EvalData, config: Config) -> dict[str, float]:
+    """The paper's retrieval metrics of a model on a prepared split."""
+    image_emb, caption_emb = embed_eval_data(model, data, config)
+    return metrics_lib.retrieval_metrics(image_emb, caption_emb, CAPTIONS_PER_IMAGE)
+
+
+def write_metrics(
+    workdir: str, split: str, values: dict, extra: Optional[dict] = None
+) -> str:
+    """Writes ``<workdir>/metrics_<split>.json`` atomically; returns the path."""
+    path = os.path.join(workdir, f"metrics_{split}.json")
+    payload = dict(values)
+    payload.update(extra or {})
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def report(
+    model: VSEModel,
+    data: EvalData,
+    config: Config,
+    workdir: str,
+    extra: Optional[dict] = None,
+    embeddings: Optional[tuple[np.ndarray, np.ndarray]] = None,
+) -> dict[str, float]:
+    """Evaluates, prints the table and writes ``metrics_<split>.json``.
+
+    A split of exactly 5,000 images (the COCO 5K test set) is also scored
+    with the COCO 1K protocol (mean over five 1,000-image folds), written to
+    ``metrics_<split>_1k.json``; the main file holds the 5K numbers.
+
+    Args:
+        embeddings: ``(image_emb, caption_emb)`` of ``data`` when already
+            computed (`embed_eval_data`); computed here otherwise.
+
+    Returns:
+        The metrics over the whole split.
+    """
+    name = data.split.name
+    image_emb, caption_emb = embeddings or embed_eval_data(model, data, config)
+    values = metrics_lib.retrieval_metrics(image_emb, caption_emb, CAPTIONS_PER_IMAGE)
+    write_metrics(workdir, name, values, extra)
+    print(metrics_lib.format_table(values, f"{name} ({data.split.num_images} images)"))
+    if data.split.num_images == 5000:
+        folds = metrics_lib.coco_metrics(image_emb, caption_emb, protocol="1k")
+        write_metrics(workdir, f"{name}_1k", folds, extra)
+        print(metrics_lib.format_table(folds, f"{name} COCO 1K (mean of 5 folds)"))
+    return values
+
+
+def evaluate_workdir(
+    workdir: str,
+    split: str = "dev",
+    dataset: Optional[str] = None,
+    data_dir: Optional[str] = None,
+    max_eval_images: Optional[int] = None,
+) -> dict[str, float]:
+    """Evaluates a trained workdir's best model on a split; writes the JSON.
+
+    Args:
+        workdir: Training workdir.
+        split: Split name.
+        dataset: Data set (default: the training one).
+        data_dir: Data root (default: the training one).
+        max_eval_images: Score the first N images (default: as trained).
+
+    Returns:
+        The metrics dict (also in ``<workdir>/metrics_<split>.json``).
+    """
+    config, model = workdir_lib.load_trained_model(workdir, include_backbone=None)
+    config = config_lib.override(
+        config,
+        dataset=dataset or None,
+        data_dir=data_dir or None,
+        max_eval_images=max_eval_images,
+    )
+    if dataset == "demo":
+        config = config_lib.override(config, data_dir="")
+    config_lib.validate(config)
+    data = prepare_eval(
+        config, datasets.load_split(config, split), model.text_tower.tokenizer
+    )
+    return report(model, data, config, workdir, {"skipped_images": data.skipped_images})
 
 
 def evaluate_embedder(
@@ -43,12 +231,10 @@ def evaluate_embedder(
             5 captions.
     """
     config_lib.validate(config)
-    view = train_lib.evaluation_view(train_lib.load_split(config, split))
+    view = datasets.evaluation_view(datasets.load_split(config, split))
     image_emb = embedder.encode_images(view.image_paths, batch_size=batch_size)
     caption_emb = embedder.encode_texts(view.captions)
-    values = metrics_lib.retrieval_metrics(
-        image_emb, caption_emb, train_lib.CAPTIONS_PER_IMAGE
-    )
+    values = metrics_lib.retrieval_metrics(image_emb, caption_emb, CAPTIONS_PER_IMAGE)
     if verbose:
         title = f"{split} ({view.num_images} images, {getattr(embedder, 'source', '')})"
         print(metrics_lib.format_table(values, title))

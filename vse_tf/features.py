@@ -47,6 +47,8 @@ import tensorflow as tf
 
 from vse_tf import hardware, io_utils, progress, shard_store
 from vse_tf.config import Config
+from vse_tf.data import datasets
+from vse_tf.data.split import CaptionedSplit
 from vse_tf.models import backbone as backbone_lib
 
 CACHE_FORMAT = 3
@@ -199,7 +201,7 @@ def cache_folder(
 ) -> str:
     """The cache folder of these images' features (it may not exist yet)."""
     key = _cache_key(image_feature, image_size, weights, dtype, flip, backbone)
-    paths = [os.path.abspath(p) for p in paths]
+    paths = [io_utils.absolute(p) for p in paths]
     return _cache_folder(cache_dir or default_cache_dir(), key, paths)
 
 
@@ -243,17 +245,17 @@ def _usable_manifest(
     return manifest
 
 
-def _shard_range(shard: int, shard_size: int, count: int) -> tuple[int, int]:
+def shard_range(shard: int, shard_size: int, count: int) -> tuple[int, int]:
     """``(start, stop)``: the image indices of shard ``shard``."""
     return shard * shard_size, min((shard + 1) * shard_size, count)
 
 
-def _entry_ok(entry: Any, shard_size: int, count: int) -> bool:
+def entry_ok(entry: Any, shard_size: int, count: int) -> bool:
     """Whether a manifest shard entry is well formed and where it belongs."""
     try:
         shard = entry["shard"]
         return (
-            (entry["start"], entry["stop"]) == _shard_range(shard, shard_size, count)
+            (entry["start"], entry["stop"]) == shard_range(shard, shard_size, count)
             and entry["start"] < entry["stop"]
             and entry["file"] == shard_store.shard_file(shard)
             and isinstance(entry["sha256"], str)
@@ -279,7 +281,7 @@ def _error_reason(error: Exception) -> str:
     return message[:300]
 
 
-def _failure_reason(path: str, image_size: int) -> str:
+def failure_reason(path: str, image_size: int) -> str:
     """Decodes one image eagerly to say why the pipeline dropped it."""
     try:
         load_image(tf.constant(path), image_size)
@@ -310,7 +312,7 @@ def unreadable_images(paths: Sequence[str], image_size: int) -> list[SkippedImag
     for index, _ in decoded.as_numpy_iterator():
         seen[index] = True
     return [
-        SkippedImage(int(i), paths[i], _failure_reason(paths[i], image_size))
+        SkippedImage(int(i), paths[i], failure_reason(paths[i], image_size))
         for i in np.flatnonzero(~seen)
     ]
 
@@ -325,11 +327,12 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.maximum(na * nb, 1e-12)
 
 
-def _inference_fn(model: keras.Model):
+def inference_fn(model: keras.Model):
+    """``model`` in inference mode as one traced function (shapes relaxed)."""
     return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
 
-def _shard_dataset(
+def shard_dataset(
     paths: Sequence[str],
     shards: Sequence[tuple[int, int, int]],
     image_size: int,
@@ -363,7 +366,7 @@ def _shard_dataset(
     return ds.flat_map(one_shard).prefetch(tf.data.AUTOTUNE)
 
 
-class _Extractor:
+class Extractor:
     """Runs the backbone in the agreed precision; checks bf16 on its first batch."""
 
     def __init__(
@@ -374,7 +377,7 @@ class _Extractor:
         self.used_dtype = used_dtype or dtype
         self.checked = used_dtype is not None or dtype == "float32"
         self.min_cosine: Optional[float] = None
-        self._run = _inference_fn(
+        self._run = inference_fn(
             backbone_lib.build_backbone(
                 *self._args, dtype=self.used_dtype, cache_dir=self._cache_dir
             )
@@ -385,7 +388,7 @@ class _Extractor:
         if self.checked:
             return out.astype(np.float32)
         self.checked = True
-        reference = _inference_fn(
+        reference = inference_fn(
             backbone_lib.build_backbone(
                 *self._args, dtype="float32", cache_dir=self._cache_dir
             )
@@ -426,7 +429,8 @@ def _new_manifest(
     )
 
 
-def _check_arguments(dtype: str, batch_size: int, shard_size: int) -> None:
+def check_arguments(dtype: str, batch_size: int, shard_size: int) -> None:
+    """Raises ValueError for a bad extraction ``dtype``, batch or shard size."""
     if dtype not in DTYPES:
         raise ValueError(f"extract dtype must be one of {DTYPES}, got {dtype}")
     if batch_size < 1 or shard_size < 1:
@@ -436,8 +440,15 @@ def _check_arguments(dtype: str, batch_size: int, shard_size: int) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Job:
-    """What one `extract_features_with_report` call computes, and how."""
+class ExtractionJob:
+    """What one extraction computes, and how (see `extract_features_with_report`).
+
+    Attributes:
+        paths: ``[N]`` absolute image paths (or URLs).
+        backbone, image_feature, image_size, weights, dtype, batch_size,
+        flip, cache_dir, on_shard, verbose: As in
+            `extract_features_with_report`.
+    """
 
     paths: list[str]
     backbone: str
@@ -466,11 +477,11 @@ class _ShardWriter:
         self,
         store: shard_store.ShardStore,
         manifest: dict,
-        job: _Job,
+        job: ExtractionJob,
         done: dict[int, shard_store.Shard],
     ):
         self.store, self.manifest, self.job, self.done = store, manifest, job, done
-        self.extractor = _Extractor(
+        self.extractor = Extractor(
             job.backbone,
             job.image_feature,
             job.image_size,
@@ -493,7 +504,7 @@ class _ShardWriter:
 
     def write(self, shard: int, rows: list[np.ndarray], kept: list[int]) -> None:
         """Writes shard ``shard`` from its feature batches and kept image indices."""
-        start, stop = _shard_range(shard, self.shard_size, len(self.job.paths))
+        start, stop = shard_range(shard, self.shard_size, len(self.job.paths))
         skipped = self._skipped(start, stop, kept)
         dim = self.manifest["feature_dim"]
         array = np.concatenate(rows) if rows else np.zeros([0, dim], np.float32)
@@ -525,7 +536,7 @@ class _ShardWriter:
             {
                 "index": i,
                 "path": paths[i],
-                "reason": _failure_reason(paths[i], self.job.image_size),
+                "reason": failure_reason(paths[i], self.job.image_size),
             }
             for i in range(start, stop)
             if i not in kept_set
@@ -540,7 +551,7 @@ class _ShardWriter:
 def _compute_shards(
     store: shard_store.ShardStore,
     manifest: dict,
-    job: _Job,
+    job: ExtractionJob,
     done: dict[int, shard_store.Shard],
     pending: Sequence[int],
 ) -> None:
@@ -555,8 +566,8 @@ def _compute_shards(
     """
     writer = _ShardWriter(store, manifest, job, done)
     count, size = len(job.paths), writer.shard_size
-    table = [(s, *_shard_range(s, size, count)) for s in pending]
-    batches = _shard_dataset(job.paths, table, job.image_size, job.batch_size, job.flip)
+    table = [(s, *shard_range(s, size, count)) for s in pending]
+    batches = shard_dataset(job.paths, table, job.image_size, job.batch_size, job.flip)
     position, rows, kept = 0, [], []
     for shard, indices, images in batches:
         while pending[position] != int(shard):  # shards with no readable image
@@ -573,19 +584,21 @@ def _compute_shards(
 def _open_cache(
     store: shard_store.ShardStore,
     key: dict,
-    job: _Job,
+    job: ExtractionJob,
     shard_size: int,
     dim: int,
 ) -> tuple[dict, dict[int, shard_store.Shard]]:
     """The entry's manifest (a new one unless it fits) and its complete shards."""
     manifest = _usable_manifest(store, key, job.paths)
     if manifest is None:
-        os.makedirs(store.folder, exist_ok=True)
+        io_utils.makedirs(store.folder)
         manifest = _new_manifest(key, job.weights, job.paths, shard_size, job.backbone)
     size, count = int(manifest["shard_size"]), len(job.paths)
+    # The manifest's shards, then those a parallel run finished before it
+    # was stopped (`vse_tf.pipelines`: entries beside their shards).
     done = store.read_complete(
-        manifest["shards"],
-        is_valid=lambda entry: _entry_ok(entry, size, count),
+        manifest["shards"] + store.read_entries(),
+        is_valid=lambda entry: entry_ok(entry, size, count),
         dtype=np.float32,
         row_shape=(dim,),
     )
@@ -675,10 +688,9 @@ def extract_features_with_report(
         ValueError: for a bad ``dtype``, ``batch_size`` or ``shard_size``.
         FloatingPointError: if VGG16 produces non-finite features.
     """
-    _check_arguments(dtype, batch_size, shard_size)
-    start_time = time.time()
-    job = _Job(
-        paths=[os.path.abspath(p) for p in paths],
+    check_arguments(dtype, batch_size, shard_size)
+    job = ExtractionJob(
+        paths=[io_utils.absolute(p) for p in paths],
         backbone=backbone,
         image_feature=image_feature,
         image_size=image_size,
@@ -690,12 +702,47 @@ def extract_features_with_report(
         on_shard=on_shard,
         verbose=verbose,
     )
+    return run_extraction(job, shard_size)
+
+
+ComputeShards = Callable[
+    [shard_store.ShardStore, dict, ExtractionJob, dict, list[int]], None
+]
+"""``compute(store, manifest, job, done, pending)``: computes the shards
+``pending`` into ``store``, adding each to ``done`` (``{shard: Shard}``) and
+recording it in ``manifest``; `run_extraction` does the rest."""
+
+
+def run_extraction(
+    job: ExtractionJob,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    compute: Optional[ComputeShards] = None,
+) -> FeatureReport:
+    """Opens the job's cache entry, computes its missing shards, reads it all.
+
+    Args:
+        job: The extraction.
+        shard_size: Images per shard of a new cache entry.
+        compute: How the missing shards are computed: in this process
+            (default), or e.g. by a Beam pipeline (`vse_tf.pipelines.extract`).
+
+    Returns:
+        The `FeatureReport`.
+    """
+    start_time = time.time()
     paths = job.paths
-    key = _cache_key(image_feature, image_size, weights, dtype, flip, backbone)
-    store = shard_store.ShardStore(
-        _cache_folder(cache_dir or default_cache_dir(), key, paths)
+    key = _cache_key(
+        job.image_feature,
+        job.image_size,
+        job.weights,
+        job.dtype,
+        job.flip,
+        job.backbone,
     )
-    dim = backbone_lib.feature_dim(backbone, image_feature)
+    store = shard_store.ShardStore(
+        _cache_folder(job.cache_dir or default_cache_dir(), key, paths)
+    )
+    dim = backbone_lib.feature_dim(job.backbone, job.image_feature)
     manifest, done = _open_cache(store, key, job, shard_size, dim)
     num_shards = -(-len(paths) // int(manifest["shard_size"]))
     pending = [s for s in range(num_shards) if s not in done]
@@ -710,11 +757,12 @@ def extract_features_with_report(
                 num_shards,
                 len(pending),
             )
-        _compute_shards(store, manifest, job, done, pending)
+        (compute or _compute_shards)(store, manifest, job, done, pending)
     features, valid, skipped = _assemble(done, len(paths), dim)
     if not manifest["complete"]:
         seconds = time.time() - start_time if pending else None
-        _mark_complete(store, manifest, valid, len(skipped), dtype, seconds)
+        _mark_complete(store, manifest, valid, len(skipped), job.dtype, seconds)
+        store.remove_entries()
         store.remove_stale_temporaries(older_than=start_time)
     if skipped:
         logging.warning(
@@ -724,7 +772,7 @@ def extract_features_with_report(
             len(paths),
             store.manifest_path,
         )
-    if verbose and not pending:
+    if job.verbose and not pending:
         logging.info("Features of %d images read from %s", len(paths), store.folder)
     return FeatureReport(
         features=features,
@@ -775,18 +823,90 @@ def extract_for_config(
     Returns:
         The `FeatureReport`.
     """
-    data = config.data
     return extract_features_with_report(
         paths,
-        config.model.image_feature,
-        data.image_size,
-        config.model.backbone_weights,
-        batch_size=data.extract_batch_size,
-        dtype=hardware.extract_dtype(data.extract_dtype),
-        cache_dir=data.cache_dir or None,
         verbose=verbose,
         shard_size=shard_size,
         on_shard=on_shard,
         flip=flip,
+        **extraction_settings(config),
+    )
+
+
+def extraction_settings(config: Config) -> dict[str, Any]:
+    """The extraction arguments of ``config``: what keys its cache entries.
+
+    Returns:
+        ``image_feature``, ``image_size``, ``weights``, ``batch_size``,
+        ``dtype`` (``auto`` resolved for this machine), ``cache_dir`` and
+        ``backbone``, as `extract_features_with_report` takes them.
+    """
+    data = config.data
+    return dict(
+        image_feature=config.model.image_feature,
+        image_size=data.image_size,
+        weights=config.model.backbone_weights,
+        batch_size=data.extract_batch_size,
+        dtype=hardware.extract_dtype(data.extract_dtype),
+        cache_dir=data.cache_dir or None,
         backbone=config.model.backbone,
     )
+
+
+def split_features(
+    config: Config, split: CaptionedSplit, verbose: int = 1, flip: bool = False
+) -> tuple[CaptionedSplit, Optional[np.ndarray], int]:
+    """A split's cached backbone features, without its unreadable images.
+
+    Images that cannot be read or decoded (missing, truncated, not an image)
+    are skipped: they and their captions leave the split, and the count is
+    logged (the feature cache's manifest lists each with its reason). When
+    fine-tuning (no feature cache) the image files are only checked.
+
+    Args:
+        config: The run's config.
+        split: The split.
+        verbose: 1 shows extraction progress.
+        flip: Also the mirrored images' features (training augmentation,
+            ``config.data.augment_flip``).
+
+    Returns:
+        ``(split, features, skipped)``: the split without the skipped
+        images; their features, ``[N', F]``, ``[2, N', F]`` (image, mirror
+        image) with ``flip``, or None when fine-tuning; and how many images
+        were skipped.
+
+    Raises:
+        ValueError: ``flip`` with precomputed features or fine-tuning.
+    """
+    if flip and (split.features is not None or config.model.fine_tune_from):
+        raise ValueError(
+            "augment_flip mirrors images before the frozen CNN, so it needs "
+            "image files and cached features: "
+            + (
+                f"the {config.data.dataset} data set has precomputed features"
+                if split.features is not None
+                else f"fine_tune_from={config.model.fine_tune_from!r} trains on images"
+            )
+        )
+    if split.features is not None:
+        return split, split.features, 0
+    if config.model.fine_tune_from:
+        features = None
+        skipped = unreadable_images(split.image_paths, config.data.image_size)
+    else:
+        report = extract_for_config(config, split.image_paths, verbose)
+        features, skipped = report.features, report.skipped
+        if flip:
+            mirrored = extract_for_config(config, split.image_paths, verbose, flip=True)
+            features = np.stack([features, mirrored.features])
+            known = {image.index for image in skipped}
+            skipped = skipped + [i for i in mirrored.skipped if i.index not in known]
+    if not skipped:
+        return split, features, 0
+    print(f"{split.name}: skipped {len(skipped)} unreadable images")
+    for image in skipped[:20]:
+        logging.warning("skipped image %s: %s", image.path, image.reason)
+    keep = sorted(set(range(split.num_images)) - {image.index for image in skipped})
+    kept_features = None if features is None else features[..., keep, :]
+    return datasets.select_images(split, keep), kept_features, len(skipped)

@@ -27,9 +27,15 @@ The rules that make it safe to kill at any moment:
   truncated, overwritten or flipped file is recomputed, never used.
 
 The store writes no manifest by itself: `write_shard` returns the entry and
-the caller records it (`write_manifest`), so a caller that computes shards
-in parallel (several processes or machines) can gather the entries and
-write the manifest once.
+the caller records it (`write_manifest`). A caller that computes shards in
+parallel (several processes or machines, `vse_tf.pipelines`) has each
+worker also leave the entry beside its shard (`write_entry`:
+``shard-00000.entry.json``, after the shard's files), and gathers them
+(`read_entries`) to write the manifest once; a rerun after a kill finds
+the shards finished before it the same way.
+
+Paths may be local or URLs (``gs://``, ``s3://``, ``hdfs://``): all file
+access goes through `vse_tf.io_utils`.
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ import numpy as np
 from vse_tf import io_utils
 
 MANIFEST_FILE = "manifest.json"
-TEMPORARY_PREFIX = ".tmp-"
+TEMPORARY_PREFIX = io_utils.TEMPORARY_PREFIX
+ENTRY_SUFFIX = ".entry.json"
 
 
 def shard_file(shard: int) -> str:
@@ -59,6 +66,11 @@ def shard_file(shard: int) -> str:
 def record_file(shard: int) -> str:
     """The record file name of shard ``shard``: ``shard-00012.json``."""
     return f"shard-{shard:05d}.json"
+
+
+def entry_file(shard: int) -> str:
+    """The entry file name of shard ``shard``: ``shard-00012.entry.json``."""
+    return f"shard-{shard:05d}{ENTRY_SUFFIX}"
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -122,12 +134,11 @@ class ShardStore:
         computed again.
         """
         path = self.manifest_path
-        if not os.path.exists(path):
+        if not io_utils.exists(path):
             return None
         try:
-            with open(path, encoding="utf-8") as f:
-                manifest = json.load(f)
-        except (OSError, ValueError) as error:
+            manifest = json.loads(io_utils.read_bytes(path))
+        except Exception as error:  # unreadable (any file system) or not JSON
             logging.warning("Unreadable %s (%s); starting again", path, error)
             return None
         if not (
@@ -158,7 +169,7 @@ class ShardStore:
             ``{"shard", **fields, "rows", "file", "sha256"}`` plus
             ``record_file`` and ``record_sha256`` with a record.
         """
-        os.makedirs(self.folder, exist_ok=True)
+        io_utils.makedirs(self.folder)
         data = npy_bytes(array)
         name = shard_file(shard)
         io_utils.atomic_write_bytes(os.path.join(self.folder, name), data)
@@ -257,6 +268,36 @@ class ShardStore:
                 complete[number] = shard
         return complete
 
+    def write_entry(self, entry: dict) -> None:
+        """Leaves ``entry`` beside its shard (after `write_shard` returned it)."""
+        path = os.path.join(self.folder, entry_file(entry["shard"]))
+        io_utils.atomic_write_bytes(path, json_bytes(entry))
+
+    def read_entries(self) -> list[dict]:
+        """The entries left by `write_entry` (unverified; unreadable ones skipped)."""
+        if not io_utils.isdir(self.folder):
+            return []
+        entries = []
+        for name in sorted(io_utils.listdir(self.folder)):
+            if not (name.startswith("shard-") and name.endswith(ENTRY_SUFFIX)):
+                continue
+            try:
+                entries.append(json.loads(io_utils.read_bytes(self._path(name))))
+            except Exception as error:  # a damaged entry: that shard is redone
+                logging.warning("Ignoring entry file %s (%s)", name, error)
+        return entries
+
+    def remove_entries(self) -> None:
+        """Deletes the entry files (once the manifest lists their shards)."""
+        if not io_utils.isdir(self.folder):
+            return
+        for name in io_utils.listdir(self.folder):
+            if name.startswith("shard-") and name.endswith(ENTRY_SUFFIX):
+                io_utils.remove(self._path(name))
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.folder, name)
+
     def remove_stale_temporaries(self, older_than: float) -> None:
         """Deletes temporary files that runs killed while writing left behind.
 
@@ -265,25 +306,24 @@ class ShardStore:
                 (``time.time()`` seconds) are removed, so a run writing now
                 in the same folder keeps its own.
         """
-        if not os.path.isdir(self.folder):
+        if not io_utils.isdir(self.folder):
             return
-        for name in os.listdir(self.folder):
-            path = os.path.join(self.folder, name)
+        for name in io_utils.listdir(self.folder):
+            path = self._path(name)
             try:
                 if (
                     name.startswith(TEMPORARY_PREFIX)
-                    and os.path.getmtime(path) < older_than
+                    and io_utils.getmtime(path) < older_than
                 ):
-                    os.remove(path)
-            except OSError:
-                pass  # removed meanwhile by another run
+                    io_utils.remove(path)
+            except Exception:  # removed meanwhile by another run
+                pass
 
     def _verified_bytes(self, name: str, sha256: str) -> bytes:
-        path = os.path.join(self.folder, name)
+        path = self._path(name)
         try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as error:
+            data = io_utils.read_bytes(path)
+        except Exception as error:  # OSError, or tf.errors on a URL
             raise _Unverified(f"Shard file {path} unreadable ({error})") from None
         if sha256_bytes(data) != sha256:
             raise _Unverified(f"Shard file {path} fails its sha256")

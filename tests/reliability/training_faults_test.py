@@ -17,6 +17,7 @@ import tensorflow as tf
 from tests import testing_utils
 from vse_tf import config as config_lib
 from vse_tf import train_lib
+from vse_tf import workdir as workdir_lib
 from vse_tf.data import readers
 
 TRAIN_SCRIPT = """
@@ -187,7 +188,7 @@ def test_unwritable_workdir_fails_before_any_work(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     with pytest.raises(OSError, match="not writable"):
-        train_lib.check_workdir(str(blocker / "run"))
+        workdir_lib.check_workdir(str(blocker / "run"))
     with pytest.raises(OSError, match="not writable"):
         train_lib.train_and_evaluate(
             config_lib.get_config("tiny"), str(blocker / "run"), verbose=0
@@ -197,12 +198,12 @@ def test_unwritable_workdir_fails_before_any_work(tmp_path):
 def test_nearly_full_disk_fails_fast(tmp_path, monkeypatch):
     usage = shutil.disk_usage(str(tmp_path))
     monkeypatch.setattr(
-        train_lib.shutil,
+        workdir_lib.shutil,
         "disk_usage",
         lambda path: usage._replace(free=10 * 2**20),
     )
     with pytest.raises(OSError, match="only 10 MB free"):
-        train_lib.check_workdir(str(tmp_path / "run"))
+        workdir_lib.check_workdir(str(tmp_path / "run"))
 
 
 def test_fine_tuning_skips_unreadable_images_before_training(data_root, tmp_path):

@@ -275,7 +275,7 @@ def test_search_images_signature_answers_a_sentence(trained, tmp_path):
     path = saved_model_lib.export_saved_model(
         workdir,
         str(tmp_path / "models"),
-        image_index=str(tmp_path / "index"),
+        image_index=index,
         search_k=5,
     )
     loaded = saved_model_lib.load_saved_model(path)

@@ -103,7 +103,7 @@ def load_model_words(workdir: str) -> WordVectors:
     """The word embedding of a trained model (all vocabulary words).
 
     Args:
-        workdir: A training workdir (see ``vse_tf.train_lib``).
+        workdir: A training workdir (see ``vse_tf.workdir``).
 
     Returns:
         The vocabulary (padding and OOV tokens dropped) and the rows of the
@@ -112,9 +112,9 @@ def load_model_words(workdir: str) -> WordVectors:
     Raises:
         FileNotFoundError: ``workdir`` is not a trained workdir.
     """
-    from vse_tf import train_lib  # noqa: PLC0415 (TensorFlow; only when needed)
+    from vse_tf import workdir as workdir_lib  # noqa: PLC0415 (TensorFlow; when needed)
 
-    _, model = train_lib.load_trained_model(workdir, include_backbone=False)
+    _, model = workdir_lib.load_trained_model(workdir, include_backbone=False)
     tower = model.text_tower
     vectors = np.asarray(tower.word_embedding.embeddings.numpy(), dtype=np.float32)
     words = list(tower.vocabulary)

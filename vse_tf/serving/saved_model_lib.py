@@ -42,14 +42,16 @@ import re
 import shutil
 import socket
 import tempfile
-from typing import Optional
+from collections.abc import Sequence
+from typing import Optional, Protocol
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from vse_tf import errors, train_lib
+from vse_tf import errors
 from vse_tf import features as features_lib
+from vse_tf import workdir as workdir_lib
 from vse_tf.models.vse_model import VSEModel
 from vse_tf.serving import image_decode
 
@@ -62,10 +64,22 @@ SIGNATURES = (
 )
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 VOCAB_ASSET = "vocab.txt"
+
 WARMUP_SENTENCE = "A dog runs on the beach."
 # Unfinished versions are written to ".tmp-<version>-<pid>-<host>-<random>".
 STAGING_PREFIX = ".tmp-"
 _STAGING_RE = re.compile(r"\.tmp-\d+-(\d+)-(.*)-[^-]+")
+
+
+class SearchableIndex(Protocol):
+    """What `export_saved_model` embeds for ``search_images``: an image index.
+
+    `vse_tf.retrieval.index_lib.Index` is one; export needs no more of it.
+    """
+
+    kind: str
+    embeddings: np.ndarray  # [N, D], L2-normalised rows
+    items: Sequence[str]  # [N] image paths
 
 
 def _after(checks: list, tensor: tf.Tensor) -> tf.Tensor:
@@ -225,14 +239,24 @@ def build_export_archive(
     Returns:
         A ``keras.export.ExportArchive`` ready for ``write_out``.
     """
-    text_tower, image_tower = model.text_tower, model.image_tower
+    archive = keras.export.ExportArchive()
+    archive.track(model.text_tower)
+    archive.track(model.image_tower)
+    _add_text_endpoints(archive, model.text_tower)
+    _add_feature_endpoint(archive, model.image_tower)
+    if index_embeddings is not None:
+        _add_search_endpoint(
+            archive, model.text_tower, index_embeddings, index_items, search_k
+        )
+    if model.image_tower.backbone is not None:
+        _add_image_endpoints(archive, model.image_tower, max_image_pixels)
+    return archive
+
+
+def _add_text_endpoints(archive, text_tower) -> None:
+    """``encode_text`` (sentences) and ``encode_tokens`` (token ids)."""
     length = text_tower.max_length
     vocab_size = len(text_tower.vocabulary)
-    feature_dim = image_tower.feature_dim
-    archive = keras.export.ExportArchive()
-    archive.track(text_tower)
-    archive.track(image_tower)
-
     archive.add_endpoint(
         "encode_text",
         lambda text: {"embedding": text_tower(check_text(text))},
@@ -247,6 +271,11 @@ def build_export_archive(
         },
         input_signature=[tf.TensorSpec([None, length], tf.int32, name="token_ids")],
     )
+
+
+def _add_feature_endpoint(archive, image_tower) -> None:
+    """``encode_image_features``: precomputed CNN features -> embeddings."""
+    feature_dim = image_tower.feature_dim
     archive.add_endpoint(
         "encode_image_features",
         lambda features: {
@@ -255,39 +284,37 @@ def build_export_archive(
             )
         },
         input_signature=[
-            tf.TensorSpec([None, image_tower.feature_dim], tf.float32, name="features")
+            tf.TensorSpec([None, feature_dim], tf.float32, name="features")
         ],
     )
-    if index_embeddings is not None:
-        _add_search_endpoint(
-            archive, text_tower, index_embeddings, index_items, search_k
-        )
-    if image_tower.backbone is not None:
-        size = image_tower.image_size
-        dim = image_tower.embed_dim
 
-        def encode_image(image_bytes):
-            image_bytes = tf.ensure_shape(image_bytes, [None])
-            pixels = image_decode.decode_images(image_bytes, size, max_image_pixels)
-            return {"embedding": _unless_empty(pixels, image_tower, dim)}
 
-        def encode_image_pixels(pixels):
-            pixels = features_lib.resize_pixels(check_pixels(pixels), size)
-            return {"embedding": _unless_empty(pixels, image_tower, dim)}
+def _add_image_endpoints(archive, image_tower, max_image_pixels: int) -> None:
+    """``encode_image`` (encoded files) and ``encode_image_pixels`` (RGB)."""
+    size = image_tower.image_size
+    dim = image_tower.embed_dim
 
-        archive.add_endpoint(
-            "encode_image",
-            encode_image,
-            input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
-        )
-        archive.add_endpoint(
-            "encode_image_pixels",
-            encode_image_pixels,
-            input_signature=[
-                tf.TensorSpec([None, None, None, 3], tf.float32, name="pixels")
-            ],
-        )
-    return archive
+    def encode_image(image_bytes):
+        image_bytes = tf.ensure_shape(image_bytes, [None])
+        pixels = image_decode.decode_images(image_bytes, size, max_image_pixels)
+        return {"embedding": _unless_empty(pixels, image_tower, dim)}
+
+    def encode_image_pixels(pixels):
+        pixels = features_lib.resize_pixels(check_pixels(pixels), size)
+        return {"embedding": _unless_empty(pixels, image_tower, dim)}
+
+    archive.add_endpoint(
+        "encode_image",
+        encode_image,
+        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+    )
+    archive.add_endpoint(
+        "encode_image_pixels",
+        encode_image_pixels,
+        input_signature=[
+            tf.TensorSpec([None, None, None, 3], tf.float32, name="pixels")
+        ],
+    )
 
 
 def _add_search_endpoint(archive, text_tower, embeddings, items, k):
@@ -441,7 +468,7 @@ def export_saved_model(
     output_dir: str,
     version: Optional[int] = None,
     model_name: str = "vse",
-    image_index: Optional[str] = None,
+    image_index: Optional[SearchableIndex] = None,
     search_k: int = 10,
     max_image_pixels: int = image_decode.MAX_IMAGE_PIXELS,
 ) -> str:
@@ -459,9 +486,10 @@ def export_saved_model(
         output_dir: The model base path (holds numbered versions).
         version: Version number; default the next free one.
         model_name: Model name used in the warmup requests.
-        image_index: Optional image index folder (`vse_tf.retrieval`,
-            built with this model) to embed as the ``search_images``
-            signature.
+        image_index: An image index built with this model (a loaded
+            `vse_tf.retrieval.index_lib.Index`, or anything with ``kind``,
+            ``embeddings [N, D]`` and ``items [N]``) to embed as the
+            ``search_images`` signature.
         search_k: Results per ``search_images`` query.
         max_image_pixels: ``encode_image``'s decoding limit per image
             (`build_export_archive`).
@@ -472,9 +500,11 @@ def export_saved_model(
     Raises:
         FileExistsError: if that version exists already (or appeared while
             this one was written).
+        ValueError: if ``image_index`` is not an index of images.
     """
-    config, model = train_lib.load_trained_model(workdir)
-    del config
+    if image_index is not None and image_index.kind != "image":
+        raise ValueError(f"that is a {image_index.kind} index, not one of images")
+    _, model = workdir_lib.load_trained_model(workdir)
     remove_stale_staging(output_dir)
     version = next_version(output_dir) if version is None else int(version)
     final = os.path.join(output_dir, str(version))
@@ -488,13 +518,9 @@ def export_saved_model(
     try:
         export_dir = os.path.join(staging, "model")
         embeddings = items = None
-        if image_index:
-            from vse_tf.retrieval import index_lib
-
-            index = index_lib.load_index(image_index, mmap_mode=None)
-            if index.kind != "image":
-                raise ValueError(f"{image_index} is a {index.kind} index, not images")
-            embeddings, items = index.embeddings, index.items
+        if image_index is not None:
+            embeddings = np.asarray(image_index.embeddings)
+            items = list(image_index.items)
         archive = build_export_archive(
             model, embeddings, items, search_k, max_image_pixels
         )
@@ -503,10 +529,10 @@ def export_saved_model(
         # themselves (encode_tokens, the TFLite token-id tower).
         os.makedirs(os.path.join(export_dir, "assets"), exist_ok=True)
         shutil.copyfile(
-            os.path.join(workdir, train_lib.VOCAB_FILE),
+            os.path.join(workdir, workdir_lib.VOCAB_FILE),
             os.path.join(export_dir, "assets", VOCAB_ASSET),
         )
-        records = warmup_records(model, model_name, with_search=bool(image_index))
+        records = warmup_records(model, model_name, with_search=image_index is not None)
         os.makedirs(os.path.join(export_dir, "assets.extra"), exist_ok=True)
         with tf.io.TFRecordWriter(os.path.join(export_dir, WARMUP_FILE)) as writer:
             for record in records:
