@@ -6,25 +6,42 @@ Examples:
     vse-index --server=http://127.0.0.1:8501 --images=list.txt --output=idx/p
 
 An interrupted run, started again with the same flags, continues where it
-stopped.
+stopped. With ``--runner`` set to a Beam runner the encoding is an Apache
+Beam pipeline (local worker processes, or Dataflow, Flink, Spark; see the
+README's "Millions of images"); the index written is the same.
+
+With ``--ann`` an approximate (FAISS IVF-PQ) index is added to the folder,
+in shards (on Beam workers with a Beam runner), for ``vse-search --ann``.
+
+    vse-index --model=models/vse/1 --images='gs://b/photos/*.jpg' \\
+        --output=gs://b/idx --runner=DataflowRunner -- --project=p --region=r
 """
 
 from absl import app, flags
 
 from trainers import cli
-from vse_tf.retrieval import index_lib
+from vse_tf.retrieval import ann_index, index_lib
 
 _MODEL = flags.DEFINE_string("model", None, "Exported SavedModel version folder.")
 _SERVER = flags.DEFINE_string(
     "server", None, "TF Serving URL instead of --model (http://h:8501 or h:8500)."
 )
-_IMAGES = flags.DEFINE_string("images", None, "Image folder, or a file of paths.")
+_IMAGES = flags.DEFINE_string(
+    "images", None, "Image folder, glob ('photos/*.jpg') or a file of paths."
+)
 _CAPTIONS = flags.DEFINE_string("captions", None, "Caption file, one per line.")
 _OUTPUT = flags.DEFINE_string("output", None, "Index folder.", required=True)
 _DTYPE = flags.DEFINE_enum("dtype", "float16", index_lib.DTYPES, "Stored precision.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Inputs per encoder call.")
 _SHARD_SIZE = flags.DEFINE_integer("shard_size", None, "Inputs per resumable shard.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace another index there.")
+_ANN = flags.DEFINE_bool(
+    "ann", False, "Also build the approximate index (FAISS) for vse-search --ann."
+)
+_ANN_SHARD_SIZE = flags.DEFINE_integer(
+    "ann_shard_size", ann_index.DEFAULT_SHARD_SIZE, "Vectors per ANN shard."
+)
+_RUNNER, _PIPELINE_OPTIONS = cli.define_runner_flags()
 
 flags.register_multi_flags_validator(
     ["model", "server"],
@@ -39,7 +56,7 @@ flags.register_multi_flags_validator(
 
 
 def main(argv):
-    if len(argv) > 1:
+    if len(argv) > 1 and _RUNNER.value == "local":
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     kwargs = {
         "dtype": _DTYPE.value,
@@ -50,13 +67,35 @@ def main(argv):
         kwargs["batch_size"] = _BATCH_SIZE.value
     if _SHARD_SIZE.value:
         kwargs["shard_size"] = _SHARD_SIZE.value
+    builders = index_lib
+    if _RUNNER.value != "local":
+        from vse_tf.pipelines import index as builders  # Beam: optional
+
+        kwargs["runner"] = _RUNNER.value
+        kwargs["pipeline_options"] = cli.pipeline_options(_PIPELINE_OPTIONS, argv)
     if _IMAGES.value:
-        index = index_lib.build_image_index(
+        index = builders.build_image_index(
             _MODEL.value, _IMAGES.value, _OUTPUT.value, **kwargs
         )
     else:
-        index = index_lib.build_caption_index(
+        index = builders.build_caption_index(
             _MODEL.value, _CAPTIONS.value, _OUTPUT.value, **kwargs
+        )
+    if _ANN.value:
+        if _RUNNER.value == "local":
+            approximate = ann_index.build_ann(
+                _OUTPUT.value, shard_size=_ANN_SHARD_SIZE.value
+            )
+        else:
+            approximate = builders.build_ann(
+                _OUTPUT.value,
+                kwargs["runner"],
+                kwargs["pipeline_options"],
+                shard_size=_ANN_SHARD_SIZE.value,
+            )
+        print(
+            f"Approximate index: {approximate.encoding}, {approximate.nlist} lists, "
+            f"nprobe {approximate.nprobe}"
         )
     skipped = index.manifest["num_skipped"]
     print(
@@ -66,7 +105,7 @@ def main(argv):
 
 
 def run():
-    cli.run(main, __doc__)
+    cli.run(main, __doc__, takes_arguments=True)
 
 
 if __name__ == "__main__":

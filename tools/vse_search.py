@@ -6,7 +6,9 @@ Examples:
     vse-search --index=idx/photos --server=http://127.0.0.1:8501 "a dog" \
         --html=results.html
 
-Prints ``rank<TAB>score<TAB>item`` lines, best first. When --model and
+Prints ``rank<TAB>score<TAB>item`` lines, best first. With --ann the
+index's approximate (FAISS) index is searched (``vse-index --ann`` builds
+it), its candidates re-ranked exactly. When --model and
 --server are both absent, the model the index was built with is used.
 """
 
@@ -15,8 +17,8 @@ import os
 from absl import app, flags
 
 from trainers import cli
+from vse_tf.retrieval import ann_index, index_lib
 from vse_tf.retrieval import html as html_lib
-from vse_tf.retrieval import index_lib
 
 _INDEX = flags.DEFINE_string("index", None, "Index folder.", required=True)
 _MODEL = flags.DEFINE_string(
@@ -28,6 +30,9 @@ _SERVER = flags.DEFINE_string(
 _K = flags.DEFINE_integer("k", 10, "Number of results.", lower_bound=1)
 _IMAGE = flags.DEFINE_string("image", None, "Query image (instead of query text).")
 _HTML = flags.DEFINE_string("html", None, "Also write the results to this page.")
+_ANN = flags.DEFINE_bool(
+    "ann", False, "Search the approximate index (vse-index --ann) instead of all."
+)
 _EMBED = flags.DEFINE_bool(
     "embed_images", True, "Embed thumbnails in the page (else relative links)."
 )
@@ -37,7 +42,8 @@ def main(argv):
     query = " ".join(argv[1:]).strip()
     if bool(query) == bool(_IMAGE.value):
         raise app.UsageError("give either query text or --image=FILE")
-    index = index_lib.load_index(_INDEX.value)
+    load = ann_index.load_index if _ANN.value else index_lib.load_index
+    index = load(_INDEX.value)
     model = _MODEL.value
     if not model and not _SERVER.value:
         model = index.manifest["model"].get("path")

@@ -146,6 +146,39 @@ def define_print_config() -> flags.FlagHolder:
     return holder
 
 
+def define_runner_flags() -> tuple[flags.FlagHolder, flags.FlagHolder]:
+    """``--runner`` and ``--pipeline_options`` (Beam's own flags pass through).
+
+    Returns:
+        Their holders; `pipeline_options` joins the second with whatever
+        follows ``--`` on the command line.
+    """
+    from vse_tf.pipelines import runners  # noqa: PLC0415 (no Beam imported)
+
+    runner = flags.DEFINE_enum(
+        "runner",
+        runners.LOCAL,
+        runners.RUNNERS,
+        "local: in this process. A Beam runner: the same job as an Apache Beam "
+        'pipeline (pip install -e ".[beam]"), on local processes or a cluster.',
+    )
+    options = flags.DEFINE_string(
+        "pipeline_options",
+        "",
+        "Beam's own flags for a Beam runner, e.g. '--num_workers=8 "
+        "--region=europe-west4' (or give them after --).",
+    )
+    group("Runner", "runner", "pipeline_options")
+    return runner, options
+
+
+def pipeline_options(holder: flags.FlagHolder, argv: list[str]) -> list[str]:
+    """``--pipeline_options`` split like a shell line, then the args after ``--``."""
+    from vse_tf.pipelines import runners  # noqa: PLC0415
+
+    return runners.split_options(holder.value) + list(argv[1:])
+
+
 # ---------------------------------------------------------------------------
 # --help.
 

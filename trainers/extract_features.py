@@ -6,10 +6,17 @@ then finds every feature already there. The cache is sharded: an
 interrupted run, started again, continues after the last complete shard;
 unreadable images are skipped and listed in the manifest.
 
+With ``--runner`` set to a Beam runner the same cache entries are computed
+by an Apache Beam pipeline (local worker processes, or Dataflow, Flink,
+Spark: see the README's "Millions of images"); Beam's own flags follow
+``--pipeline_options`` or ``--``.
+
 Examples:
     python -m trainers.extract_features --preset=flickr8k_lite --dataset=flickr8k \\
         --data_dir=../shared/data/flickr8k
     python -m trainers.extract_features --preset=tiny --splits=train,dev
+    python -m trainers.extract_features --preset=tiny --runner=DirectRunner -- \\
+        --direct_running_mode=multi_processing --direct_num_workers=2
 """
 
 from absl import flags
@@ -22,19 +29,24 @@ _SPLITS = flags.DEFINE_list(
     "splits", ["train", "dev", "test"], "Splits to extract (a missing test is skipped)."
 )
 cli.group("Output", "splits")
+_RUNNER, _PIPELINE_OPTIONS = cli.define_runner_flags()
 _PRINT_CONFIG = cli.define_print_config()
 
 
 def main(argv):
-    del argv
     config = cli.config_from_flags()
     if _PRINT_CONFIG.value:
         cli.print_config_and_exit(config)
-    train_lib.extract_split_features(config, _SPLITS.value)
+    train_lib.extract_split_features(
+        config,
+        _SPLITS.value,
+        runner=_RUNNER.value,
+        pipeline_options=cli.pipeline_options(_PIPELINE_OPTIONS, argv),
+    )
 
 
 def run():
-    cli.run(main, __doc__)
+    cli.run(main, __doc__, takes_arguments=True)
 
 
 if __name__ == "__main__":

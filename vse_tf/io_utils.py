@@ -32,6 +32,20 @@ def absolute(path: str) -> str:
     return path if is_url(path) else os.path.abspath(path)
 
 
+def join(folder: str, name: str) -> str:
+    """``name`` inside ``folder``; ``name`` itself when it is absolute or a URL."""
+    if is_url(name) or os.path.isabs(name):
+        return name
+    if is_url(folder):
+        return f"{folder.rstrip('/')}/{name}"
+    return os.path.join(folder, name)
+
+
+def parent(path: str) -> str:
+    """The folder that holds ``path``."""
+    return path.rstrip("/").rsplit("/", 1)[0] if is_url(path) else os.path.dirname(path)
+
+
 def exists(path: str) -> bool:
     """Whether ``path`` exists (file or folder)."""
     return _gfile().exists(path) if is_url(path) else os.path.exists(path)
@@ -61,6 +75,17 @@ def remove(path: str) -> None:
         _gfile().remove(path)
     else:
         os.remove(path)
+
+
+def rmtree(path: str) -> None:
+    """Deletes folder ``path`` and everything in it (nothing if it is absent)."""
+    if is_url(path):
+        if _gfile().exists(path):
+            _gfile().rmtree(path)
+    else:
+        import shutil  # noqa: PLC0415
+
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def getmtime(path: str) -> float:

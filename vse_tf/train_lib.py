@@ -56,6 +56,8 @@ def extract_split_features(
     config: Config,
     splits: Sequence[str] = ("train", "dev", "test"),
     verbose: int = 1,
+    runner: str = "local",
+    pipeline_options: Sequence[str] = (),
 ) -> dict[str, features_lib.FeatureReport]:
     """Precomputes the CNN features training and evaluation read from the cache.
 
@@ -66,6 +68,10 @@ def extract_split_features(
         config: The run's config.
         splits: Split names; a missing ``test`` split is skipped.
         verbose: 1 shows progress bars.
+        runner: ``local`` (this process) or a Beam runner name
+            (`vse_tf.pipelines.RUNNERS`): the same cache entries, computed by
+            `vse_tf.pipelines.extract`.
+        pipeline_options: Beam's own flags for a Beam runner.
 
     Returns:
         ``{split: FeatureReport}`` for the splits with image files
@@ -91,8 +97,8 @@ def extract_split_features(
             )
         mirrored = name == "train" and config.data.augment_flip
         for flip in [False, True] if mirrored else [False]:
-            report = features_lib.extract_for_config(
-                config, view.image_paths, verbose, flip=flip
+            report = _extract(
+                config, view.image_paths, verbose, flip, runner, pipeline_options
             )
             label = f"{name} (mirrored)" if flip else name
             reports[label] = report
@@ -103,6 +109,23 @@ def extract_split_features(
                 f"{report.cache_folder}"
             )
     return reports
+
+
+def _extract(
+    config: Config,
+    paths: Sequence[str],
+    verbose: int,
+    flip: bool,
+    runner: str,
+    pipeline_options: Sequence[str],
+) -> features_lib.FeatureReport:
+    if runner == "local":
+        return features_lib.extract_for_config(config, paths, verbose, flip=flip)
+    from vse_tf.pipelines import extract  # noqa: PLC0415 (Beam: optional)
+
+    return extract.extract_for_config(
+        config, paths, verbose, flip, runner=runner, pipeline_options=pipeline_options
+    )
 
 
 class _Checkpoints:

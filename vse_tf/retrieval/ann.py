@@ -186,14 +186,97 @@ def _set_kmeans(
 
 def _train_and_add(index, vectors: np.ndarray, train_size: int, seed: int) -> None:
     """Trains ``index`` on a seeded sample of ``[N, D]`` vectors, adds them all."""
-    num = len(vectors)
+    _train(index, vectors, train_size, seed)
+    _add(index, vectors, first_id=None)
+
+
+def _train(index, vectors: np.ndarray, train_size: int, seed: int) -> None:
+    """Trains ``index`` on the seeded sample of ``train_size`` of ``[N, D]`` rows."""
     rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(num, size=train_size, replace=False))
+    sample = np.sort(rng.choice(len(vectors), size=train_size, replace=False))
     index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
-    for start in range(0, num, _ADD_BATCH):
-        index.add(
-            np.ascontiguousarray(vectors[start : start + _ADD_BATCH], dtype=np.float32)
+
+
+def _add(index, vectors: np.ndarray, first_id: Optional[int]) -> None:
+    """Adds ``[M, D]`` rows in batches (ids ``first_id...`` when given)."""
+    for start in range(0, len(vectors), _ADD_BATCH):
+        batch = np.ascontiguousarray(
+            vectors[start : start + _ADD_BATCH], dtype=np.float32
         )
+        if first_id is None:
+            index.add(batch)
+        else:
+            ids = np.arange(len(batch), dtype=np.int64) + first_id + start
+            index.add_with_ids(batch, ids)
+
+
+def train_shardable(
+    vectors: np.ndarray,
+    nlist: Optional[int] = None,
+    nprobe: Optional[int] = None,
+    encoding: str = "pq",
+    train_size: Optional[int] = None,
+    seed: int = 0,
+    rerank: Optional[int] = None,
+    kmeans_iterations: int = 10,
+) -> tuple[bytes, dict]:
+    """Trains the empty IVF index that shards are added to, in parallel.
+
+    The same training as `ApproximateIndex` (same sample, same k-means), so
+    the shards searched together (`ApproximateIndex.from_shards`) find what
+    an `ApproximateIndex` of all the vectors finds.
+
+    Args:
+        vectors: ``[N, D]`` all the vectors (read: only the sample).
+        nlist, nprobe, encoding, train_size, seed, rerank,
+        kmeans_iterations: As in `ApproximateIndex`.
+
+    Returns:
+        ``(trained, settings)``: the trained empty index
+        (``faiss.serialize_index`` bytes) for `add_shard`, and the resolved
+        ``{"encoding", "nlist", "nprobe", "train_size", "seed", "rerank",
+        "kmeans_iterations"}``.
+    """
+    faiss = import_faiss()
+    vectors = _checked_vectors(vectors)
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+    num, dim = vectors.shape
+    nlist, nprobe, train_size = _list_sizes(
+        num, nlist, nprobe, train_size, kmeans_iterations
+    )
+    encoding, rerank = _encoding_and_rerank(encoding, train_size, rerank)
+    quantizer = faiss.IndexFlatIP(dim)
+    index = _new_ivf_index(faiss, quantizer, encoding, dim, nlist)
+    _set_kmeans(index, encoding, seed, kmeans_iterations, train_size)
+    _train(index, vectors, train_size, seed)
+    settings = dict(
+        encoding=encoding,
+        nlist=nlist,
+        nprobe=nprobe,
+        train_size=train_size,
+        seed=seed,
+        rerank=rerank,
+        kmeans_iterations=kmeans_iterations,
+    )
+    return bytes(faiss.serialize_index(index)), settings
+
+
+def add_shard(trained: bytes, vectors: np.ndarray, first_id: int) -> np.ndarray:
+    """One shard: ``[M, D]`` rows added to a copy of the trained index.
+
+    Args:
+        trained: `train_shardable`'s index.
+        vectors: The shard's rows.
+        first_id: The id of its first row (its position in the collection).
+
+    Returns:
+        ``uint8 [bytes]``: the shard's index, serialised (a shard store array).
+    """
+    faiss = import_faiss()
+    index = faiss.deserialize_index(np.frombuffer(trained, np.uint8))
+    _add(index, vectors, first_id=first_id)
+    return np.asarray(faiss.serialize_index(index), np.uint8)
 
 
 class ApproximateIndex:
@@ -276,6 +359,43 @@ class ApproximateIndex:
         self.nprobe = nprobe
         self.rerank = rerank
 
+    @classmethod
+    def from_shards(
+        cls, shards: list[np.ndarray], vectors: np.ndarray, settings: dict
+    ) -> ApproximateIndex:
+        """The index of shards made by `add_shard`, searched together.
+
+        FAISS's ``IndexShards`` scans the same ``nprobe`` lists in every shard
+        and merges their results, so with the shards of one trained index it
+        returns what one index of all the vectors returns (equal scores may
+        come in another order before re-ranking).
+
+        Args:
+            shards: `add_shard` arrays, in collection order.
+            vectors: ``[N, D]`` the collection (re-ranking reads it).
+            settings: `train_shardable`'s settings.
+        """
+        faiss = import_faiss()
+        vectors = _checked_vectors(vectors)
+        parts = [faiss.deserialize_index(np.asarray(b, np.uint8)) for b in shards]
+        index = faiss.IndexShards(vectors.shape[1], False, False)
+        for part in parts:
+            index.add_shard(part)
+        if index.ntotal != len(vectors):
+            raise ValueError(
+                f"the shards hold {index.ntotal} vectors, the collection {len(vectors)}"
+            )
+        self = cls.__new__(cls)
+        self._index, self._parts, self._vectors = index, parts, vectors
+        self._quantizer = None
+        self.encoding = settings["encoding"]
+        self.nprobe = settings["nprobe"]
+        self.rerank = settings["rerank"]
+        return self
+
+    def _ivf_parts(self) -> list:
+        return getattr(self, "_parts", None) or [self._index]
+
     @property
     def size(self) -> int:
         """Number of indexed vectors ``N``."""
@@ -289,18 +409,19 @@ class ApproximateIndex:
     @property
     def nlist(self) -> int:
         """Number of inverted lists."""
-        return int(self._index.nlist)
+        return int(self._ivf_parts()[0].nlist)
 
     @property
     def nprobe(self) -> int:
         """Lists scanned per query."""
-        return int(self._index.nprobe)
+        return int(self._ivf_parts()[0].nprobe)
 
     @nprobe.setter
     def nprobe(self, value: int) -> None:
         if value < 1:
             raise ValueError(f"nprobe must be >= 1, got {value}")
-        self._index.nprobe = int(min(value, self.nlist))
+        for part in self._ivf_parts():
+            part.nprobe = int(min(value, self.nlist))
 
     @property
     def rerank(self) -> int:

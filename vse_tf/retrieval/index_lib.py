@@ -27,10 +27,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import io
 import json
 import logging
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Optional, Protocol, Union
 
@@ -98,12 +98,25 @@ class SavedModelEncoder:
         return self._encode_image(image_bytes=data)["embedding"].numpy()
 
     def describe(self) -> dict:
-        version = os.path.basename(self.path)
-        return {
-            "path": self.path,
-            "sha256": io_utils.file_sha256(os.path.join(self.path, "saved_model.pb")),
-            "version": version if version.isdigit() else None,
-        }
+        return describe_saved_model(self.path)
+
+
+def describe_saved_model(path: str) -> dict:
+    """The manifest's ``model``: path, sha256 of ``saved_model.pb``, version.
+
+    Raises:
+        FileNotFoundError: if ``path`` holds no ``saved_model.pb``.
+    """
+    path = os.path.abspath(path)
+    graph = os.path.join(path, "saved_model.pb")
+    if not os.path.exists(graph):
+        raise FileNotFoundError(f"no saved_model.pb in {path}")
+    version = os.path.basename(path)
+    return {
+        "path": path,
+        "sha256": io_utils.file_sha256(graph),
+        "version": version if version.isdigit() else None,
+    }
 
 
 def get_encoder(
@@ -144,45 +157,57 @@ def _atomic_save_npy(path: str, array: np.ndarray) -> None:
 
 
 def list_images(images: Union[str, Sequence[str]]) -> list[str]:
-    """Absolute image paths from a folder, a list file or a list of paths.
+    """Absolute image paths from a folder, a glob, a list file or a list of paths.
 
     Args:
         images: A folder (searched recursively for .jpg/.jpeg/.png/.gif/.bmp,
-            sorted), a text file with one path per line (relative paths are
-            relative to the file's folder; blank lines and ``#`` comments
-            skipped), or a sequence of paths.
+            sorted), a glob (``photos/*/*.jpg``), a text file with one path
+            per line (relative paths are relative to the file's folder;
+            blank lines and ``#`` comments skipped), or a sequence of paths.
+            Folders, globs and list files may be URLs (``gs://...``).
 
     Returns:
         ``[N]`` absolute paths, in a deterministic order.
     """
     if not isinstance(images, str):
-        return [os.path.abspath(p) for p in images]
-    if os.path.isdir(images):
-        found = []
-        for folder, dirs, files in os.walk(images):
-            dirs.sort()
-            found += [
-                os.path.abspath(os.path.join(folder, name))
-                for name in files
-                if name.lower().endswith(IMAGE_EXTENSIONS)
-            ]
-        return sorted(found)
-    if not os.path.isfile(images):
+        return [io_utils.absolute(p) for p in images]
+    if any(char in images for char in "*?["):
+        import tensorflow as tf  # noqa: PLC0415
+
+        return sorted(io_utils.absolute(p) for p in tf.io.gfile.glob(images))
+    if io_utils.isdir(images):
+        return _images_in_folder(images)
+    if not io_utils.exists(images):
         raise FileNotFoundError(f"{images}: neither a folder nor a list file")
-    base = os.path.dirname(os.path.abspath(images))
+    base = io_utils.parent(io_utils.absolute(images))
     paths = []
-    with open(images, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line and not line.startswith("#"):
-                paths.append(os.path.abspath(os.path.join(base, line)))
+    for line in io_utils.read_bytes(images).decode("utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            paths.append(io_utils.absolute(io_utils.join(base, line)))
     return paths
+
+
+def _images_in_folder(folder: str) -> list[str]:
+    if io_utils.is_url(folder):
+        import tensorflow as tf  # noqa: PLC0415
+
+        walk = ((root, files) for root, _, files in tf.io.gfile.walk(folder))
+    else:
+        walk = ((root, files) for root, _, files in os.walk(folder))
+    found = [
+        io_utils.absolute(io_utils.join(root, name))
+        for root, files in walk
+        for name in files
+        if name.lower().endswith(IMAGE_EXTENSIONS)
+    ]
+    return sorted(found)
 
 
 def read_captions(captions_file: str) -> list[str]:
     """Captions, one per line (stripped; blank lines skipped)."""
-    with open(captions_file, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+    text = io_utils.read_bytes(captions_file).decode("utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _read_files(paths: Sequence[str], batch_size: int):
@@ -248,11 +273,15 @@ class Index:
         embeddings: ``float16|float32 [N, D]`` as stored.
         items: ``[N]`` image paths or captions.
         manifest: The manifest dictionary.
+        ann: Its approximate index when loaded with one
+            (`vse_tf.retrieval.ann_index.load_index`); `search` then uses
+            it. None: exact search.
     """
 
     embeddings: np.ndarray
     items: list[str]
     manifest: dict
+    ann: Optional[Any] = None
 
     @property
     def kind(self) -> str:
@@ -268,7 +297,7 @@ class Index:
     def search(
         self, query_embeddings: np.ndarray, k: int = 10
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k by dot product.
+        """Top-k by dot product: exact, or through `ann` when it is set.
 
         Args:
             query_embeddings: ``float32 [Q, D]``.
@@ -289,6 +318,8 @@ class Index:
             return np.zeros([len(queries), 0], np.float32), np.zeros(
                 [len(queries), 0], np.int64
             )
+        if self.ann is not None:
+            return self.ann.search(queries, k)
         scores, ids = search_lib.top_k(queries, self.embeddings, k=k)
         return np.asarray(scores, np.float32), np.asarray(ids, np.int64)
 
@@ -314,19 +345,22 @@ def load_index(index_dir: str, mmap_mode: Optional[str] = "r") -> Index:
         ValueError: if its files disagree with each other.
     """
     manifest_path = os.path.join(index_dir, MANIFEST_FILE)
-    if not os.path.exists(manifest_path):
+    if not io_utils.exists(manifest_path):
         hint = (
             "an unfinished build: run the same vse-index command again to resume"
-            if os.path.exists(os.path.join(index_dir, BUILD_FILE))
+            if io_utils.exists(os.path.join(index_dir, BUILD_FILE))
             else "build one with vse-index --model=MODEL --images=FOLDER "
             f"--output={index_dir}"
         )
         raise errors.MissingError(f"no index in {index_dir} ({hint})")
-    with open(manifest_path, encoding="utf-8") as f:
-        manifest = json.load(f)
-    embeddings = np.load(os.path.join(index_dir, EMBEDDINGS_FILE), mmap_mode=mmap_mode)
-    with open(os.path.join(index_dir, ITEMS_FILE), encoding="utf-8") as f:
-        items = f.read().split("\n")[:-1]
+    manifest = json.loads(io_utils.read_bytes(manifest_path))
+    embeddings_path = os.path.join(index_dir, EMBEDDINGS_FILE)
+    if io_utils.is_url(embeddings_path):  # (no memory map of a remote file)
+        embeddings = np.load(io.BytesIO(io_utils.read_bytes(embeddings_path)))
+    else:
+        embeddings = np.load(embeddings_path, mmap_mode=mmap_mode)
+    items_data = io_utils.read_bytes(os.path.join(index_dir, ITEMS_FILE))
+    items = items_data.decode("utf-8").split("\n")[:-1]
     if not (len(items) == embeddings.shape[0] == manifest["count"]):
         raise ValueError(
             f"{index_dir}: {len(items)} items, {embeddings.shape[0]} embeddings, "
@@ -340,8 +374,17 @@ def load_index(index_dir: str, mmap_mode: Optional[str] = "r") -> Index:
 
 
 @dataclasses.dataclass(frozen=True)
-class _BuildJob:
-    """What one index build encodes, with what, and where it writes."""
+class BuildJob:
+    """What one index build encodes, with what, and where it writes.
+
+    Attributes:
+        kind: ``image`` or ``caption``.
+        inputs: ``[N]`` image paths or captions.
+        encoder: Encodes them (for a parallel build, only ``describe``).
+        output_dir, dtype, batch_size, shard_size, overwrite, verbose,
+        on_shard: As in `build_image_index`.
+        source: The folder, list or caption file they came from.
+    """
 
     kind: str
     inputs: list[str]
@@ -377,7 +420,7 @@ def _check_build_arguments(
             raise ValueError(f"items may not contain line breaks: {item!r}")
 
 
-def _build_description(job: _BuildJob, model: dict) -> dict:
+def _build_description(job: BuildJob, model: dict) -> dict:
     """What is being built (``build.json``, and ``build`` in the manifest)."""
     return {
         "format": INDEX_FORMAT,
@@ -390,14 +433,15 @@ def _build_description(job: _BuildJob, model: dict) -> dict:
     }
 
 
-def _finished_index(job: _BuildJob, build: dict) -> Optional[Index]:
+def _finished_index(job: BuildJob, build: dict) -> Optional[Index]:
     """The index already in the folder when it is this build's, else None.
 
     Raises:
         FileExistsError: if the folder holds another index (and not
             ``overwrite``).
     """
-    if job.overwrite or not os.path.exists(os.path.join(job.output_dir, MANIFEST_FILE)):
+    manifest_path = os.path.join(job.output_dir, MANIFEST_FILE)
+    if job.overwrite or not io_utils.exists(manifest_path):
         return None
     index = load_index(job.output_dir)
     done = {k: index.manifest.get("build", {}).get(k) for k in build}
@@ -409,7 +453,7 @@ def _finished_index(job: _BuildJob, build: dict) -> Optional[Index]:
     )
 
 
-def _start_build(job: _BuildJob, build: dict) -> list:
+def _start_build(job: BuildJob, build: dict) -> list:
     """Prepares the folder for ``build``; returns the shard entries to resume.
 
     Raises:
@@ -418,9 +462,8 @@ def _start_build(job: _BuildJob, build: dict) -> list:
     """
     build_path = os.path.join(job.output_dir, BUILD_FILE)
     entries: list = []
-    if os.path.exists(build_path):
-        with open(build_path, encoding="utf-8") as f:
-            previous = json.load(f)
+    if io_utils.exists(build_path):
+        previous = json.loads(io_utils.read_bytes(build_path))
         entries = previous.pop("shards", None)
         if not isinstance(entries, list):
             entries = []  # (an older build's layout: its shards are recomputed)
@@ -430,23 +473,51 @@ def _start_build(job: _BuildJob, build: dict) -> list:
                 "model or settings; use another folder or overwrite"
             )
         if previous != build:
-            shutil.rmtree(os.path.join(job.output_dir, SHARDS_DIR), ignore_errors=True)
+            io_utils.rmtree(os.path.join(job.output_dir, SHARDS_DIR))
             entries = []
     if job.overwrite:
         for name in (MANIFEST_FILE, EMBEDDINGS_FILE, ITEMS_FILE):
-            if os.path.exists(os.path.join(job.output_dir, name)):
-                os.remove(os.path.join(job.output_dir, name))
+            if io_utils.exists(os.path.join(job.output_dir, name)):
+                io_utils.remove(os.path.join(job.output_dir, name))
     return entries
 
 
+def encode_chunk(
+    kind: str,
+    encoder: Encoder,
+    chunk: list[str],
+    batch_size: int,
+    dtype: str,
+    progbar=None,
+) -> tuple[np.ndarray, dict]:
+    """Encodes one shard's inputs: ``(embeddings [M, D], record)``.
+
+    Args:
+        kind: ``image`` (``chunk`` are files) or ``caption``.
+        encoder: The model.
+        chunk: The shard's inputs.
+        batch_size: Inputs per encoder call.
+        dtype: Stored precision.
+        progbar: Moved on per input (optional).
+
+    Returns:
+        The embeddings of the kept inputs and the shard's record:
+        ``{"items": kept inputs [M], "skipped": [{"item", "error"}]}``.
+    """
+    encode = _encode_images if kind == "image" else _encode_captions
+    rows, kept, skipped = encode(encoder, batch_size, chunk, progbar)
+    matrix = np.concatenate(rows).astype(dtype) if rows else np.zeros([0, 0], dtype)
+    return matrix, {"items": kept, "skipped": skipped}
+
+
 def _encode_images(
-    job: _BuildJob, chunk: list[str], progbar
+    encoder: Encoder, batch_size: int, chunk: list[str], progbar
 ) -> tuple[list[np.ndarray], list[str], list[dict]]:
     """Reads and encodes image files: ``(embedding batches, kept, skipped)``."""
     rows, kept, skipped, seen = [], [], [], set()
-    for positions, data in _read_files(chunk, job.batch_size):
+    for positions, data in _read_files(chunk, batch_size):
         seen.update(positions)
-        embeddings, good, bad = _encode_checked(job.encoder.encode_images, data)
+        embeddings, good, bad = _encode_checked(encoder.encode_images, data)
         if len(good):
             rows.append(embeddings)
         kept += [chunk[positions[i]] for i in good]
@@ -464,13 +535,13 @@ def _encode_images(
 
 
 def _encode_captions(
-    job: _BuildJob, chunk: list[str], progbar
+    encoder: Encoder, batch_size: int, chunk: list[str], progbar
 ) -> tuple[list[np.ndarray], list[str], list[dict]]:
     """Encodes captions in batches: ``(embedding batches, kept, skipped=[])``."""
     rows, kept = [], []
-    for begin in range(0, len(chunk), job.batch_size):
-        batch = chunk[begin : begin + job.batch_size]
-        rows.append(job.encoder.encode_text(batch))
+    for begin in range(0, len(chunk), batch_size):
+        batch = chunk[begin : begin + batch_size]
+        rows.append(encoder.encode_text(batch))
         kept += batch
         if progbar is not None:
             progbar.add(len(batch))
@@ -478,27 +549,22 @@ def _encode_captions(
 
 
 def _encode_shards(
-    job: _BuildJob,
+    job: BuildJob,
     store: shard_store.ShardStore,
     build: dict,
     done: dict[int, shard_store.Shard],
 ) -> None:
     """Encodes the shards not in ``done``, writing and recording each one."""
     progbar = progress.bar(len(job.inputs), job.kind, "index") if job.verbose else None
-    encode = _encode_images if job.kind == "image" else _encode_captions
     for shard in range(job.num_shards):
         chunk = job.chunk(shard)
         if shard in done:  # finished by an earlier run
             if progbar is not None:
                 progbar.add(len(chunk))
             continue
-        rows, kept, skipped = encode(job, chunk, progbar)
-        matrix = (
-            np.concatenate(rows).astype(job.dtype)
-            if rows
-            else np.zeros([0, 0], job.dtype)
+        matrix, record = encode_chunk(
+            job.kind, job.encoder, chunk, job.batch_size, job.dtype, progbar
         )
-        record = {"items": kept, "skipped": skipped}
         entry = store.write_shard(shard, matrix, record=record)
         done[shard] = shard_store.Shard(entry, matrix, record)
         store.write_manifest(dict(build, shards=[done[s].entry for s in sorted(done)]))
@@ -506,12 +572,18 @@ def _encode_shards(
             job.on_shard(shard, shard * job.shard_size + len(chunk))
 
 
-def _complete_shards(
-    job: _BuildJob, store: shard_store.ShardStore, entries: list
+def complete_shards(
+    job: BuildJob, store: shard_store.ShardStore, entries: list
 ) -> dict[int, shard_store.Shard]:
-    """The verified shards of an earlier run whose items match their rows."""
+    """The verified shards of ``entries`` and of entries left beside shards.
+
+    Only shards whose files match their checksums and whose record lists as
+    many items as the shard has rows are kept: ``{shard number: Shard}``.
+    """
+    # The build's own entries, then those a parallel build finished before
+    # it was stopped (`vse_tf.pipelines`: entries beside their shards).
     done = store.read_complete(
-        entries,
+        entries + store.read_entries(),
         is_valid=lambda e: 0 <= e["shard"] < job.num_shards,
         dtype=job.dtype,
     )
@@ -525,7 +597,7 @@ def _complete_shards(
 
 
 def _write_index(
-    job: _BuildJob, build: dict, model: dict, done: dict[int, shard_store.Shard]
+    job: BuildJob, build: dict, model: dict, done: dict[int, shard_store.Shard]
 ) -> Index:
     """Joins the shards into the final files (the manifest last)."""
     matrices, items, skipped = [], [], []
@@ -576,15 +648,31 @@ def _write_index(
     return Index(embeddings=embeddings, items=items, manifest=manifest)
 
 
-def _build_index(job: _BuildJob) -> Index:
-    """Builds (or resumes, or returns the finished) index of ``job``."""
+EncodeShards = Callable[
+    [BuildJob, shard_store.ShardStore, dict, dict[int, shard_store.Shard]], None
+]
+"""``encode(job, store, build, done)``: encodes the shards of ``job`` not in
+``done`` into ``store``, adding each to ``done``; `run_build` does the rest."""
+
+
+def run_build(job: BuildJob, encode: Optional[EncodeShards] = None) -> Index:
+    """Builds (or resumes, or returns the finished) index of ``job``.
+
+    Args:
+        job: The build.
+        encode: How the missing shards are encoded: in this process
+            (default), or e.g. by a Beam pipeline (`vse_tf.pipelines.index`).
+
+    Returns:
+        The finished `Index`.
+    """
     _check_build_arguments(job.inputs, job.dtype, job.batch_size, job.shard_size)
     # Shards hold whole batches, so a resumed build encodes the same batches.
     size = max(job.batch_size, job.shard_size // job.batch_size * job.batch_size)
     job = dataclasses.replace(job, shard_size=size)
     model = job.encoder.describe()
     build = _build_description(job, model)
-    os.makedirs(job.output_dir, exist_ok=True)
+    io_utils.makedirs(job.output_dir)
     finished = _finished_index(job, build)
     if finished is not None:
         return finished
@@ -593,13 +681,40 @@ def _build_index(job: _BuildJob) -> Index:
         os.path.join(job.output_dir, SHARDS_DIR),
         manifest_path=os.path.join(job.output_dir, BUILD_FILE),
     )
-    done = _complete_shards(job, store, entries)
+    done = complete_shards(job, store, entries)
     store.write_manifest(dict(build, shards=[done[s].entry for s in sorted(done)]))
-    _encode_shards(job, store, build, done)
+    (encode or _encode_shards)(job, store, build, done)
     index = _write_index(job, build, model, done)
-    shutil.rmtree(store.folder, ignore_errors=True)
-    os.remove(store.manifest_path)
+    io_utils.rmtree(store.folder)
+    io_utils.remove(store.manifest_path)
     return index
+
+
+def image_inputs(images: Union[str, Sequence[str]]) -> tuple[list[str], str]:
+    """``(paths [N], source)`` of an image collection (see `list_images`).
+
+    Raises:
+        ValueError: if it holds no image.
+    """
+    paths = list_images(images)
+    if not paths:
+        raise ValueError(f"no images in {images}")
+    return paths, io_utils.absolute(images) if isinstance(images, str) else "<list>"
+
+
+def caption_inputs(captions: Union[str, Sequence[str]]) -> tuple[list[str], str]:
+    """``(captions [N], source)`` of a caption file or sequence.
+
+    Raises:
+        ValueError: if there is no caption.
+    """
+    if isinstance(captions, str):
+        source, texts = io_utils.absolute(captions), read_captions(captions)
+    else:
+        source, texts = "<list>", [str(c) for c in captions]
+    if not texts:
+        raise ValueError(f"no captions in {source}")
+    return texts, source
 
 
 def build_image_index(
@@ -645,15 +760,13 @@ def build_image_index(
         ValueError: if no image at all could be encoded.
     """
     encoder = encoder or get_encoder(model_path, server)
-    paths = list_images(images)
-    if not paths:
-        raise ValueError(f"no images in {images}")
-    job = _BuildJob(
+    paths, source = image_inputs(images)
+    job = BuildJob(
         kind="image",
         inputs=paths,
         encoder=encoder,
         output_dir=output_dir,
-        source=os.path.abspath(images) if isinstance(images, str) else "<list>",
+        source=source,
         dtype=dtype,
         batch_size=batch_size,
         shard_size=shard_size,
@@ -661,7 +774,7 @@ def build_image_index(
         verbose=verbose,
         on_shard=on_shard,
     )
-    return _build_index(job)
+    return run_build(job)
 
 
 def build_caption_index(
@@ -689,14 +802,8 @@ def build_caption_index(
         The finished `Index` (items are the captions).
     """
     encoder = encoder or get_encoder(model_path, server)
-    if isinstance(captions, str):
-        source = os.path.abspath(captions)
-        texts = read_captions(captions)
-    else:
-        source, texts = "<list>", [str(c) for c in captions]
-    if not texts:
-        raise ValueError(f"no captions in {source}")
-    job = _BuildJob(
+    texts, source = caption_inputs(captions)
+    job = BuildJob(
         kind="caption",
         inputs=texts,
         encoder=encoder,
@@ -709,7 +816,7 @@ def build_caption_index(
         verbose=verbose,
         on_shard=on_shard,
     )
-    return _build_index(job)
+    return run_build(job)
 
 
 def _check_model(index: Index, encoder: Encoder) -> None:
@@ -728,7 +835,9 @@ def search_embedding(index: Index, query: np.ndarray, k: int = 10) -> list[Resul
     """The ``k`` best items for one query embedding ``[1, D]`` or ``[D]``."""
     scores, ids = index.search(np.reshape(query, [1, -1]), k)
     return [
-        Result(index.items[i], float(s)) for s, i in zip(scores[0], ids[0].tolist())
+        Result(index.items[i], float(s))
+        for s, i in zip(scores[0], ids[0].tolist())
+        if i >= 0  # (an approximate index may find fewer than k)
     ]
 
 

@@ -1,0 +1,80 @@
+"""Runner names and Beam pipeline options, with Beam imported only when used."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from typing import Any
+
+from vse_tf import errors
+
+LOCAL = "local"
+"""Today's in-process path (no Beam): the default."""
+
+RUNNERS = (
+    LOCAL,
+    "FnApiRunner",
+    "DirectRunner",
+    "DataflowRunner",
+    "FlinkRunner",
+    "SparkRunner",
+)
+"""The values of ``--runner``: ``local`` or a Beam runner's name."""
+
+INSTALL_HINT = (
+    'the Beam runners need Apache Beam: pip install -e ".[beam]" (in a venv '
+    "of its own: Beam caps protobuf < 7, pyarrow < 26 and numpy < 2.5)"
+)
+
+
+def import_beam() -> Any:
+    """``apache_beam``, or a `UserError` saying how to install it."""
+    try:
+        import apache_beam  # noqa: PLC0415 (optional dependency)
+    except ImportError:
+        raise errors.UserError(INSTALL_HINT) from None
+    return apache_beam
+
+
+def split_options(pipeline_options: str | Sequence[str] = ()) -> list[str]:
+    """Beam's own flags from a string (``"--num_workers=4 --region=x"``) or list."""
+    if isinstance(pipeline_options, str):
+        return shlex.split(pipeline_options)
+    return [str(option) for option in pipeline_options]
+
+
+def check_runner(runner: str) -> None:
+    """Raises `ConfigError` naming the choices unless ``runner`` is one."""
+    if runner not in RUNNERS:
+        raise errors.ConfigError(
+            f"unknown runner {runner!r}; use one of {', '.join(RUNNERS)}"
+        )
+
+
+def make_pipeline(runner: str, pipeline_options: str | Sequence[str] = ()) -> Any:
+    """A ``beam.Pipeline`` on ``runner`` with the user's pipeline options.
+
+    Args:
+        runner: A Beam runner of `RUNNERS` (not ``local``).
+        pipeline_options: Passed to Beam as they are (e.g. Dataflow's
+            ``--project``, ``--region``, ``--temp_location``,
+            ``--num_workers``, ``--requirements_file``; the direct runner's
+            ``--direct_running_mode=multi_processing --direct_num_workers=2``).
+
+    Returns:
+        The pipeline (use it as a context manager, or ``run()`` it).
+    """
+    check_runner(runner)
+    if runner == LOCAL:
+        raise ValueError("the local runner runs in this process, not in Beam")
+    beam = import_beam()
+    from apache_beam.options.pipeline_options import PipelineOptions  # noqa: PLC0415
+
+    options = PipelineOptions(split_options(pipeline_options))
+    if runner == "FnApiRunner":
+        from apache_beam.runners.portability.fn_api_runner import (  # noqa: PLC0415
+            FnApiRunner,
+        )
+
+        return beam.Pipeline(runner=FnApiRunner(), options=options)
+    return beam.Pipeline(runner=runner, options=options)
