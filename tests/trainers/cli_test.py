@@ -221,3 +221,28 @@ def test_console_scripts_describe_themselves_and_their_flags(script):
     assert lines[0] == f"usage: {script} [flags]"
     assert lines[2].strip(), "no description"
     assert SCRIPTS[script] in result.stdout
+
+
+def test_a_beam_runner_without_beam_says_how_to_install_it(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("apache_beam") is not None:
+        pytest.skip("Beam is installed here (the beam tier runs the pipelines)")
+    result = testing_utils.run_python(
+        "-m", "trainers.extract_features", "--preset=tiny",
+        f"--cache_dir={tmp_path}", "--runner=FnApiRunner",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            'pip install -e ".[beam]" (in a venv of its own: Beam caps protobuf < 7, '
+            "pyarrow < 26 and numpy < 2.5)"
+        )
+    )
+    assert "Traceback" not in result.stderr
+    result = testing_utils.run_python(
+        "-m", "trainers.extract_features", "--runner=Nope"
+    )
+    assert result.returncode == 2 and "FnApiRunner" in result.stderr
