@@ -642,6 +642,14 @@ def _mark_complete(
     store.write_manifest(manifest)
 
 
+ComputeShards = Callable[
+    [shard_store.ShardStore, dict, ExtractionJob, dict, list[int]], None
+]
+"""``compute(store, manifest, job, done, pending)``: computes the shards
+``pending`` into ``store``, adding each to ``done`` (``{shard: Shard}``) and
+recording it in ``manifest``; `run_extraction` does the rest."""
+
+
 def extract_features_with_report(
     paths: Sequence[str],
     image_feature: str,
@@ -655,6 +663,7 @@ def extract_features_with_report(
     on_shard: Optional[Callable[[int, int], None]] = None,
     flip: bool = False,
     backbone: str = backbone_lib.VGG16,
+    compute: Optional[ComputeShards] = None,
 ) -> FeatureReport:
     """CNN features of images from the sharded cache, computing what is missing.
 
@@ -679,6 +688,9 @@ def extract_features_with_report(
         flip: Features of the left-right mirrored images (a training
             augmentation; its own cache entry).
         backbone: ``vgg16`` or ``efficientnet_lite0|1|2``.
+        compute: How the missing shards are computed: in this process
+            (default), or by a Beam pipeline
+            (`vse_tf.pipelines.extract.extract_features_with_report`).
 
     Returns:
         The features (``float32 [N, F]``, zero rows for skipped images), the
@@ -702,15 +714,7 @@ def extract_features_with_report(
         on_shard=on_shard,
         verbose=verbose,
     )
-    return run_extraction(job, shard_size)
-
-
-ComputeShards = Callable[
-    [shard_store.ShardStore, dict, ExtractionJob, dict, list[int]], None
-]
-"""``compute(store, manifest, job, done, pending)``: computes the shards
-``pending`` into ``store``, adding each to ``done`` (``{shard: Shard}``) and
-recording it in ``manifest``; `run_extraction` does the rest."""
+    return run_extraction(job, shard_size, compute)
 
 
 def run_extraction(

@@ -46,30 +46,23 @@ _SUMMARY = "summary"
 
 
 def extract_features_with_report(
-    paths: Sequence[str],
-    image_feature: str,
-    image_size: int,
-    weights: str,
-    batch_size: int = 32,
-    dtype: str = "mixed_bfloat16",
-    cache_dir: Optional[str] = None,
-    verbose: int = 1,
-    shard_size: int = features_lib.DEFAULT_SHARD_SIZE,
-    flip: bool = False,
-    backbone: str = backbone_lib.VGG16,
+    *args: Any,
     runner: str = "DirectRunner",
     pipeline_options: str | Sequence[str] = (),
+    **kwargs: Any,
 ) -> features_lib.FeatureReport:
     """`vse_tf.features.extract_features_with_report`, computed by Beam.
 
+    Takes that function's arguments (``paths`` and ``cache_dir`` may be
+    URLs: ``gs://``, ``s3://``, ``hdfs://``; ``on_shard`` is not called:
+    the shards are written by the workers) and:
+
     Args:
-        paths, image_feature, image_size, weights, batch_size, dtype,
-        cache_dir, verbose, shard_size, flip, backbone: As in
-            `vse_tf.features.extract_features_with_report` (``paths`` and
-            ``cache_dir`` may be URLs: ``gs://``, ``s3://``, ``hdfs://``).
+        *args: As `vse_tf.features.extract_features_with_report`.
         runner: A Beam runner name of `vse_tf.pipelines.RUNNERS` (for
             ``local``, call `vse_tf.features` directly).
         pipeline_options: Beam's own flags, e.g. ``--num_workers=8``.
+        **kwargs: As `vse_tf.features.extract_features_with_report`.
 
     Returns:
         The `FeatureReport`, as the local path returns it.
@@ -77,27 +70,13 @@ def extract_features_with_report(
     runners.check_runner(runner)
     if runner == runners.LOCAL:
         raise ValueError("the local runner is vse_tf.features itself")
-    features_lib.check_arguments(dtype, batch_size, shard_size)
-    job = features_lib.ExtractionJob(
-        paths=[io_utils.absolute(p) for p in paths],
-        backbone=backbone,
-        image_feature=image_feature,
-        image_size=image_size,
-        weights=weights,
-        dtype=dtype,
-        batch_size=batch_size,
-        flip=flip,
-        cache_dir=cache_dir,
-        on_shard=None,
-        verbose=verbose,
-    )
 
     def compute(store, manifest, job, done, pending):
         _compute_with_beam(
             store, manifest, job, done, pending, runner, pipeline_options
         )
 
-    return features_lib.run_extraction(job, shard_size, compute=compute)
+    return features_lib.extract_features_with_report(*args, compute=compute, **kwargs)
 
 
 def extract_for_config(
