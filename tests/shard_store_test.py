@@ -151,3 +151,23 @@ def test_a_store_on_a_url_file_system(tmp_path):
     with tf.io.gfile.GFile(f"{folder}/shard-00000.npy", "wb") as f:
         f.write(b"overwritten")
     assert store.read_shard(entry) is None
+
+
+def test_an_entry_both_in_the_manifest_and_beside_its_shard_counts_once(
+    tmp_path, caplog
+):
+    store = _store(tmp_path)
+    entry = store.write_entry(store.write_shard(3, np.ones([1, 1], np.float32)))
+    with caplog.at_level("WARNING"):
+        complete = store.read_complete([entry] + store.read_entries())
+    assert list(complete) == [3] and "Malformed" not in caplog.text
+
+
+def test_write_entry_names_the_files_on_disk(tmp_path):
+    """Two overlapping attempts at a shard: the entry follows the winner."""
+    store = _store(tmp_path)
+    first = store.write_shard(0, np.zeros([2, 1], np.float32))
+    store.write_shard(0, np.ones([2, 1], np.float32))  # the other attempt won
+    written = store.write_entry(first)
+    np.testing.assert_array_equal(store.read_shard(written).array, np.ones([2, 1]))
+    assert store.read_entries() == [written]

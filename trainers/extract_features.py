@@ -19,7 +19,7 @@ Examples:
         --direct_running_mode=multi_processing --direct_num_workers=2
 """
 
-from absl import flags
+from absl import app, flags
 
 from trainers import cli
 from vse_tf import train_lib
@@ -34,6 +34,10 @@ _PRINT_CONFIG = cli.define_print_config()
 
 
 def main(argv):
+    if len(argv) > 1 and _RUNNER.value == "local":
+        raise app.UsageError(
+            f"unexpected arguments {argv[1:]}: Beam options need a Beam --runner"
+        )
     config = cli.config_from_flags()
     if _PRINT_CONFIG.value:
         cli.print_config_and_exit(config)

@@ -766,8 +766,8 @@ def run_extraction(
     if not manifest["complete"]:
         seconds = time.time() - start_time if pending else None
         _mark_complete(store, manifest, valid, len(skipped), job.dtype, seconds)
-        store.remove_entries()
         store.remove_stale_temporaries(older_than=start_time)
+    store.remove_entries()  # (also those of a run killed after its manifest)
     if skipped:
         logging.warning(
             "%d of %d images could not be read or decoded and have no features "

@@ -259,6 +259,8 @@ class ShardStore:
         complete: dict[int, Shard] = {}
         for entry in entries:
             number = entry.get("shard") if isinstance(entry, dict) else None
+            if number in complete and complete[number].entry == entry:
+                continue  # the same entry twice (manifest and entry file)
             well_formed = isinstance(number, int) and number not in complete
             if not well_formed or (is_valid is not None and not is_valid(entry)):
                 logging.warning("Malformed shard entry in %s: %r", self.folder, entry)
@@ -268,10 +270,24 @@ class ShardStore:
                 complete[number] = shard
         return complete
 
-    def write_entry(self, entry: dict) -> None:
-        """Leaves ``entry`` beside its shard (after `write_shard` returned it)."""
+    def write_entry(self, entry: dict) -> dict:
+        """Leaves ``entry`` beside its shard (after `write_shard` returned it).
+
+        The checksums are those of the files on disk now: when two attempts
+        at one shard overlap (a retried or speculative worker), the entry
+        names whichever files won, so it never disagrees with them.
+
+        Returns:
+            The entry as written.
+        """
+        entry = dict(entry)
+        for name_key, sha_key in (("file", "sha256"), ("record_file", "record_sha256")):
+            if name_key in entry:
+                data = io_utils.read_bytes(self._path(entry[name_key]))
+                entry[sha_key] = sha256_bytes(data)
         path = os.path.join(self.folder, entry_file(entry["shard"]))
         io_utils.atomic_write_bytes(path, json_bytes(entry))
+        return entry
 
     def read_entries(self) -> list[dict]:
         """The entries left by `write_entry` (unverified; unreadable ones skipped)."""

@@ -97,8 +97,7 @@ def test_interrupted_build_resumes_and_search_uses_it(collection, tmp_path):
         for shard, start, stop in table:
             if len(written) == 2:
                 raise _Stop
-            array = ann.add_shard(trained, vectors[start:stop], start)
-            store.write_entry(store.write_shard(shard, array, start=start, stop=stop))
+            ann_index.write_ann_shard(store, trained, (shard, start, stop), vectors)
             written.append(shard)
 
     with pytest.raises(errors.MissingError, match="vse-index --ann"):
@@ -127,3 +126,31 @@ def test_interrupted_build_resumes_and_search_uses_it(collection, tmp_path):
     assert [r.item for r in results] == [
         f"image_{i:05d}.jpg" for i in whole.search(queries[:1], 5)[1][0]
     ]
+
+
+def test_shards_of_another_training_or_index_are_never_used(collection, tmp_path):
+    vectors, queries, _ = collection
+    folder = write_index(str(tmp_path / "index"), vectors)
+
+    def stop_after_one(index_dir, trained, table, store):
+        ann_index.write_ann_shard(store, trained, table[0], vectors)
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        ann_index.build_ann(folder, nlist=64, shard_size=2_500, add=stop_after_one)
+    added = []
+
+    def record(index_dir, trained, table, store):
+        added.extend(row[0] for row in table)
+        ann_index.add_shards_here(index_dir, trained, table, store)
+
+    # Other settings: the shard left by the first training is not mixed in.
+    other = ann_index.build_ann(folder, nlist=32, shard_size=2_500, add=record)
+    assert added == [0, 1, 2, 3, 4] and other.nlist == 32
+    # An index rebuilt in the folder makes its old ANN unusable.
+    manifest_path = os.path.join(folder, index_lib.MANIFEST_FILE)
+    manifest = json.load(open(manifest_path))
+    manifest["created"] = "2026-12-03T00:00:00+00:00"
+    json.dump(manifest, open(manifest_path, "w"))
+    with pytest.raises(errors.UserError, match="earlier index"):
+        ann_index.load_index(folder)

@@ -256,6 +256,25 @@ def test_resumed_build_encodes_a_damaged_shard_again(setup, tmp_path):
     assert index.manifest["skipped"] == setup["index"].manifest["skipped"]
 
 
+def test_list_images_globs_and_odd_folder_names(tmp_path):
+    odd = tmp_path / "photos [2019]"
+    (odd / "a").mkdir(parents=True)
+    for name in ("x.jpg", "a/y.png", "a/z.txt"):
+        (odd / name).write_bytes(b"")
+    expected = [str(odd / "a" / "y.png"), str(odd / "x.jpg")]
+    assert index_lib.list_images(str(odd)) == expected  # a folder, not a glob
+    assert index_lib.list_images(str(tmp_path / "photos ?2019?" / "*.jpg")) == [
+        str(odd / "x.jpg")
+    ]
+    captions = tmp_path / "captions.txt"
+    captions.write_bytes("one\r\ntwo\rthree with a \u2028 separator\n\n".encode())
+    assert index_lib.read_captions(str(captions)) == [
+        "one",
+        "two",
+        "three with a \u2028 separator",
+    ]
+
+
 def test_caption_index_and_image_search(setup, tmp_path):
     output = str(tmp_path / "captions")
     encoder = setup["encoder"]

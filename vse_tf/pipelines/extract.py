@@ -104,9 +104,15 @@ def extract_for_config(
 
 
 def _agreed_dtype(
-    job: features_lib.ExtractionJob, manifest: dict, first_shard: tuple[int, int, int]
+    job: features_lib.ExtractionJob,
+    manifest: dict,
+    table: list[tuple[int, int, int]],
 ) -> tuple[str, Optional[float]]:
-    """The precision every worker uses: the manifest's, or bf16 checked here."""
+    """The precision every worker uses: the manifest's, or bf16 checked here.
+
+    Checked on the first batch of the pending shards, as the local path
+    checks the first batch it computes.
+    """
     if manifest["used_dtype"] is not None or job.dtype == "float32":
         return manifest["used_dtype"] or job.dtype, None
     extractor = features_lib.Extractor(
@@ -119,10 +125,12 @@ def _agreed_dtype(
         job.cache_dir,
     )
     batches = features_lib.shard_dataset(
-        job.paths, [first_shard], job.image_size, job.batch_size, job.flip
+        job.paths, table, job.image_size, job.batch_size, job.flip
     )
     for _, _, images in batches.take(1):
         extractor(images)
+    if extractor.min_cosine is None:  # no readable image: nothing to compute
+        return job.dtype, None
     return extractor.used_dtype, extractor.min_cosine
 
 
@@ -138,7 +146,7 @@ def _compute_with_beam(
     """`vse_tf.features.ComputeShards` by a Beam pipeline (see module docstring)."""
     size, count = int(manifest["shard_size"]), len(job.paths)
     table = [(s, *features_lib.shard_range(s, size, count)) for s in pending]
-    used_dtype, min_cosine = _agreed_dtype(job, manifest, table[0])
+    used_dtype, min_cosine = _agreed_dtype(job, manifest, table)
     manifest["used_dtype"] = used_dtype
     if min_cosine is not None:
         manifest["bf16_min_cosine"] = round(min_cosine, 6)
@@ -154,6 +162,7 @@ def _compute_with_beam(
     _add_extraction(pipeline, job, table, store.folder, used_dtype)
     result = pipeline.run()
     result.wait_until_finish()
+    io_utils.remove(f"{store.folder}/{runners.INPUTS_FILE}")
     dim = int(manifest["feature_dim"])
     finished = store.read_complete(
         store.read_entries(),
@@ -164,8 +173,10 @@ def _compute_with_beam(
     missing = sorted(set(pending) - set(finished))
     if missing:
         raise RuntimeError(
-            f"the pipeline finished without shards {missing} of {store.folder}; "
-            "run the same command again to compute them"
+            f"the pipeline finished without shards {missing} of {store.folder}. "
+            "If the workers run on other machines, --cache_dir must be a folder "
+            "they all write (a shared mount or gs://...); otherwise run the same "
+            "command again to compute them"
         )
     done.update(finished)
     manifest["shards"] = [done[s].entry for s in sorted(done)]
@@ -181,8 +192,8 @@ def _add_extraction(
 ) -> None:
     """Adds the extraction's transforms to ``pipeline``."""
     dim = backbone_lib.feature_dim(job.backbone, job.image_feature)
-    work = [(s, start, stop, job.paths[start:stop]) for s, start, stop in table]
-    decode = _DecodeShard(job.image_size, job.batch_size, job.flip)
+    inputs = runners.write_inputs(folder, job.paths)
+    decode = _DecodeShard(inputs, job.image_size, job.batch_size, job.flip)
     handler = BackboneModelHandler(
         job.backbone,
         job.image_feature,
@@ -193,7 +204,7 @@ def _add_extraction(
     )
     decoded = (
         pipeline
-        | "Shards" >> beam.Create(work)
+        | "Shards" >> beam.Create(table)
         | "Spread" >> beam.Reshuffle()
         | "Decode" >> beam.ParDo(decode).with_outputs(_SUMMARY, main="batches")
     )
@@ -274,14 +285,20 @@ def _by_shard(keyed: tuple) -> tuple[int, tuple]:
 
 
 class _DecodeShard(beam.DoFn):
-    """``(shard, start, stop, paths)`` -> keyed image batches + a summary."""
+    """``(shard, start, stop)`` -> keyed image batches + a summary."""
 
-    def __init__(self, image_size: int, batch_size: int, flip: bool):
+    def __init__(self, inputs: str, image_size: int, batch_size: int, flip: bool):
         super().__init__()
+        self._inputs = inputs
         self._settings = (image_size, batch_size, flip)
+        self._paths: list[str] = []
+
+    def setup(self) -> None:
+        self._paths = runners.read_inputs(self._inputs)
 
     def process(self, element) -> Iterator:
-        shard, start, stop, paths = element
+        shard, start, stop = element
+        paths = self._paths[start:stop]
         image_size, batch_size, flip = self._settings
         # The shard's images as the local path batches them: the readable
         # ones in order, batch_size at a time (indices relative to start).

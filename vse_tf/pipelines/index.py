@@ -21,11 +21,14 @@ batches), so the index equals the one ``vse-index --runner=local`` writes.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Optional, Union
 
-from vse_tf import errors, shard_store
+import numpy as np
+
+from vse_tf import errors, io_utils, shard_store
 from vse_tf.pipelines import runners
 from vse_tf.retrieval import ann as ann_lib
 from vse_tf.retrieval import ann_index, index_lib
@@ -153,7 +156,7 @@ def build_ann(
             pipeline
             | "Shards" >> beam.Create(table)
             | "Spread" >> beam.Reshuffle()
-            | "Add" >> beam.ParDo(_AddAnnShard(index_dir, trained, store.folder))
+            | "Add" >> beam.ParDo(_AddAnnShard(index_dir, store.folder))
         )
         pipeline.run().wait_until_finish()
 
@@ -163,20 +166,22 @@ def build_ann(
 class _AddAnnShard(beam.DoFn):
     """``(shard, start, stop)`` -> that shard of the ANN written, entry beside it."""
 
-    def __init__(self, index_dir: str, trained: bytes, folder: str):
+    def __init__(self, index_dir: str, folder: str):
         super().__init__()
-        self._index_dir, self._trained, self._folder = index_dir, trained, folder
-        self._embeddings = None
+        self._index_dir, self._folder = index_dir, folder
+        self._embeddings = self._trained = None
 
     def setup(self) -> None:
+        # Read here, not pickled into the job: the trained index can be MBs.
         self._embeddings = index_lib.load_index(self._index_dir).embeddings
+        store = shard_store.ShardStore(self._folder)
+        data = io_utils.read_bytes(ann_index.trained_path(store))
+        self._trained = np.load(io.BytesIO(data), allow_pickle=False).tobytes()
 
     def process(self, row) -> Iterator[int]:
-        shard, start, stop = row
-        array = ann_lib.add_shard(self._trained, self._embeddings[start:stop], start)
         store = shard_store.ShardStore(self._folder)
-        store.write_entry(store.write_shard(shard, array, start=start, stop=stop))
-        yield shard
+        ann_index.write_ann_shard(store, self._trained, tuple(row), self._embeddings)
+        yield row[0]
 
 
 class _Described:
@@ -233,10 +238,11 @@ def _build(
         on_shard=None,
     )
 
+    # The workers get the absolute path the driver resolved and described.
+    model = (job.encoder.describe()["path"] if model_path else None, server)
+
     def encode(job, store, build, done):
-        _encode_with_beam(
-            job, store, build, done, (model_path, server), runner, pipeline_options
-        )
+        _encode_with_beam(job, store, build, done, model, runner, pipeline_options)
 
     return index_lib.run_build(job, encode=encode)
 
@@ -258,10 +264,15 @@ def _encode_with_beam(
         "Encoding %d shards of %s with Beam (%s)", len(pending), job.output_dir, runner
     )
     pipeline = runners.make_pipeline(runner, pipeline_options)
-    embed = _EmbedShard(model, job.kind, job.batch_size, job.dtype, store.folder)
+    inputs = runners.write_inputs(store.folder, job.inputs)
+    settings = (job.kind, job.batch_size, job.dtype)
+    embed = _EmbedShard(model, inputs, *settings, store.folder)
+    ranges = [
+        (s, s * job.shard_size, s * job.shard_size + len(job.chunk(s))) for s in pending
+    ]
     _ = (
         pipeline
-        | "Shards" >> beam.Create([(s, job.chunk(s)) for s in pending])
+        | "Shards" >> beam.Create(ranges)
         | "Spread" >> beam.Reshuffle()
         | "Embed" >> beam.ParDo(embed)
     )
@@ -270,19 +281,22 @@ def _encode_with_beam(
     missing = sorted(set(pending) - set(finished))
     if missing:
         raise RuntimeError(
-            f"the pipeline finished without shards {missing} of {job.output_dir}; "
-            "run the same command again to compute them"
+            f"the pipeline finished without shards {missing} of {job.output_dir}. "
+            "If the workers run on other machines, the output folder must be "
+            "one they all write (a shared mount or gs://...); otherwise run the "
+            "same command again to compute them"
         )
     done.update({s: finished[s] for s in pending})
     store.write_manifest(dict(build, shards=[done[s].entry for s in sorted(done)]))
 
 
 class _EmbedShard(beam.DoFn):
-    """``(shard, inputs)`` -> the shard encoded and written, its entry beside it."""
+    """``(shard, start, stop)`` -> the shard encoded and written, entry beside it."""
 
     def __init__(
         self,
         model: tuple[Optional[str], Optional[str]],
+        inputs: str,
         kind: str,
         batch_size: int,
         dtype: str,
@@ -290,21 +304,23 @@ class _EmbedShard(beam.DoFn):
     ):
         super().__init__()
         self._model = model
+        self._inputs_path = inputs
         self._settings = (kind, batch_size, dtype)
         self._folder = folder
         self._encoder = None
+        self._inputs: list[str] = []
 
     def setup(self) -> None:
         model_path, server = self._model
         self._encoder = index_lib.get_encoder(model_path, server)
+        self._inputs = runners.read_inputs(self._inputs_path)
 
     def process(self, element) -> Iterator[int]:
-        shard, chunk = element
+        shard, start, stop = element
         kind, batch_size, dtype = self._settings
         matrix, record = index_lib.encode_chunk(
-            kind, self._encoder, list(chunk), batch_size, dtype
+            kind, self._encoder, self._inputs[start:stop], batch_size, dtype
         )
         store = shard_store.ShardStore(self._folder)
-        entry = store.write_shard(shard, matrix, record=record)
-        store.write_entry(entry)
+        store.write_entry(store.write_shard(shard, matrix, record=record))
         yield shard

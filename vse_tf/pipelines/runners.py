@@ -51,6 +51,33 @@ def check_runner(runner: str) -> None:
         )
 
 
+INPUTS_FILE = "inputs.json"
+"""The job's inputs (image paths, captions) as a JSON list, written by the
+driver beside the shards and read by each worker once: the job graph then
+holds only shard ranges, however many inputs there are."""
+
+
+def write_inputs(folder: str, inputs: Sequence[str]) -> str:
+    """Writes `INPUTS_FILE` into ``folder`` (atomically); returns its path."""
+    import json  # noqa: PLC0415
+
+    from vse_tf import io_utils  # noqa: PLC0415
+
+    io_utils.makedirs(folder)
+    path = f"{folder.rstrip('/')}/{INPUTS_FILE}"
+    io_utils.atomic_write_bytes(path, json.dumps(list(inputs)).encode("utf-8"))
+    return path
+
+
+def read_inputs(path: str) -> list[str]:
+    """The inputs `write_inputs` wrote."""
+    import json  # noqa: PLC0415
+
+    from vse_tf import io_utils  # noqa: PLC0415
+
+    return json.loads(io_utils.read_bytes(path))
+
+
 def make_pipeline(runner: str, pipeline_options: str | Sequence[str] = ()) -> Any:
     """A ``beam.Pipeline`` on ``runner`` with the user's pipeline options.
 

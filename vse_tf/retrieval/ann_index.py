@@ -32,8 +32,8 @@ from vse_tf import errors, io_utils, shard_store
 from vse_tf.retrieval import ann as ann_lib
 from vse_tf.retrieval import index_lib
 
-ANN_MANIFEST = "ann.json"
-ANN_DIR = "ann"
+ANN_MANIFEST = index_lib.ANN_MANIFEST
+ANN_DIR = index_lib.ANN_DIR
 TRAINED_FILE = "trained.npy"
 DEFAULT_SHARD_SIZE = 262_144
 
@@ -42,7 +42,35 @@ AddShards = Callable[
 ]
 """``add(index_dir, trained, table, store)``: writes the shards of ``table``
 (``(shard, start, stop)`` rows of the embeddings) into ``store``, each with
-its entry beside it (`shard_store.ShardStore.write_entry`)."""
+its entry beside it (`write_ann_shard`)."""
+
+
+def trained_path(store: shard_store.ShardStore) -> str:
+    """Where the trained, empty IVF index of ``store`` is kept."""
+    return os.path.join(store.folder, TRAINED_FILE)
+
+
+def write_ann_shard(
+    store: shard_store.ShardStore,
+    trained: bytes,
+    row: tuple[int, int, int],
+    embeddings: np.ndarray,
+) -> None:
+    """Adds rows ``start:stop`` to the trained index; writes the shard + entry.
+
+    The entry names the trained index it belongs to (its sha256), so shards
+    of another training (other settings, a rebuilt index) are never mixed in.
+    """
+    shard, start, stop = row
+    array = ann_lib.add_shard(trained, embeddings[start:stop], start)
+    entry = store.write_shard(
+        shard,
+        array,
+        start=start,
+        stop=stop,
+        trained_sha256=shard_store.sha256_bytes(trained),
+    )
+    store.write_entry(entry)
 
 
 def _store(index_dir: str) -> shard_store.ShardStore:
@@ -56,7 +84,7 @@ def _trained(
     store: shard_store.ShardStore, index: index_lib.Index, settings: dict
 ) -> tuple[bytes, dict]:
     """The trained empty index of these settings: kept from a run, or trained."""
-    path = os.path.join(store.folder, TRAINED_FILE)
+    path = trained_path(store)
     manifest = store.read_manifest() or {}
     build = manifest.get("build", {})
     # Of this index (a rebuilt index folder gets a new ANN), these settings.
@@ -92,9 +120,8 @@ def add_shards_here(
 ) -> None:
     """`AddShards` in this process."""
     embeddings = index_lib.load_index(index_dir).embeddings
-    for shard, start, stop in table:
-        array = ann_lib.add_shard(trained, embeddings[start:stop], start)
-        store.write_entry(store.write_shard(shard, array, start=start, stop=stop))
+    for row in table:
+        write_ann_shard(store, trained, row, embeddings)
 
 
 def build_ann(
@@ -132,12 +159,12 @@ def build_ann(
         (shard, start, min(start + shard_size, len(index)))
         for shard, start in enumerate(range(0, len(index), shard_size))
     ]
-    done = _verified(store, entries + store.read_entries(), table)
+    done = _verified(store, entries + store.read_entries(), table, build)
     pending = [row for row in table if row[0] not in done]
     if pending:
         logging.info("Adding %d ANN shards of %s", len(pending), index_dir)
         (add or add_shards_here)(index_dir, trained, pending, store)
-        done.update(_verified(store, store.read_entries(), table))
+        done.update(_verified(store, store.read_entries(), table, build))
     missing = sorted(row[0] for row in table if row[0] not in done)
     if missing:
         raise RuntimeError(f"ANN shards {missing} of {index_dir} were not written")
@@ -150,14 +177,24 @@ def build_ann(
 
 
 def _verified(
-    store: shard_store.ShardStore, entries: list, table: list[tuple[int, int, int]]
+    store: shard_store.ShardStore,
+    entries: list,
+    table: list[tuple[int, int, int]],
+    build: dict,
 ) -> dict[int, shard_store.Shard]:
     rows = {shard: (start, stop) for shard, start, stop in table}
-    return store.read_complete(
-        entries,
-        is_valid=lambda e: rows.get(e["shard"]) == (e.get("start"), e.get("stop")),
-        dtype=np.uint8,
-    )
+
+    def is_valid(entry: dict) -> bool:
+        return (
+            rows.get(entry["shard"])
+            == (
+                entry.get("start"),
+                entry.get("stop"),
+            )
+            and entry.get("trained_sha256") == build["trained_sha256"]
+        )
+
+    return store.read_complete(entries, is_valid=is_valid, dtype=np.uint8)
 
 
 def load_index(index_dir: str, mmap_mode: Optional[str] = "r") -> index_lib.Index:
@@ -176,10 +213,16 @@ def load_index(index_dir: str, mmap_mode: Optional[str] = "r") -> index_lib.Inde
             "--ann (the same flags as the index, plus --ann)"
         )
     build = manifest["build"]
-    if build.get("count") != len(index):
+    requested = build.get("requested", {})
+    if (
+        build.get("count") != len(index)
+        or requested.get("index_created") != index.manifest.get("created")
+        or requested.get("index_inputs_sha256")
+        != index.manifest.get("build", {}).get("inputs_sha256")
+    ):
         raise errors.UserError(
-            f"{index_dir}: the approximate index is of another index "
-            f"({build.get('count')} vectors, not {len(index)}); build it again"
+            f"{index_dir}: the approximate index was built for an earlier index "
+            "in this folder; build it again with vse-index --ann"
         )
     shards = store.read_complete(manifest["shards"], dtype=np.uint8)
     if len(shards) != len(manifest["shards"]):

@@ -48,6 +48,8 @@ EMBEDDINGS_FILE = "embeddings.npy"
 ITEMS_FILE = "items.txt"
 BUILD_FILE = "build.json"
 SHARDS_DIR = "shards"
+ANN_MANIFEST = "ann.json"  # the approximate index (`vse_tf.retrieval.ann_index`)
+ANN_DIR = "ann"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 DTYPES = ("float16", "float32")
 KINDS = ("image", "caption")
@@ -171,17 +173,17 @@ def list_images(images: Union[str, Sequence[str]]) -> list[str]:
     """
     if not isinstance(images, str):
         return [io_utils.absolute(p) for p in images]
-    if any(char in images for char in "*?["):
-        import tensorflow as tf  # noqa: PLC0415
-
-        return sorted(io_utils.absolute(p) for p in tf.io.gfile.glob(images))
     if io_utils.isdir(images):
         return _images_in_folder(images)
     if not io_utils.exists(images):
+        if any(char in images for char in "*?["):
+            import tensorflow as tf  # noqa: PLC0415
+
+            return sorted(io_utils.absolute(p) for p in tf.io.gfile.glob(images))
         raise FileNotFoundError(f"{images}: neither a folder nor a list file")
     base = io_utils.parent(io_utils.absolute(images))
     paths = []
-    for line in io_utils.read_bytes(images).decode("utf-8").splitlines():
+    for line in _lines(images):
         line = line.strip()
         if line and not line.startswith("#"):
             paths.append(io_utils.absolute(io_utils.join(base, line)))
@@ -206,8 +208,16 @@ def _images_in_folder(folder: str) -> list[str]:
 
 def read_captions(captions_file: str) -> list[str]:
     """Captions, one per line (stripped; blank lines skipped)."""
-    text = io_utils.read_bytes(captions_file).decode("utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [line.strip() for line in _lines(captions_file) if line.strip()]
+
+
+def _lines(path: str) -> io.StringIO:
+    """The lines of a UTF-8 text file, split as Python's text files split them.
+
+    (``\\n``, ``\\r\\n`` or ``\\r``; not ``str.splitlines``, which also splits at
+    form feeds and Unicode line separators inside a caption.)
+    """
+    return io.StringIO(io_utils.read_bytes(path).decode("utf-8"), newline=None)
 
 
 def _read_files(paths: Sequence[str], batch_size: int):
@@ -476,7 +486,8 @@ def _start_build(job: BuildJob, build: dict) -> list:
             io_utils.rmtree(os.path.join(job.output_dir, SHARDS_DIR))
             entries = []
     if job.overwrite:
-        for name in (MANIFEST_FILE, EMBEDDINGS_FILE, ITEMS_FILE):
+        io_utils.rmtree(os.path.join(job.output_dir, ANN_DIR))
+        for name in (MANIFEST_FILE, EMBEDDINGS_FILE, ITEMS_FILE, ANN_MANIFEST):
             if io_utils.exists(os.path.join(job.output_dir, name)):
                 io_utils.remove(os.path.join(job.output_dir, name))
     return entries
