@@ -16,6 +16,16 @@ class _Stop(Exception):
     pass
 
 
+def _recording(added):
+    """An `ann_index.AddShards` that adds here and notes each shard in ``added``."""
+
+    def add(index_dir, trained, table, store):
+        added.extend(row[0] for row in table)
+        ann_index.add_shards_here(index_dir, trained, table, store)
+
+    return add
+
+
 def _clustered(num, dim, seed=0):
     """Unit vectors around 300 centres: neighbourhoods an IVF index can use."""
     rng = np.random.default_rng(seed)
@@ -105,10 +115,7 @@ def test_interrupted_build_resumes_and_search_uses_it(collection, tmp_path):
     with pytest.raises(_Stop):
         ann_index.build_ann(folder, nlist=64, shard_size=2_500, add=stop_after_two)
     added = []
-
-    def record(index_dir, trained, table, store):
-        added.extend(row[0] for row in table)
-        ann_index.add_shards_here(index_dir, trained, table, store)
+    record = _recording(added)
 
     resumed = ann_index.build_ann(folder, nlist=64, shard_size=2_500, add=record)
     assert added == [2, 3, 4]  # the two shards finished before the stop kept
@@ -139,10 +146,7 @@ def test_shards_of_another_training_or_index_are_never_used(collection, tmp_path
     with pytest.raises(_Stop):
         ann_index.build_ann(folder, nlist=64, shard_size=2_500, add=stop_after_one)
     added = []
-
-    def record(index_dir, trained, table, store):
-        added.extend(row[0] for row in table)
-        ann_index.add_shards_here(index_dir, trained, table, store)
+    record = _recording(added)
 
     # Other settings: the shard left by the first training is not mixed in.
     other = ann_index.build_ann(folder, nlist=32, shard_size=2_500, add=record)

@@ -170,14 +170,7 @@ def _compute_with_beam(
         dtype=np.float32,
         row_shape=(dim,),
     )
-    missing = sorted(set(pending) - set(finished))
-    if missing:
-        raise RuntimeError(
-            f"the pipeline finished without shards {missing} of {store.folder}. "
-            "If the workers run on other machines, --cache_dir must be a folder "
-            "they all write (a shared mount or gs://...); otherwise run the same "
-            "command again to compute them"
-        )
+    runners.check_written(pending, finished, store.folder, "--cache_dir")
     done.update(finished)
     manifest["shards"] = [done[s].entry for s in sorted(done)]
     store.write_manifest(manifest)

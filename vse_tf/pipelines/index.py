@@ -278,14 +278,7 @@ def _encode_with_beam(
     )
     pipeline.run().wait_until_finish()
     finished = index_lib.complete_shards(job, store, [])
-    missing = sorted(set(pending) - set(finished))
-    if missing:
-        raise RuntimeError(
-            f"the pipeline finished without shards {missing} of {job.output_dir}. "
-            "If the workers run on other machines, the output folder must be "
-            "one they all write (a shared mount or gs://...); otherwise run the "
-            "same command again to compute them"
-        )
+    runners.check_written(pending, finished, job.output_dir, "--output")
     done.update({s: finished[s] for s in pending})
     store.write_manifest(dict(build, shards=[done[s].entry for s in sorted(done)]))
 

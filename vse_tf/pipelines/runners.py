@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shlex
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
-from vse_tf import errors
+from vse_tf import errors, io_utils
 
 LOCAL = "local"
 """Today's in-process path (no Beam): the default."""
@@ -59,10 +60,6 @@ holds only shard ranges, however many inputs there are."""
 
 def write_inputs(folder: str, inputs: Sequence[str]) -> str:
     """Writes `INPUTS_FILE` into ``folder`` (atomically); returns its path."""
-    import json  # noqa: PLC0415
-
-    from vse_tf import io_utils  # noqa: PLC0415
-
     io_utils.makedirs(folder)
     path = f"{folder.rstrip('/')}/{INPUTS_FILE}"
     io_utils.atomic_write_bytes(path, json.dumps(list(inputs)).encode("utf-8"))
@@ -71,11 +68,28 @@ def write_inputs(folder: str, inputs: Sequence[str]) -> str:
 
 def read_inputs(path: str) -> list[str]:
     """The inputs `write_inputs` wrote."""
-    import json  # noqa: PLC0415
-
-    from vse_tf import io_utils  # noqa: PLC0415
-
     return json.loads(io_utils.read_bytes(path))
+
+
+def check_written(
+    pending: Collection[int], finished: Collection[int], folder: str, flag: str
+) -> None:
+    """Raises RuntimeError unless the workers wrote every pending shard.
+
+    Args:
+        pending: The shards the pipeline was given.
+        finished: Those found complete (verified) after it ran.
+        folder: Where they were to be written.
+        flag: The command-line flag that names ``folder``, for the message.
+    """
+    missing = sorted(set(pending) - set(finished))
+    if missing:
+        raise RuntimeError(
+            f"the pipeline finished without shards {missing} of {folder}. If "
+            f"the workers run on other machines, {flag} must be a folder they "
+            "all write (a shared mount or gs://...); otherwise run the same "
+            "command again to compute them"
+        )
 
 
 def make_pipeline(runner: str, pipeline_options: str | Sequence[str] = ()) -> Any:
