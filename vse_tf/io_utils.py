@@ -8,10 +8,14 @@ visible.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
-import tempfile
+import stat
 import uuid
+from collections.abc import Iterator
+from typing import Any, Optional
 
 TEMPORARY_PREFIX = ".tmp-"
 
@@ -104,27 +108,46 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def atomic_write_bytes(path: str, data: bytes, suffix: str = "") -> None:
-    """Writes ``data`` to ``path`` all or nothing (temp file, fsync, rename).
+@contextlib.contextmanager
+def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
+    """A temporary path to write ``path``'s new content to, then made ``path``.
 
-    A crash leaves either the previous file or the new one, never a part.
-    On a URL the temporary file is renamed with ``tf.io.gfile.rename``
-    (atomic where the file system's rename is; object stores copy, and a
-    reader still never sees a partial file under ``path``).
+    The one "write beside, fsync, rename" of the library: for writers that
+    must create a file themselves (Keras ``save_weights``, h5py,
+    ``np.save``); `atomic_write_bytes` and friends use it too. A crash or
+    an exception leaves either the previous file or the new one under
+    ``path``, never a part, and no temporary file after an exception.
+
+    Locally the temporary file ``.tmp-<random hex><suffix>`` is created
+    beside ``path`` (same file system, so the rename is atomic), empty, with
+    ``O_EXCL`` and mode ``0o666`` so that the kernel applies the current
+    umask exactly as to a plain ``open(path, "w")`` (no process-wide umask
+    juggling, safe with threads). The writer may truncate or rewrite it.
+    On leaving the block the file is given that mode again if the writer
+    changed it, fsynced, renamed onto ``path`` (``os.replace``), and the
+    folder is fsynced where the platform allows (POSIX), so the rename
+    itself survives a power loss. Two concurrent writers of one ``path``
+    never share a temporary file; the last rename wins whole.
+
+    On a URL the path is a fresh name in the target's folder (not created);
+    it is renamed with ``tf.io.gfile.rename(..., overwrite=True)``, atomic
+    where the file system's rename is (object stores copy, and a reader
+    still never sees a partial file under ``path``).
 
     Args:
-        path: Destination file.
-        data: Its whole content.
-        suffix: Suffix of the hidden temporary file (``.tmp-XXXX<suffix>``
-            beside ``path``).
+        path: Destination file; its folder must exist.
+        suffix: End of the temporary file's name, for writers that check
+            it (``".weights.h5"`` for Keras).
+
+    Yields:
+        The temporary path to write.
     """
     if is_url(path):
-        folder = path.rsplit("/", 1)[0]
+        folder = path.rstrip("/").rsplit("/", 1)[0]
         tmp = f"{folder}/{TEMPORARY_PREFIX}{uuid.uuid4().hex}{suffix}"
         gfile = _gfile()
         try:
-            with gfile.GFile(tmp, "wb") as f:
-                f.write(data)
+            yield tmp
             gfile.rename(tmp, path, overwrite=True)
         except BaseException:
             if gfile.exists(tmp):
@@ -132,17 +155,101 @@ def atomic_write_bytes(path: str, data: bytes, suffix: str = "") -> None:
             raise
         return
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=suffix, dir=folder)
+    tmp, mode = _create_temporary(folder, suffix)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        _fsync_file(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        try:
             os.remove(tmp)
+        except OSError:
+            pass
         raise
+    _fsync_folder(folder)
+
+
+def _create_temporary(folder: str, suffix: str) -> tuple[str, int]:
+    """A new empty file in ``folder`` and its umask-given permission bits."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = os.path.join(folder, f"{TEMPORARY_PREFIX}{uuid.uuid4().hex}{suffix}")
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:  # pragma: no cover (128 random bits)
+            continue
+        try:
+            # The kernel applied the umask of this very moment: 0o666 & ~umask.
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+        return tmp, mode
+
+
+def _fsync_file(tmp: str, mode: int) -> None:
+    """Gives ``tmp`` permission bits ``mode`` and flushes it to the disk."""
+    if stat.S_IMODE(os.stat(tmp).st_mode) != mode:
+        os.chmod(tmp, mode)
+    try:
+        fd = os.open(tmp, os.O_RDWR | getattr(os, "O_BINARY", 0))
+    except PermissionError:  # a read-only mode: fsync works on POSIX anyway
+        fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: str) -> None:
+    """Flushes ``folder``'s entries (a rename), where a folder can be opened."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot fsync a folder; the rename stands
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str, data: bytes, suffix: str = "") -> None:
+    """Writes ``data`` to ``path`` all or nothing (`atomic_path`).
+
+    Args:
+        path: Destination file (local path or URL).
+        data: Its whole content.
+        suffix: Suffix of the hidden temporary file (``.tmp-XXXX<suffix>``
+            beside ``path``).
+    """
+    with atomic_path(path, suffix) as tmp:
+        if is_url(tmp):
+            with _gfile().GFile(tmp, "wb") as f:
+                f.write(data)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(data)
+
+
+def atomic_write_text(path: str, text: str, encoding: str = "utf-8") -> None:
+    """Writes ``text`` to ``path`` all or nothing, newlines as they are.
+
+    The bytes are ``text.encode(encoding)``: no newline translation (like
+    ``open(path, "w", newline="")``; on POSIX the same as plain ``"w"``).
+    """
+    atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_json(path: str, value: Any, indent: Optional[int] = 2) -> None:
+    """Writes ``json.dumps(value, indent=indent)`` to ``path`` all or nothing.
+
+    Exactly what ``json.dump(value, f, indent=indent)`` writes: keys in the
+    value's order, ASCII only, no trailing newline.
+    """
+    atomic_write_text(path, json.dumps(value, indent=indent))
 
 
 def default_cache_dir() -> str:

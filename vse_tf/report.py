@@ -21,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 
+from vse_tf import io_utils
 from vse_tf.retrieval import html as html_lib
 
 METRICS_CSV = "metrics.csv"
@@ -39,13 +40,6 @@ COLUMNS = (
     "seconds",
 )
 """``metrics.csv`` columns (a contract: scripts read them)."""
-
-
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def read_metrics(workdir: str) -> list[dict[str, float]]:
@@ -85,7 +79,7 @@ def append_epoch(workdir: str, row: dict[str, float]) -> str:
             }
         )
     path = os.path.join(workdir, METRICS_CSV)
-    _atomic_write(path, out.getvalue())
+    io_utils.atomic_write_text(path, out.getvalue())
     return path
 
 
@@ -302,7 +296,7 @@ def write_report(
         notes,
     )
     path = os.path.join(workdir, REPORT_HTML)
-    _atomic_write(path, page)
+    io_utils.atomic_write_text(path, page)
     return path
 
 

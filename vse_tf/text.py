@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import os
 import unicodedata
 import weakref
 from collections.abc import Iterable, Sequence
@@ -47,6 +46,8 @@ from typing import Optional
 import keras
 import numpy as np
 import tensorflow as tf
+
+from vse_tf import io_utils
 
 PAD_TOKEN = "<pad>"
 OOV_TOKEN = "<unk>"
@@ -210,10 +211,7 @@ class Vocabulary:
 
     def save(self, path: str) -> None:
         """Writes one token per line (reserved ones included), atomically."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("\n".join(self.tokens) + "\n")
-        os.replace(tmp, path)
+        io_utils.atomic_write_text(path, "\n".join(self.tokens) + "\n")
 
     @classmethod
     def load(cls, path: str) -> Vocabulary:

@@ -28,7 +28,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from vse_tf import errors, modeling
+from vse_tf import errors, io_utils, modeling
 from vse_tf import text as text_lib
 from vse_tf.config import Config
 from vse_tf.models.vse_model import VSEModel
@@ -103,10 +103,7 @@ def check_config(workdir: str, config: Config) -> None:
 def write_config(workdir: str, config: Config) -> None:
     """Writes ``<workdir>/config.json`` atomically."""
     path = os.path.join(workdir, CONFIG_FILE)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(config.to_json())
-    os.replace(tmp, path)
+    io_utils.atomic_write_text(path, config.to_json())
 
 
 def read_workdir_config(workdir: str) -> Config:

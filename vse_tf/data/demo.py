@@ -68,6 +68,8 @@ from typing import Optional
 
 import numpy as np
 
+from vse_tf import io_utils
+
 DEMO_VERSION = 1
 SPLITS = ("train", "dev", "test")
 CAPTIONS_PER_IMAGE = 5
@@ -450,13 +452,6 @@ def _encode_png(image: np.ndarray) -> bytes:
     return tf.io.encode_png(image).numpy()
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _csv_text(header: list[str], rows: list[list]) -> str:
     import io
 
@@ -583,16 +578,18 @@ def generate_demo_dataset(
                 record.attributes.colour,
             ]
         )
-    _write_atomic(
+    io_utils.atomic_write_text(
         os.path.join(output_dir, "captions.csv"),
         _csv_text(["image", "caption", "split"], caption_rows),
     )
-    _write_atomic(
+    io_utils.atomic_write_text(
         os.path.join(output_dir, "attributes.csv"),
         _csv_text(["image", "split", *ATTRIBUTE_NAMES, "colour"], attribute_rows),
     )
-    _write_atomic(os.path.join(output_dir, "README.txt"), _README.format(**params))
-    _write_atomic(
+    io_utils.atomic_write_text(
+        os.path.join(output_dir, "README.txt"), _README.format(**params)
+    )
+    io_utils.atomic_write_text(
         manifest_path,
         json.dumps({"dataset": "vse_tf-demo", "params": params}, indent=2) + "\n",
     )

@@ -345,13 +345,8 @@ def _fixed_random_init(trunk: keras.Model, seed: int = 0) -> None:
 
 def _save_weights_atomically(trunk: keras.Model, path: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.weights.h5"
-    try:
+    with io_utils.atomic_path(path, suffix=".weights.h5") as tmp:
         trunk.save_weights(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_weights(trunk: keras.Model, weights: str, cache_dir: str) -> None:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import os
 
+from vse_tf import io_utils
+
 MODELS_CONFIG = "models.config"
 BATCHING_FILE = "batching_parameters.txt"
 
@@ -89,9 +91,6 @@ def write_serving_files(output_dir: str, model_name: str) -> list[str]:
     written = []
     for name, text in contents.items():
         path = os.path.join(output_dir, name)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        io_utils.atomic_write_text(path, text)
         written.append(path)
     return written
