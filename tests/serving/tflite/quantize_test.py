@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vse_tf.serving.tflite import flatbuffer, runner
+from vse_tf.serving.tflite import flatbuffer, runner, schema
 from vse_tf.serving.tflite import manifest as manifest_lib
 from vse_tf.serving.tflite import quantize as quantize_lib
 
@@ -108,12 +108,10 @@ def test_int8_requantization_mismatches_finds_a_rescaled_copy(exported):
     # An int8 MAX_POOL_2D copies int8 values: give its output another scale
     # (what the converter did to the image tower's REVERSE_V2) and the check
     # must name it.
-    from tensorflow.lite.tools import flatbuffer_utils
-
     files, _ = exported("int8")
     content = files[manifest_lib.IMAGE_FILE]
     assert quantize_lib.int8_requantization_mismatches(content) == []
-    flat = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    flat = schema.read_model_object(content)
     subgraph = flat.subgraphs[0]
     pools = [
         op
@@ -123,6 +121,6 @@ def test_int8_requantization_mismatches_finds_a_rescaled_copy(exported):
     ]
     output = subgraph.tensors[pools[0].outputs[0]]
     output.quantization.scale = [float(output.quantization.scale[0]) * 1.5]
-    broken = bytes(flatbuffer_utils.convert_object_to_bytearray(flat))
+    broken = schema.write_model_object(flat)
     found = quantize_lib.int8_requantization_mismatches(broken)
     assert len(found) == 1 and found[0].startswith("MAX_POOL_2D"), found

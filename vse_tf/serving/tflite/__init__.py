@@ -20,6 +20,8 @@ Modules, one job each:
 * `quantize`: the weight-only int8 recipe, bias correction and selective
   full-integer quantisation (why each recipe is what it is).
 * `flatbuffer`: reading a ``.tflite`` flatbuffer: ops, interface, storage.
+* `schema`: the flatbuffer schema (TensorFlow's private module, imported
+  there only) and reading/writing a model as mutable objects.
 * `runner`: `TFLiteTower`, the LiteRT interpreter wrapper.
 * `manifest`: the export's file names and its ``manifest.json``.
 * `export`: a trained workdir -> the three models, the vocabulary and the

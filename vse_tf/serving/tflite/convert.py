@@ -38,7 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from vse_tf.models import backbone as backbone_lib
+from vse_tf.models import catalog as backbone_catalog
 from vse_tf.models.image_tower import ImageTower
 from vse_tf.models.text_tower import LSTMTextTower
 from vse_tf.serving.tflite import quantize as quantize_lib
@@ -108,7 +108,7 @@ def _representative(
 
 
 def _dynamic_float_convs(backbone: str) -> int:
-    return 0 if backbone == backbone_lib.VGG16 else _LITE_DYNAMIC_FLOAT_CONVS
+    return 0 if backbone == backbone_catalog.VGG16 else _LITE_DYNAMIC_FLOAT_CONVS
 
 
 def _converter(

@@ -34,13 +34,13 @@ def representative_data(
         ``(float32 [K, S, S, 3] RGB 0..255, int32 [K', L] token ids)``.
     """
     # Imported here: the data stack is heavy and only a whole export needs it.
-    from vse_tf import features as features_lib
+    from vse_tf import images as images_lib
     from vse_tf.data import datasets
 
     split = datasets.load_split(config, "train")
     images = np.stack(
         [
-            features_lib.load_image(
+            images_lib.load_image(
                 tf.constant(split.image_paths[i]), config.data.image_size
             ).numpy()
             for i in _spread(num_images, split.num_images)

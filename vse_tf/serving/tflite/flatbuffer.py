@@ -6,10 +6,13 @@ import functools
 import os
 from typing import Any, Union
 
+from vse_tf.serving.tflite.schema import schema
+
 ModelSource = Union[bytes, str, os.PathLike]
 
-# The ops that read constant weights, and the input they read them from.
-_WEIGHT_INPUT = {
+# The ops that read constant weights -> the input they read them from (the
+# one definition: `describe_quantization` and `quantize` both use it).
+WEIGHT_INPUT = {
     "CONV_2D": 1,
     "FULLY_CONNECTED": 1,
     "DEPTHWISE_CONV_2D": 1,
@@ -17,13 +20,6 @@ _WEIGHT_INPUT = {
 }
 # Tensor types `describe_quantization` reports as activations.
 _ACTIVATION_TYPES = ("float32", "float16", "int8", "int16", "uint8")
-
-
-def schema():
-    """The TFLite flatbuffer schema (bundled with TensorFlow; no LiteRT needed)."""
-    from tensorflow.lite.python import schema_py_generated
-
-    return schema_py_generated
 
 
 def read_model(model: ModelSource) -> bytes:
@@ -189,10 +185,10 @@ def _count(counts: dict[str, dict[str, int]], dtype: str, name: str) -> None:
 def describe_quantization(model: ModelSource) -> dict[str, Any]:
     """What a ``.tflite`` model stores and computes in which type.
 
-    Read from the flatbuffer: for every op with constant weights (input 1,
-    possibly behind a ``DEQUANTIZE`` of a constant), the storage type of
-    those weights; and the types of the float/integer activations its ops
-    compute on.
+    Read from the flatbuffer: for every op with constant weights (its
+    `WEIGHT_INPUT`, possibly behind a ``DEQUANTIZE`` of a constant), the
+    storage type of those weights; and the types of the float/integer
+    activations its ops compute on.
 
     Args:
         model: ``.tflite`` bytes or path.
@@ -221,8 +217,8 @@ def describe_quantization(model: ModelSource) -> dict[str, Any]:
             continue
         if name not in ("QUANTIZE", "DEQUANTIZE") and op.OutputsLength():
             _count(by_output, types[subgraph.Tensors(op.Outputs(0)).Type()], name)
-        if name in _WEIGHT_INPUT:
-            index = op.Inputs(_WEIGHT_INPUT[name])
+        if name in WEIGHT_INPUT:
+            index = op.Inputs(WEIGHT_INPUT[name])
             source = dequantized_from.get(index, index)
             constant = _is_constant(flat, subgraph, source)
             if (constant or source != index) and source not in seen:

@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 from vse_tf import text as text_lib
 from vse_tf.models import backbone as backbone_lib
+from vse_tf.models import catalog as backbone_catalog
 from vse_tf.models.image_tower import ImageTower
 from vse_tf.models.text_tower import LSTMTextTower
 from vse_tf.serving.tflite import convert, flatbuffer, runner
@@ -42,7 +43,7 @@ def quantization_note(
         return "float32 weights and activations"
     if quantize == "float16":
         return "float16 weights, dequantised to float32 at load; float32 activations"
-    lite = backbone != backbone_lib.VGG16
+    lite = backbone != backbone_catalog.VGG16
     if quantize == "dynamic":
         if image:
             return _dynamic_image_note(backbone, lite, bias_corrected)
@@ -132,7 +133,7 @@ def _file_entry(
 
 
 def _preprocessing_manifest(backbone: str) -> dict[str, Any]:
-    if backbone == backbone_lib.VGG16:
+    if backbone == backbone_catalog.VGG16:
         return {
             "in_model": "RGB -> BGR, then subtract the Caffe/VGG BGR means",
             "bgr_mean": list(backbone_lib._BGR_MEAN),
@@ -146,7 +147,7 @@ def _image_preprocessing(image_tower: ImageTower) -> dict[str, Any]:
     return {
         "input": (
             f"float32 [N, {size}, {size}, 3] RGB in 0..255, decoded and "
-            f"resized to {size}x{size} by the caller (vse_tf.features."
+            f"resized to {size}x{size} by the caller (vse_tf.images."
             "load_image: bilinear, antialias=True, clipped to 0..255)"
         ),
         **_preprocessing_manifest(image_tower.backbone_name),

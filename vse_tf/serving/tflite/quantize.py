@@ -70,9 +70,14 @@ import numpy as np
 import tensorflow as tf
 
 from vse_tf.serving.tflite import flatbuffer, runner
+from vse_tf.serving.tflite.schema import (
+    read_model_object,
+    schema,
+    write_model_object,
+)
 
-# Ops whose constant weights (input 1, output channels first) `dynamic`
-# may store as int8.
+# Ops whose constant weights (`flatbuffer.WEIGHT_INPUT`, output channels
+# first) `dynamic` may store as int8.
 WEIGHT_OPS = ("CONV_2D", "FULLY_CONNECTED")
 # Ops whose TFLite int8 kernels move bytes without requantising: their int8
 # output must have the scale and zero point of their data input (index).
@@ -172,7 +177,7 @@ def _op_mismatches(flat, subgraph, op) -> list[str]:
     name = flatbuffer.op_name(flat, op)
     if name not in _SAME_SCALE_OPS:
         return []
-    int8 = flatbuffer.schema().TensorType.INT8
+    int8 = schema().TensorType.INT8
     source = subgraph.Tensors(op.Inputs(_SAME_SCALE_OPS[name]))
     found = []
     for j in range(op.OutputsLength()):
@@ -200,7 +205,7 @@ def int8_requantization_mismatches(model: flatbuffer.ModelSource) -> list[str]:
         ``"OP tensor: (scale, zero point) -> (scale, zero point)"`` for each
         offending op output; empty when there is none.
     """
-    flat = flatbuffer.schema().Model.GetRootAsModel(flatbuffer.read_model(model), 0)
+    flat = schema().Model.GetRootAsModel(flatbuffer.read_model(model), 0)
     found = []
     for s in range(flat.SubgraphsLength()):
         subgraph = flat.Subgraphs(s)
@@ -221,12 +226,12 @@ def quantize_weights_int8(
 ) -> bytes:
     """Stores the constant weights of some ops as int8; computes in float32.
 
-    Each selected weight tensor (input 1 of a ``CONV_2D`` or
-    ``FULLY_CONNECTED`` op, output channels first) becomes int8, symmetric
-    per output channel (scale = max |w| / 127, zero point 0), followed by a
-    ``DEQUANTIZE`` op that the interpreter runs once on the constant; the op
-    itself, its inputs and its activations stay float32. A tensor shared by
-    several ops (the unrolled LSTM's kernels) is stored once.
+    Each selected weight tensor (the `flatbuffer.WEIGHT_INPUT` of a
+    ``CONV_2D`` or ``FULLY_CONNECTED`` op, output channels first) becomes
+    int8, symmetric per output channel (scale = max |w| / 127, zero point 0),
+    followed by a ``DEQUANTIZE`` op that the interpreter runs once on the
+    constant; the op itself, its inputs and its activations stay float32. A
+    tensor shared by several ops (the unrolled LSTM's kernels) is stored once.
 
     With ``bias_correction``, the float model runs on those inputs and each
     selected op's bias absorbs the mean (per output channel, over the inputs
@@ -246,42 +251,45 @@ def quantize_weights_int8(
     Returns:
         The new ``.tflite`` bytes.
     """
-    from tensorflow.lite.tools import flatbuffer_utils
-
     content = flatbuffer.read_model(model)
     unknown = set(op_types) - set(WEIGHT_OPS)
     if unknown:
         raise ValueError(f"cannot quantise the weights of {sorted(unknown)}")
-    flat = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    flat = read_model_object(content)
     chosen = _float_weight_ops(flat, op_types)[skip_first:]
     _check_weights_not_shared(flat, chosen)
     errors = _store_weights_int8(flat, chosen)
     if bias_correction is not None and len(bias_correction):
         _correct_biases(content, flat, chosen, errors, np.asarray(bias_correction))
     _dequantize_weights(flat, chosen)
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(flat))
+    return write_model_object(flat)
 
 
 def _float_weight_ops(flat, op_types: Sequence[str]) -> list[tuple[object, str]]:
     """``(op, op name)`` of the ``op_types`` ops with constant float32 weights."""
-    float32 = flatbuffer.schema().TensorType.FLOAT32
+    float32 = schema().TensorType.FLOAT32
     subgraph = flat.subgraphs[0]
     chosen = []
     for op in subgraph.operators:
         name = flatbuffer.op_name_t(flat, op)
-        if name not in op_types or len(op.inputs) < 2:
+        if name not in op_types or len(op.inputs) <= flatbuffer.WEIGHT_INPUT[name]:
             continue
-        weights = subgraph.tensors[op.inputs[1]]
+        weights = subgraph.tensors[_weight_index(op, name)]
         data = flat.buffers[weights.buffer].data
         if weights.type == float32 and data is not None and len(data):
             chosen.append((op, name))
     return chosen
 
 
+def _weight_index(op, name: str) -> int:
+    """The tensor index of the constant weights of ``op`` (an ``OperatorT``)."""
+    return op.inputs[flatbuffer.WEIGHT_INPUT[name]]
+
+
 def _check_weights_not_shared(flat, chosen) -> None:
     """Raises unless every op reading a chosen weight tensor is chosen too."""
     chosen_ids = {id(op) for op, _ in chosen}
-    weight_ids = {op.inputs[1] for op, _ in chosen}
+    weight_ids = {_weight_index(op, name) for op, name in chosen}
     for op in flat.subgraphs[0].operators:
         if id(op) not in chosen_ids and weight_ids & set(op.inputs):
             raise ValueError(
@@ -308,11 +316,11 @@ def _store_weights_int8(flat, chosen) -> dict[int, np.ndarray]:
     Returns:
         Weight tensor index -> float weights minus dequantised weights.
     """
-    schema = flatbuffer.schema()
+    fb = schema()
     subgraph = flat.subgraphs[0]
     errors = {}
-    for op, _ in chosen:
-        index = op.inputs[1]
+    for op, name in chosen:
+        index = _weight_index(op, name)
         if index in errors:
             continue
         tensor = subgraph.tensors[index]
@@ -320,8 +328,8 @@ def _store_weights_int8(flat, chosen) -> dict[int, np.ndarray]:
         w = np.frombuffer(bytes(buffer.data), np.float32).reshape(tensor.shape)
         q, scale, errors[index] = _per_channel_int8(w)
         buffer.data = np.frombuffer(q.tobytes(), np.uint8)
-        tensor.type = schema.TensorType.INT8
-        params = schema.QuantizationParametersT()
+        tensor.type = fb.TensorType.INT8
+        params = fb.QuantizationParametersT()
         params.scale = scale.astype(np.float32).tolist()
         params.zeroPoint = [0] * len(scale)
         params.quantizedDimension = 0
@@ -331,31 +339,31 @@ def _store_weights_int8(flat, chosen) -> dict[int, np.ndarray]:
 
 def _dequantize_weights(flat, chosen) -> None:
     """DEQUANTIZEs each int8 weight tensor once, ahead of every other op."""
-    schema = flatbuffer.schema()
+    fb = schema()
     subgraph = flat.subgraphs[0]
-    code = schema.OperatorCodeT()
-    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.DEQUANTIZE
+    code = fb.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = fb.BuiltinOperator.DEQUANTIZE
     code.version = 5  # int8, per channel
     flat.operatorCodes.append(code)
     dequantized, new_ops = {}, []
-    for op, _ in chosen:
-        index = op.inputs[1]
+    for op, name in chosen:
+        index = _weight_index(op, name)
         if index not in dequantized:
             source = subgraph.tensors[index]
-            target = schema.TensorT()
+            target = fb.TensorT()
             target.name = source.name + b"/dequantized"
             target.shape = list(source.shape)
-            target.type = schema.TensorType.FLOAT32
+            target.type = fb.TensorType.FLOAT32
             target.buffer = 0  # the empty buffer: computed at run time
             subgraph.tensors.append(target)
             dequantized[index] = len(subgraph.tensors) - 1
-            dequantize = schema.OperatorT()
+            dequantize = fb.OperatorT()
             dequantize.opcodeIndex = len(flat.operatorCodes) - 1
             dequantize.inputs = [index]
             dequantize.outputs = [dequantized[index]]
             new_ops.append(dequantize)
         op.inputs = list(op.inputs)
-        op.inputs[1] = dequantized[index]
+        op.inputs[flatbuffer.WEIGHT_INPUT[name]] = dequantized[index]
     subgraph.operators = new_ops + list(subgraph.operators)
 
 
@@ -381,7 +389,8 @@ def _correct_biases(content, flat, chosen, errors, inputs) -> None:
             if len(op.inputs) < 3 or op.inputs[2] < 0:
                 continue
             x = interpreter.get_tensor(op.inputs[0])
-            y = _weight_error_output(op, name, x, errors[op.inputs[1]])
+            error = errors[_weight_index(op, name)]
+            y = _weight_error_output(op, name, x, error)
             mean = y.reshape(-1, y.shape[-1]).mean(0)
             sums[id(op)] = sums.get(id(op), 0.0) + mean
     _add_to_biases(flat, chosen, sums, len(inputs))
@@ -402,7 +411,7 @@ def _weight_error_output(op, name: str, x: np.ndarray, error: np.ndarray) -> np.
     if name != "CONV_2D":
         return x.reshape(-1, error.shape[1]) @ error.T
     options = op.builtinOptions
-    same = options.padding == flatbuffer.schema().Padding.SAME
+    same = options.padding == schema().Padding.SAME
     return tf.nn.conv2d(
         x,
         error.transpose(1, 2, 3, 0),  # OHWI -> HWIO
