@@ -5,7 +5,7 @@ split (default: 500 Flickr8k dev images from ``../shared``, the
 ``flickr8k`` preset's extraction: HED VGG16 trunk, 224x224,
 ``pool5_avgmax``, ``auto`` precision) four times, each into an empty cache:
 
-* ``local``: `vse_tf.features.extract_features_with_report` (what
+* ``local``: `vse_tf.features.extraction.extract_features_with_report` (what
   ``trainers.extract_features`` runs; TensorFlow uses every core);
 * ``beam_fn_api``: the Beam pipeline on the in-process FnApiRunner;
 * ``beam_1_worker`` / ``beam_2_workers``: the pipeline on the direct runner
@@ -38,8 +38,9 @@ import numpy as np
 from absl import app, flags
 
 from vse_tf import config as config_lib
-from vse_tf import features as features_lib
 from vse_tf.data import datasets
+from vse_tf.features import extraction as feature_extraction
+from vse_tf.features import settings as feature_settings
 from vse_tf.pipelines import extract
 
 _DEFAULT_DATA = os.path.join(
@@ -77,7 +78,7 @@ def _run(name, paths, settings, root, **beam):
             paths, cache_dir=cache, verbose=0, **beam, **settings
         )
     else:
-        report = features_lib.extract_features_with_report(
+        report = feature_extraction.extract_features_with_report(
             paths, cache_dir=cache, verbose=0, **settings
         )
     return report, time.perf_counter() - start
@@ -91,7 +92,7 @@ def main(argv):
         data_dir=os.path.abspath(_DATA_DIR.value),
     )
     paths = datasets.load_split(config, _SPLIT.value).image_paths[: _NUM_IMAGES.value]
-    settings = features_lib.extraction_settings(config)
+    settings = feature_settings.extraction_settings(config)
     del settings["cache_dir"]
     runs = [
         ("local", {}),

@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from vse_tf import features as features_lib
+from vse_tf import images as images_lib
 from vse_tf.models import backbone as backbone_lib
 
 _HAS_GPU = bool(tf.config.list_physical_devices("GPU"))
@@ -155,7 +155,7 @@ def decode_throughput(num_images: int, image_size: int) -> float:
             path = os.path.join(folder, f"{i:04d}.jpg")
             tf.io.write_file(path, tf.io.encode_jpeg(pixels, quality=90))
             paths.append(path)
-        dataset = features_lib.image_dataset(paths, image_size, 32)
+        dataset = images_lib.image_dataset(paths, image_size, 32)
         for _ in dataset:  # warm-up (file cache, tracing)
             pass
         best = float("inf")

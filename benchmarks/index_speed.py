@@ -40,7 +40,9 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from vse_tf.retrieval import index_lib
+from vse_tf.retrieval import encoders as index_encoders
+from vse_tf.retrieval import index_build
+from vse_tf.retrieval import inputs as index_inputs
 
 _MODEL = flags.DEFINE_string("model", None, "Exported SavedModel version folder.")
 _IMAGES = flags.DEFINE_string("images", None, "Image folder or list file.")
@@ -52,7 +54,7 @@ _SIZE = flags.DEFINE_integer(
 )
 
 
-def model_image_size(encoder: index_lib.SavedModelEncoder) -> int:
+def model_image_size(encoder: index_encoders.SavedModelEncoder) -> int:
     """The input size S of the SavedModel's image tower (from a signature)."""
     signatures = encoder._model.signatures  # noqa: SLF001 (benchmark only)
     # encode_image decodes to [S, S, 3] before the backbone: find S from a
@@ -93,11 +95,11 @@ def main(argv):
     del argv
     if not _MODEL.value or not _IMAGES.value:
         raise app.UsageError("--model and --images are required")
-    paths = index_lib.list_images(_IMAGES.value)
+    paths = index_inputs.list_images(_IMAGES.value)
     if _LIMIT.value:
         paths = paths[: _LIMIT.value]
     batch = _BATCH.value
-    encoder = index_lib.SavedModelEncoder(_MODEL.value)
+    encoder = index_encoders.SavedModelEncoder(_MODEL.value)
     size = _SIZE.value or model_image_size(encoder)
     print(
         f"{len(paths)} images, input {size}x{size}, batch {batch}, float32, "
@@ -113,7 +115,7 @@ def main(argv):
     keras_predict_loop(vgg, paths[:batch], size, batch)
     tmp = tempfile.mkdtemp(prefix="index-speed-")
     try:
-        index_lib.build_image_index(
+        index_build.build_image_index(
             None, paths[:batch], os.path.join(tmp, "warm"), dtype="float32",
             batch_size=batch, encoder=encoder, verbose=0,
         )  # fmt: skip
@@ -121,7 +123,7 @@ def main(argv):
         for run in range(_REPEATS.value):
             out = os.path.join(tmp, f"run{run}")
             t0 = time.perf_counter()
-            index = index_lib.build_image_index(
+            index = index_build.build_image_index(
                 None, paths, out, dtype="float32", batch_size=batch,
                 encoder=encoder, verbose=0,
             )  # fmt: skip

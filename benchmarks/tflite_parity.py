@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from vse_tf import features as features_lib
+from vse_tf import images as images_lib
 from vse_tf import metrics as metrics_lib
 from vse_tf import text as text_lib
 from vse_tf import workdir as workdir_lib
@@ -168,7 +168,7 @@ def _measure(workdir: str, modes: list[str]) -> dict:
     split = datasets.protocol_view(split)
     size = config.data.image_size
     images = np.concatenate(
-        [b.numpy() for b in features_lib.image_dataset(split.image_paths, size, 32)]
+        [b.numpy() for b in images_lib.image_dataset(split.image_paths, size, 32)]
     )
     captions = list(split.captions)
     tokens = text_lib.encode_captions(model.text_tower.tokenizer, captions)

@@ -9,7 +9,12 @@ import pytest
 import tensorflow as tf
 
 from tests import testing_utils
-from vse_tf import features
+from vse_tf import images as images_lib
+from vse_tf.features import cache as feature_cache
+from vse_tf.features import extraction as feature_extraction
+from vse_tf.features import extractor as feature_extractor
+from vse_tf.features import settings as feature_settings
+from vse_tf.models import backbone as backbone_lib
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +27,14 @@ def image_paths(tmp_path_factory):
 
 
 def test_load_image_resizes_and_keeps_range(image_paths, tmp_path):
-    image = features.load_image(tf.constant(image_paths[0]), 32).numpy()
+    image = images_lib.load_image(tf.constant(image_paths[0]), 32).numpy()
     assert image.shape == (32, 32, 3) and image.dtype == np.float32
     assert image.min() >= 0 and image.max() <= 255 and image.max() > 100
     # A JPEG works as well as a PNG, and a grey image becomes 3 channels.
     grey = np.full([20, 30, 1], 128, np.uint8)
     path = str(tmp_path / "grey.jpg")
     tf.io.write_file(path, tf.io.encode_jpeg(grey))
-    image = features.load_image(tf.constant(path), 32).numpy()
+    image = images_lib.load_image(tf.constant(path), 32).numpy()
     assert image.shape == (32, 32, 3)
     np.testing.assert_allclose(image, 128, atol=2)
 
@@ -37,20 +42,24 @@ def test_load_image_resizes_and_keeps_range(image_paths, tmp_path):
 def test_extract_features_caches_by_key(image_paths, tmp_path, monkeypatch):
     cache = str(tmp_path / "cache")
     kwargs = dict(image_feature="pool5", image_size=32, weights="none", dtype="float32")
-    first = features.extract_features(image_paths, cache_dir=cache, verbose=0, **kwargs)
+    first = feature_extraction.extract_features(
+        image_paths, cache_dir=cache, verbose=0, **kwargs
+    )
     assert first.shape == (len(image_paths), 512) and first.dtype == np.float32
 
     # A second call reads the cache and never builds VGG16.
     def fail(*args, **kwargs):
         raise AssertionError("VGG16 was rebuilt although the features are cached")
 
-    monkeypatch.setattr(features.backbone_lib, "build_backbone", fail)
-    again = features.extract_features(image_paths, cache_dir=cache, verbose=0, **kwargs)
+    monkeypatch.setattr(backbone_lib, "build_backbone", fail)
+    again = feature_extraction.extract_features(
+        image_paths, cache_dir=cache, verbose=0, **kwargs
+    )
     np.testing.assert_array_equal(first, again)
 
     # Another image size is another key: it must compute (and so fail here).
     with pytest.raises(AssertionError, match="rebuilt"):
-        features.extract_features(
+        feature_extraction.extract_features(
             image_paths,
             cache_dir=cache,
             verbose=0,
@@ -58,15 +67,17 @@ def test_extract_features_caches_by_key(image_paths, tmp_path, monkeypatch):
         )
     # So is another image list.
     with pytest.raises(AssertionError, match="rebuilt"):
-        features.extract_features(image_paths[:3], cache_dir=cache, verbose=0, **kwargs)
+        feature_extraction.extract_features(
+            image_paths[:3], cache_dir=cache, verbose=0, **kwargs
+        )
 
 
 def test_batching_does_not_change_features(image_paths, tmp_path):
     kwargs = dict(image_feature="pool5", image_size=32, weights="none", dtype="float32")
-    a = features.extract_features(
+    a = feature_extraction.extract_features(
         image_paths, batch_size=2, cache_dir=str(tmp_path / "a"), verbose=0, **kwargs
     )
-    b = features.extract_features(
+    b = feature_extraction.extract_features(
         image_paths, batch_size=5, cache_dir=str(tmp_path / "b"), verbose=0, **kwargs
     )
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
@@ -74,10 +85,10 @@ def test_batching_does_not_change_features(image_paths, tmp_path):
 
 def test_bf16_extraction_agrees_with_float32(image_paths, tmp_path):
     kwargs = dict(image_feature="pool5", image_size=32, weights="none")
-    f32 = features.extract_features(
+    f32 = feature_extraction.extract_features(
         image_paths, dtype="float32", cache_dir=str(tmp_path / "a"), verbose=0, **kwargs
     )
-    bf16 = features.extract_features(
+    bf16 = feature_extraction.extract_features(
         image_paths,
         dtype="mixed_bfloat16",
         cache_dir=str(tmp_path / "b"),
@@ -87,12 +98,14 @@ def test_bf16_extraction_agrees_with_float32(image_paths, tmp_path):
     cosine = (f32 * bf16).sum(1) / (
         np.linalg.norm(f32, axis=1) * np.linalg.norm(bf16, axis=1)
     )
-    assert cosine.min() >= features.BF16_MIN_COSINE
+    assert cosine.min() >= feature_extractor.BF16_MIN_COSINE
 
 
 def test_bad_dtype_is_rejected(image_paths):
     with pytest.raises(ValueError, match="dtype"):
-        features.extract_features(image_paths, "pool5", 32, "none", dtype="float16")
+        feature_extraction.extract_features(
+            image_paths, "pool5", 32, "none", dtype="float16"
+        )
 
 
 def _pool5_kwargs(**changes):
@@ -103,11 +116,11 @@ def _pool5_kwargs(**changes):
 
 
 def test_shards_add_up_to_one_extraction(image_paths, tmp_path):
-    whole = features.extract_features_with_report(
+    whole = feature_extraction.extract_features_with_report(
         image_paths, cache_dir=str(tmp_path / "a"), verbose=0, **_pool5_kwargs()
     )
     calls = []
-    sharded = features.extract_features_with_report(
+    sharded = feature_extraction.extract_features_with_report(
         image_paths,
         cache_dir=str(tmp_path / "b"),
         verbose=0,
@@ -126,7 +139,7 @@ def test_shards_add_up_to_one_extraction(image_paths, tmp_path):
 
 
 def test_manifest_describes_the_features(image_paths, tmp_path):
-    report = features.extract_features_with_report(
+    report = feature_extraction.extract_features_with_report(
         image_paths,
         cache_dir=str(tmp_path),
         verbose=0,
@@ -136,9 +149,9 @@ def test_manifest_describes_the_features(image_paths, tmp_path):
     with open(report.manifest_path) as f:
         manifest = json.load(f)
     assert manifest["complete"] is True
-    assert manifest["backbone"] == features.BACKBONE
+    assert manifest["backbone"] == feature_cache.BACKBONE
     assert manifest["weights"] == "none" and manifest["feature"] == "pool5"
-    assert manifest["image_size"] == 32 and manifest["resize"] == features.RESIZE
+    assert manifest["image_size"] == 32 and manifest["resize"] == feature_cache.RESIZE
     assert manifest["used_dtype"] == "float32" and manifest["feature_dim"] == 512
     assert manifest["count"] == len(image_paths) and manifest["num_skipped"] == 0
     expected_list = hashlib.sha256(
@@ -152,17 +165,19 @@ def test_manifest_describes_the_features(image_paths, tmp_path):
     for shard in manifest["shards"]:
         with open(os.path.join(report.cache_folder, shard["file"]), "rb") as f:
             assert hashlib.sha256(f.read()).hexdigest() == shard["sha256"]
-    assert report.cache_folder == features.cache_folder(
+    assert report.cache_folder == feature_cache.cache_folder(
         "pool5", 32, "none", image_paths, dtype="float32", cache_dir=str(tmp_path)
     )
 
 
 def test_bf16_that_disagrees_falls_back_to_float32(image_paths, tmp_path, monkeypatch):
-    f32 = features.extract_features_with_report(
+    f32 = feature_extraction.extract_features_with_report(
         image_paths, cache_dir=str(tmp_path / "a"), verbose=0, **_pool5_kwargs()
     )
-    monkeypatch.setattr(features, "BF16_MIN_COSINE", 1.5)  # no cosine reaches it
-    fallback = features.extract_features_with_report(
+    monkeypatch.setattr(
+        feature_extractor, "BF16_MIN_COSINE", 1.5
+    )  # no cosine reaches it
+    fallback = feature_extraction.extract_features_with_report(
         image_paths,
         cache_dir=str(tmp_path / "b"),
         verbose=0,
@@ -181,9 +196,9 @@ def test_extract_for_config_shares_the_training_cache(image_paths, tmp_path):
     from vse_tf import config as config_lib
 
     config = config_lib.override(config_lib.get_config("tiny"), cache_dir=str(tmp_path))
-    report = features.extract_for_config(config, image_paths, verbose=0)
+    report = feature_settings.extract_for_config(config, image_paths, verbose=0)
     assert report.shards_computed == 1
-    again = features.extract_features(
+    again = feature_extraction.extract_features(
         image_paths,
         config.model.image_feature,
         config.data.image_size,
@@ -194,11 +209,13 @@ def test_extract_for_config_shares_the_training_cache(image_paths, tmp_path):
         verbose=0,
     )
     np.testing.assert_array_equal(report.features, again)
-    assert features.extract_for_config(config, image_paths, verbose=0).shards_reused
+    assert feature_settings.extract_for_config(
+        config, image_paths, verbose=0
+    ).shards_reused
 
 
 def test_no_images_gives_no_rows(tmp_path):
-    report = features.extract_features_with_report(
+    report = feature_extraction.extract_features_with_report(
         [], cache_dir=str(tmp_path), verbose=0, **_pool5_kwargs()
     )
     assert report.features.shape == (0, 512) and report.valid.shape == (0,)
@@ -210,27 +227,27 @@ def test_mirrored_features_are_their_own_cache_entry(image_paths, tmp_path):
 
     cache = str(tmp_path / "cache")
     kwargs = _pool5_kwargs(image_size=64)
-    plain = features.extract_features_with_report(
+    plain = feature_extraction.extract_features_with_report(
         image_paths, cache_dir=cache, verbose=0, **kwargs
     )
-    mirrored = features.extract_features_with_report(
+    mirrored = feature_extraction.extract_features_with_report(
         image_paths, cache_dir=cache, verbose=0, flip=True, **kwargs
     )
     assert mirrored.cache_folder != plain.cache_folder
     assert mirrored.shards_computed == 1  # not taken from the plain entry
     # The unflipped key is what it always was.
-    assert plain.cache_folder == features.cache_folder(
+    assert plain.cache_folder == feature_cache.cache_folder(
         "pool5", 64, "none", image_paths, dtype="float32", cache_dir=cache
     )
-    assert mirrored.cache_folder == features.cache_folder(
+    assert mirrored.cache_folder == feature_cache.cache_folder(
         "pool5", 64, "none", image_paths, dtype="float32", cache_dir=cache, flip=True
     )
-    with open(os.path.join(mirrored.cache_folder, features.MANIFEST_FILE)) as f:
+    with open(os.path.join(mirrored.cache_folder, feature_cache.MANIFEST_FILE)) as f:
         assert json.load(f)["flip"] == "left_right"
     # They are VGG16's features of the mirrored pixels.
     backbone = backbone_lib.build_vgg16_backbone("pool5", 64, "none")
     pixels = np.stack(
-        [features.load_image(tf.constant(p), 64).numpy() for p in image_paths]
+        [images_lib.load_image(tf.constant(p), 64).numpy() for p in image_paths]
     )
     np.testing.assert_allclose(
         mirrored.features, backbone(pixels[:, :, ::-1]).numpy(), rtol=1e-4, atol=1e-4
@@ -244,8 +261,8 @@ def test_mirrored_features_are_their_own_cache_entry(image_paths, tmp_path):
 def test_backbone_is_part_of_the_cache_key(image_paths, tmp_path):
     """Same feature settings, another CNN: another cache entry, named in it."""
     cache = str(tmp_path / "cache")
-    vgg = features.cache_folder("pool5", 32, "none", image_paths, "float32", cache)
-    lite = features.cache_folder(
+    vgg = feature_cache.cache_folder("pool5", 32, "none", image_paths, "float32", cache)
+    lite = feature_cache.cache_folder(
         "head_avg",
         32,
         "none",
@@ -255,13 +272,13 @@ def test_backbone_is_part_of_the_cache_key(image_paths, tmp_path):
         backbone="efficientnet_lite0",
     )
     assert vgg != lite
-    report = features.extract_features_with_report(
+    report = feature_extraction.extract_features_with_report(
         image_paths, "head_avg", 32, "none", dtype="float32", cache_dir=cache,
         verbose=0, backbone="efficientnet_lite0",
     )  # fmt: skip
     assert report.cache_folder == lite
     assert report.features.shape == (len(image_paths), 1280)
-    with open(os.path.join(lite, features.MANIFEST_FILE)) as f:
+    with open(os.path.join(lite, feature_cache.MANIFEST_FILE)) as f:
         manifest = json.load(f)
     assert manifest["backbone"] == "efficientnet_lite0"
     assert manifest["preprocessing"].endswith("(rgb - 127) / 128")

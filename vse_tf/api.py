@@ -75,11 +75,11 @@ class Embedder:
     @classmethod
     def from_saved_model(cls, path: str) -> Embedder:
         """An exported SavedModel (a version folder, or the newest version)."""
-        from vse_tf.retrieval import index_lib
-        from vse_tf.serving import saved_model_lib
+        from vse_tf.retrieval import encoders as index_encoders
+        from vse_tf.serving import loader
 
-        version = saved_model_lib.resolve_version(path)
-        return cls(_EncoderBackend(index_lib.SavedModelEncoder(version)), version)
+        version = loader.resolve_version(path)
+        return cls(_EncoderBackend(index_encoders.SavedModelEncoder(version)), version)
 
     @classmethod
     def from_server(cls, url: str, **client_kwargs: Any) -> Embedder:
@@ -210,7 +210,7 @@ class _KerasBackend:
         return self.model.text_tower(tf.constant(texts, tf.string)).numpy()
 
     def encode_images(self, images: list) -> np.ndarray:
-        from vse_tf import features
+        from vse_tf import images as images_lib
 
         if self.model.image_tower.backbone is None:
             raise errors.ConfigError(
@@ -218,9 +218,9 @@ class _KerasBackend:
                 "it can encode texts only"
             )
         pixels = [
-            features.decode_image(tf.constant(item), self.image_size)
+            images_lib.decode_image(tf.constant(item), self.image_size)
             if isinstance(item, bytes)
-            else features.resize_pixels(tf.constant(item), self.image_size)
+            else images_lib.resize_pixels(tf.constant(item), self.image_size)
             for item in images
         ]
         return self.model.image_tower(tf.stack(pixels)).numpy()

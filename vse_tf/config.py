@@ -26,6 +26,7 @@ import os
 from typing import Any
 
 from vse_tf import errors
+from vse_tf.models import catalog as backbone_catalog
 
 
 @dataclasses.dataclass(frozen=True)
@@ -389,13 +390,11 @@ def field_help(section: type) -> dict[str, str]:
 
 def choices() -> dict[str, tuple[str, ...]]:
     """``{field: allowed values}`` of every field with a closed set of values."""
-    from vse_tf.models import backbone as backbone_lib
-
     return {
         "dataset": ("demo", "flickr8k", "karpathy", "coco", "precomp", "csv"),
         "extract_dtype": ("auto", "mixed_bfloat16", "float32"),
-        "backbone": tuple(backbone_lib.BACKBONES),
-        "image_feature": tuple(backbone_lib.IMAGE_FEATURES),
+        "backbone": tuple(backbone_catalog.BACKBONES),
+        "image_feature": tuple(backbone_catalog.IMAGE_FEATURES),
         "feature_norm": ("l2", "batchnorm", "none"),
         "text_rnn": ("lstm", "gru"),
         "loss": ("sum", "max", "sum_then_max", "infonce"),
@@ -457,12 +456,10 @@ def _data_dir_problems(d: DataConfig, check_paths: bool) -> list[str]:
 
 
 def _backbone_problems(config: Config) -> list[str]:
-    """What `backbone.check_backbone` says of the backbone, feature and size."""
-    from vse_tf.models import backbone as backbone_lib
-
+    """What `catalog.check_backbone` says of the backbone, feature and size."""
     m = config.model
     try:
-        backbone_lib.check_backbone(
+        backbone_catalog.check_backbone(
             m.backbone, m.image_feature, config.data.image_size, m.backbone_weights
         )
     except ValueError as error:

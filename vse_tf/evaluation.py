@@ -10,7 +10,6 @@ an export end to end.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import weakref
 from typing import Any, Optional
@@ -20,7 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from vse_tf import config as config_lib
-from vse_tf import features as features_lib
+from vse_tf import images as images_lib
+from vse_tf import io_utils
 from vse_tf import metrics as metrics_lib
 from vse_tf import text as text_lib
 from vse_tf import workdir as workdir_lib
@@ -28,6 +28,7 @@ from vse_tf.config import Config
 from vse_tf.data import datasets
 from vse_tf.data.datasets import CAPTIONS_PER_IMAGE
 from vse_tf.data.split import CaptionedSplit
+from vse_tf.features import settings as feature_settings
 from vse_tf.models.vse_model import VSEModel
 
 _COMPILED: weakref.WeakKeyDictionary[keras.Model, dict] = weakref.WeakKeyDictionary()
@@ -69,9 +70,7 @@ def embed_split(
         embed = _compiled(model.image_tower, "call")
         image_emb = [
             embed(images).numpy()
-            for images in features_lib.image_dataset(
-                image_paths, image_size, batch_size
-            )
+            for images in images_lib.image_dataset(image_paths, image_size, batch_size)
         ]
     return np.concatenate(image_emb), np.concatenate(caption_emb)
 
@@ -95,7 +94,7 @@ def prepare_eval(
         readers.DataError: naming the images with fewer than 5 captions
             (more are allowed: the first 5 are used).
     """
-    view, feats, skipped = features_lib.split_features(
+    view, feats, skipped = feature_settings.split_features(
         config, datasets.evaluation_view(split)
     )
     ids = text_lib.encode_captions(tokenizer, view.captions)
@@ -129,10 +128,7 @@ def write_metrics(
     path = os.path.join(workdir, f"metrics_{split}.json")
     payload = dict(values)
     payload.update(extra or {})
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
+    io_utils.atomic_write_json(path, payload, indent=2)
     return path
 
 

@@ -21,7 +21,6 @@ import tensorflow as tf
 
 from vse_tf import config as config_lib
 from vse_tf import distribute, evaluation, progress
-from vse_tf import features as features_lib
 from vse_tf import report as report_lib
 from vse_tf import text as text_lib
 from vse_tf import workdir as workdir_lib
@@ -30,14 +29,10 @@ from vse_tf.data import datasets, pipeline, validation
 from vse_tf.data.datasets import CAPTIONS_PER_IMAGE
 from vse_tf.data.split import CaptionedSplit
 from vse_tf.evaluation import EvalData
+from vse_tf.features import report as feature_report
+from vse_tf.features import settings as feature_settings
 from vse_tf.modeling import build_model, word_vectors
 from vse_tf.models.vse_model import VSEModel
-
-# Kept importable from here, where the README and earlier releases name them.
-load_split = datasets.load_split
-evaluate_workdir = evaluation.evaluate_workdir
-load_trained_model = workdir_lib.load_trained_model
-read_workdir_config = workdir_lib.read_workdir_config
 
 
 def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -58,7 +53,7 @@ def extract_split_features(
     verbose: int = 1,
     runner: str = "local",
     pipeline_options: Sequence[str] = (),
-) -> dict[str, features_lib.FeatureReport]:
+) -> dict[str, feature_report.FeatureReport]:
     """Precomputes the CNN features training and evaluation read from the cache.
 
     The same image lists as `train_and_evaluate`: the whole train split, the
@@ -118,9 +113,9 @@ def _extract(
     flip: bool,
     runner: str,
     pipeline_options: Sequence[str],
-) -> features_lib.FeatureReport:
+) -> feature_report.FeatureReport:
     if runner == "local":
-        return features_lib.extract_for_config(config, paths, verbose, flip=flip)
+        return feature_settings.extract_for_config(config, paths, verbose, flip=flip)
     from vse_tf.pipelines import extract  # noqa: PLC0415 (Beam: optional)
 
     return extract.extract_for_config(
@@ -311,7 +306,7 @@ def _train_and_evaluate(
         logging.warning("%s", warning)
     # First: images that cannot be decoded leave the split with their
     # captions, before the vocabulary and the batches are made.
-    train, train_feats, skipped_train = features_lib.split_features(
+    train, train_feats, skipped_train = feature_settings.split_features(
         config, train, verbose, flip=config.data.augment_flip
     )
     vocabulary = _vocabulary(writer.path, config, train)

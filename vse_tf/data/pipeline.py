@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from vse_tf import features as features_lib
+from vse_tf import images as images_lib
 
 BUCKET_WINDOW = 32
 """Batches per length-sorted window when bucketing."""
@@ -217,7 +217,7 @@ class _TrainData:
             )
         else:
             batch["images"] = tf.map_fn(
-                lambda p: features_lib.load_image(p, self.image_size),
+                lambda p: images_lib.load_image(p, self.image_size),
                 tf.gather(self.paths, image_ids),
                 fn_output_signature=tf.TensorSpec(
                     [self.image_size, self.image_size, 3]

@@ -36,94 +36,13 @@ import keras
 import numpy as np
 
 from vse_tf import io_utils
-from vse_tf.models import efficientnet_lite
+from vse_tf.models import catalog, efficientnet_lite
 
 default_cache_dir = io_utils.default_cache_dir
 
-VGG16 = "vgg16"
-BACKBONES = (VGG16, *efficientnet_lite.VARIANTS)
-VGG_FEATURES = ("fc7", "pool5", "pool5_max", "pool5_avgmax")
-LITE_FEATURES = ("head_avg", "head_max", "head_avgmax")
-IMAGE_FEATURES = VGG_FEATURES + LITE_FEATURES
-FEATURE_DIMS = {"fc7": 4096, "pool5": 512, "pool5_max": 512, "pool5_avgmax": 1024}
-_LITE_DIMS = {
-    "head_avg": efficientnet_lite.HEAD_CHANNELS,
-    "head_max": efficientnet_lite.HEAD_CHANNELS,
-    "head_avgmax": 2 * efficientnet_lite.HEAD_CHANNELS,
-}
 _VGG_BLOCK_SIZES = (2, 2, 3, 3, 3)
 # Caffe/VGG BGR channel means (keras.applications.vgg16.preprocess_input).
 _BGR_MEAN = (103.939, 116.779, 123.68)
-PREPROCESSING = {
-    VGG16: "rgb 0..255 -> resize SxS (aspect not kept) -> bgr - caffe mean",
-    "lite": "rgb 0..255 -> resize SxS (aspect not kept) -> (rgb - 127) / 128",
-}
-
-
-def _check_name(backbone: str) -> None:
-    if backbone not in BACKBONES:
-        raise ValueError(
-            f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}"
-        )
-
-
-def image_features(backbone: str) -> tuple[str, ...]:
-    """The ``image_feature`` values a backbone offers."""
-    _check_name(backbone)
-    return VGG_FEATURES if backbone == VGG16 else LITE_FEATURES
-
-
-def default_image_feature(backbone: str) -> str:
-    """``pool5`` for VGG16, ``head_avg`` for EfficientNet-Lite."""
-    return image_features(backbone)[1 if backbone == VGG16 else 0]
-
-
-def feature_dim(backbone: str, image_feature: str) -> int:
-    """F, the size of the backbone's feature vector."""
-    check_backbone(backbone, image_feature)
-    return FEATURE_DIMS.get(image_feature) or _LITE_DIMS[image_feature]
-
-
-def preprocessing(backbone: str) -> str:
-    """What the backbone does to pixels, for feature-cache keys."""
-    return PREPROCESSING[VGG16 if backbone == VGG16 else "lite"]
-
-
-def weights_for(backbone: str, vgg_weights: str, lite_weights: str) -> str:
-    """The weights setting that applies to ``backbone``."""
-    return vgg_weights if backbone == VGG16 else lite_weights
-
-
-def check_backbone(
-    backbone: str,
-    image_feature: str,
-    image_size: Optional[int] = None,
-    weights: Optional[str] = None,
-) -> None:
-    """Refuses combinations that do not exist, saying what to use instead.
-
-    Raises:
-        ValueError: e.g. ``fc7`` with EfficientNet-Lite, ``fc7`` away from
-            224x224, or ``fc7`` with weights that have no fc6/fc7.
-    """
-    _check_name(backbone)
-    offered = image_features(backbone)
-    if image_feature not in offered:
-        raise ValueError(
-            f"image_feature={image_feature!r} does not exist for backbone "
-            f"{backbone!r}; choose from {', '.join(offered)}"
-        )
-    if image_size is not None and image_size < 32:
-        raise ValueError(f"{backbone} needs images of at least 32x32, got {image_size}")
-    if image_feature == "fc7":
-        if image_size is not None and image_size != 224:
-            raise ValueError("image_feature='fc7' needs image_size=224; use 'pool5'")
-        if weights == "hed":
-            raise ValueError(
-                "image_feature='fc7' with vgg_weights='hed': the HED trunk has no "
-                "fc6/fc7 weights (they would stay random); use image_feature="
-                "'pool5_avgmax' or vgg_weights='imagenet'"
-            )
 
 
 def hed_weights_path() -> str:
@@ -214,12 +133,12 @@ def weights_source(backbone: str, weights: str) -> Optional[str]:
     """The weights file on this machine (None: ``none`` or Keras's download)."""
     if weights in ("none", "imagenet"):
         return None
-    if backbone == VGG16:
+    if backbone == catalog.VGG16:
         return hed_weights_path() if weights == "hed" else weights
     return efficientnet_lite.source_path(backbone, weights)
 
 
-def weights_fingerprint(weights: str, backbone: str = VGG16) -> str:
+def weights_fingerprint(weights: str, backbone: str = catalog.VGG16) -> str:
     """A short id of the weights, for feature-cache keys."""
     path = weights_source(backbone, weights)
     if path is None:
@@ -318,7 +237,7 @@ def build_backbone(
     Raises:
         ValueError: for a combination that does not exist, saying what to use.
     """
-    check_backbone(backbone, image_feature, image_size, weights)
+    catalog.check_backbone(backbone, image_feature, image_size, weights)
     previous = keras.config.dtype_policy()
     if dtype is not None:
         keras.config.set_dtype_policy(dtype)

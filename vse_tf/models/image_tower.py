@@ -10,6 +10,7 @@ from typing import Optional
 import keras
 
 from vse_tf.models import backbone as backbone_lib
+from vse_tf.models import catalog
 
 
 @keras.saving.register_keras_serializable(package="vse_tf")
@@ -48,7 +49,7 @@ class ImageTower(keras.Model):
 
     Args:
         embed_dim: D.
-        image_feature: One of `backbone_lib.image_features(backbone)`
+        image_feature: One of `catalog.image_features(backbone)`
             (VGG16: ``fc7``, ``pool5``, ``pool5_max``, ``pool5_avgmax``;
             EfficientNet-Lite: ``head_avg``, ``head_max``, ``head_avgmax``).
         image_size: Input size S.
@@ -83,7 +84,7 @@ class ImageTower(keras.Model):
         include_backbone: bool = True,
         backbone_dtype: Optional[str] = None,
         feature_dim: Optional[int] = None,
-        backbone: str = backbone_lib.VGG16,
+        backbone: str = catalog.VGG16,
         lite_weights: str = "pretrained",
         **kwargs,
     ):
@@ -102,7 +103,7 @@ class ImageTower(keras.Model):
         self.backbone_dtype = backbone_dtype
         self.backbone_name = backbone
         self.lite_weights = lite_weights
-        native_dim = backbone_lib.feature_dim(backbone, image_feature)
+        native_dim = catalog.feature_dim(backbone, image_feature)
         self.feature_dim = int(feature_dim or native_dim)
         if include_backbone and self.feature_dim != native_dim:
             raise ValueError(
@@ -136,7 +137,7 @@ class ImageTower(keras.Model):
     @property
     def backbone_weights(self) -> str:
         """``vgg_weights`` or ``lite_weights``, whichever the backbone uses."""
-        return backbone_lib.weights_for(
+        return catalog.weights_for(
             self.backbone_name, self.vgg_weights, self.lite_weights
         )
 

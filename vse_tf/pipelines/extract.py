@@ -1,6 +1,6 @@
 """The extraction pipeline: image files -> the feature cache training reads.
 
-The same cache entry as `vse_tf.features.extract_features_with_report`
+The same cache entry as `vse_tf.features.extraction.extract_features_with_report`
 (same key, manifest, shard files and sha256s), computed by a Beam pipeline:
 
 1. the driver opens the cache entry, keeps the shards already complete
@@ -33,10 +33,15 @@ from typing import Any, Optional
 
 import numpy as np
 
-from vse_tf import features as features_lib
 from vse_tf import io_utils, shard_store
 from vse_tf.config import Config
+from vse_tf.features import cache as feature_cache
+from vse_tf.features import extraction as feature_extraction
+from vse_tf.features import extractor as feature_extractor
+from vse_tf.features import report as feature_report
+from vse_tf.features import settings as feature_settings
 from vse_tf.models import backbone as backbone_lib
+from vse_tf.models import catalog as backbone_catalog
 from vse_tf.pipelines import runners
 
 beam = runners.import_beam()
@@ -50,19 +55,19 @@ def extract_features_with_report(
     runner: str = "DirectRunner",
     pipeline_options: str | Sequence[str] = (),
     **kwargs: Any,
-) -> features_lib.FeatureReport:
-    """`vse_tf.features.extract_features_with_report`, computed by Beam.
+) -> feature_report.FeatureReport:
+    """`vse_tf.features.extraction.extract_features_with_report`, computed by Beam.
 
     Takes that function's arguments (``paths`` and ``cache_dir`` may be
     URLs: ``gs://``, ``s3://``, ``hdfs://``; ``on_shard`` is not called:
     the shards are written by the workers) and:
 
     Args:
-        *args: As `vse_tf.features.extract_features_with_report`.
+        *args: As `vse_tf.features.extraction.extract_features_with_report`.
         runner: A Beam runner name of `vse_tf.pipelines.RUNNERS` (for
             ``local``, call `vse_tf.features` directly).
         pipeline_options: Beam's own flags, e.g. ``--num_workers=8``.
-        **kwargs: As `vse_tf.features.extract_features_with_report`.
+        **kwargs: As `vse_tf.features.extraction.extract_features_with_report`.
 
     Returns:
         The `FeatureReport`, as the local path returns it.
@@ -76,7 +81,9 @@ def extract_features_with_report(
             store, manifest, job, done, pending, runner, pipeline_options
         )
 
-    return features_lib.extract_features_with_report(*args, compute=compute, **kwargs)
+    return feature_extraction.extract_features_with_report(
+        *args, compute=compute, **kwargs
+    )
 
 
 def extract_for_config(
@@ -86,9 +93,12 @@ def extract_for_config(
     flip: bool = False,
     runner: str = "DirectRunner",
     pipeline_options: str | Sequence[str] = (),
-) -> features_lib.FeatureReport:
-    """`vse_tf.features.extract_for_config` on ``runner``: the cache training reads."""
-    settings = features_lib.extraction_settings(config)
+) -> feature_report.FeatureReport:
+    """`vse_tf.features.settings.extract_for_config` on ``runner``.
+
+    The same cache entry training reads.
+    """
+    settings = feature_settings.extraction_settings(config)
     return extract_features_with_report(
         paths,
         verbose=verbose,
@@ -104,7 +114,7 @@ def extract_for_config(
 
 
 def _agreed_dtype(
-    job: features_lib.ExtractionJob,
+    job: feature_extraction.ExtractionJob,
     manifest: dict,
     table: list[tuple[int, int, int]],
 ) -> tuple[str, Optional[float]]:
@@ -115,7 +125,7 @@ def _agreed_dtype(
     """
     if manifest["used_dtype"] is not None or job.dtype == "float32":
         return manifest["used_dtype"] or job.dtype, None
-    extractor = features_lib.Extractor(
+    extractor = feature_extractor.Extractor(
         job.backbone,
         job.image_feature,
         job.image_size,
@@ -124,7 +134,7 @@ def _agreed_dtype(
         None,
         job.cache_dir,
     )
-    batches = features_lib.shard_dataset(
+    batches = feature_extractor.shard_dataset(
         job.paths, table, job.image_size, job.batch_size, job.flip
     )
     for _, _, images in batches.take(1):
@@ -137,15 +147,18 @@ def _agreed_dtype(
 def _compute_with_beam(
     store: shard_store.ShardStore,
     manifest: dict,
-    job: features_lib.ExtractionJob,
+    job: feature_extraction.ExtractionJob,
     done: dict[int, shard_store.Shard],
     pending: list[int],
     runner: str,
     pipeline_options: str | Sequence[str],
 ) -> None:
-    """`vse_tf.features.ComputeShards` by a Beam pipeline (see module docstring)."""
+    """A `vse_tf.features.extraction.ComputeShards` run as a Beam pipeline.
+
+    See the module docstring.
+    """
     size, count = int(manifest["shard_size"]), len(job.paths)
-    table = [(s, *features_lib.shard_range(s, size, count)) for s in pending]
+    table = [(s, *feature_cache.shard_range(s, size, count)) for s in pending]
     used_dtype, min_cosine = _agreed_dtype(job, manifest, table)
     manifest["used_dtype"] = used_dtype
     if min_cosine is not None:
@@ -166,7 +179,7 @@ def _compute_with_beam(
     dim = int(manifest["feature_dim"])
     finished = store.read_complete(
         store.read_entries(),
-        is_valid=lambda e: features_lib.entry_ok(e, size, count),
+        is_valid=lambda e: feature_cache.entry_ok(e, size, count),
         dtype=np.float32,
         row_shape=(dim,),
     )
@@ -178,13 +191,13 @@ def _compute_with_beam(
 
 def _add_extraction(
     pipeline: Any,
-    job: features_lib.ExtractionJob,
+    job: feature_extraction.ExtractionJob,
     table: list[tuple[int, int, int]],
     folder: str,
     used_dtype: str,
 ) -> None:
     """Adds the extraction's transforms to ``pipeline``."""
-    dim = backbone_lib.feature_dim(job.backbone, job.image_feature)
+    dim = backbone_catalog.feature_dim(job.backbone, job.image_feature)
     inputs = runners.write_inputs(folder, job.paths)
     decode = _DecodeShard(inputs, job.image_size, job.batch_size, job.flip)
     handler = BackboneModelHandler(
@@ -254,7 +267,7 @@ class BackboneModelHandler(inference_base.ModelHandler):
         model = backbone_lib.build_backbone(
             *self._args, dtype=self._dtype, cache_dir=self._cache_dir
         )
-        return features_lib.inference_fn(model)
+        return feature_extractor.inference_fn(model)
 
     def run_inference(
         self, batch: Sequence[np.ndarray], model: Any, inference_args=None
@@ -295,7 +308,7 @@ class _DecodeShard(beam.DoFn):
         image_size, batch_size, flip = self._settings
         # The shard's images as the local path batches them: the readable
         # ones in order, batch_size at a time (indices relative to start).
-        batches = features_lib.shard_dataset(
+        batches = feature_extractor.shard_dataset(
             paths, [(shard, 0, stop - start)], image_size, batch_size, flip
         )
         seen, number = set(), 0
@@ -308,7 +321,7 @@ class _DecodeShard(beam.DoFn):
             {
                 "index": start + i,
                 "path": path,
-                "reason": features_lib.failure_reason(path, image_size),
+                "reason": feature_report.failure_reason(path, image_size),
             }
             for i, path in enumerate(paths)
             if start + i not in seen

@@ -31,7 +31,9 @@ import numpy as np
 from vse_tf import errors, io_utils, shard_store
 from vse_tf.pipelines import runners
 from vse_tf.retrieval import ann as ann_lib
-from vse_tf.retrieval import ann_index, index_lib
+from vse_tf.retrieval import ann_index, index_build, index_lib
+from vse_tf.retrieval import encoders as index_encoders
+from vse_tf.retrieval import inputs as index_inputs
 from vse_tf.serving import client as client_lib
 
 beam = runners.import_beam()
@@ -65,7 +67,7 @@ def build_image_index(
     Returns:
         The finished `Index`.
     """
-    paths, source = index_lib.image_inputs(images)
+    paths, source = index_inputs.image_inputs(images)
     return _build(
         "image",
         paths,
@@ -106,7 +108,7 @@ def build_caption_index(
     Returns:
         The finished `Index` (items are the captions).
     """
-    texts, source = index_lib.caption_inputs(captions)
+    texts, source = index_inputs.caption_inputs(captions)
     return _build(
         "caption",
         texts,
@@ -197,7 +199,7 @@ class _Described:
                 "give exactly one of a SavedModel path and a server URL"
             )
         self._description = (
-            index_lib.describe_saved_model(model_path)
+            index_encoders.describe_saved_model(model_path)
             if model_path
             else client_lib.connect(server).describe()
         )
@@ -224,7 +226,7 @@ def _build(
     runners.check_runner(runner)
     if runner == runners.LOCAL:
         raise ValueError("the local runner is vse_tf.retrieval.index_lib itself")
-    job = index_lib.BuildJob(
+    job = index_build.BuildJob(
         kind=kind,
         inputs=inputs,
         encoder=_Described(model_path, server),
@@ -244,11 +246,11 @@ def _build(
     def encode(job, store, build, done):
         _encode_with_beam(job, store, build, done, model, runner, pipeline_options)
 
-    return index_lib.run_build(job, encode=encode)
+    return index_build.run_build(job, encode=encode)
 
 
 def _encode_with_beam(
-    job: index_lib.BuildJob,
+    job: index_build.BuildJob,
     store: shard_store.ShardStore,
     build: dict,
     done: dict,
@@ -277,7 +279,7 @@ def _encode_with_beam(
         | "Embed" >> beam.ParDo(embed)
     )
     pipeline.run().wait_until_finish()
-    finished = index_lib.complete_shards(job, store, [])
+    finished = index_build.complete_shards(job, store, [])
     runners.check_written(pending, finished, job.output_dir, "--output")
     done.update({s: finished[s] for s in pending})
     store.write_manifest(dict(build, shards=[done[s].entry for s in sorted(done)]))
@@ -305,13 +307,13 @@ class _EmbedShard(beam.DoFn):
 
     def setup(self) -> None:
         model_path, server = self._model
-        self._encoder = index_lib.get_encoder(model_path, server)
+        self._encoder = index_encoders.get_encoder(model_path, server)
         self._inputs = runners.read_inputs(self._inputs_path)
 
     def process(self, element) -> Iterator[int]:
         shard, start, stop = element
         kind, batch_size, dtype = self._settings
-        matrix, record = index_lib.encode_chunk(
+        matrix, record = index_build.encode_chunk(
             kind, self._encoder, self._inputs[start:stop], batch_size, dtype
         )
         store = shard_store.ShardStore(self._folder)

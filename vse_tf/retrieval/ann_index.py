@@ -137,7 +137,7 @@ def build_ann(
     """Builds (or resumes, or reads) the approximate index of an index folder.
 
     Args:
-        index_dir: A finished index (`index_lib.build_image_index`).
+        index_dir: A finished index (`index_build.build_image_index`).
         encoding, nlist, nprobe, train_size, seed: As in
             `vse_tf.retrieval.ann.ApproximateIndex`.
         shard_size: Rows per shard (each added independently).

@@ -1,6 +1,6 @@
 """Bounded-memory image decoding for the serving signatures.
 
-`vse_tf.features.decode_image` (training, evaluation) decodes whatever it is
+`vse_tf.images.decode_image` (training, evaluation) decodes whatever it is
 given at full resolution and casts it to float32: a 10000x10000 JPEG costs
 about 1.5 GB before it is resized to the model's input. A model server must
 not let one request do that, so the ``encode_image`` signature decodes with
@@ -25,7 +25,7 @@ not let one request do that, so the ``encode_image`` signature decodes with
 
 The decoded image is resized straight from uint8 (no full-size float32
 copy); an image decoded at full size gives pixels bit-identical to
-`vse_tf.features.decode_image`. At most `DECODE_PARALLELISM` images of a
+`vse_tf.images.decode_image`. At most `DECODE_PARALLELISM` images of a
 request are decoded at the same time.
 Every refusal is an ``InvalidArgumentError`` naming the image and the
 problem, e.g. ``image 2: not a JPEG, PNG, GIF or BMP image (11 bytes)``.
@@ -454,7 +454,7 @@ def decode_image(
         max_pixels: Largest decoded raster (see the module docstring).
 
     Returns:
-        ``float32 [S, S, 3]``, identical to `vse_tf.features.decode_image`
+        ``float32 [S, S, 3]``, identical to `vse_tf.images.decode_image`
         whenever the image is decoded at full size.
 
     Raises:

@@ -31,8 +31,8 @@ large images (`vse_tf.serving.image_decode`). An empty batch returns an
 empty ``[0, D]`` embedding.
 
 The graph holds tensorflow-text ops: load it only after
-``import tensorflow_text`` (`load_saved_model` does that), as the TF Serving
-model server does by linking them.
+``import tensorflow_text`` (`vse_tf.serving.loader.load_saved_model` does
+that), as the TF Serving model server does by linking them.
 """
 
 from __future__ import annotations
@@ -49,8 +49,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from vse_tf import errors
-from vse_tf import features as features_lib
+from vse_tf import images as images_lib
 from vse_tf import workdir as workdir_lib
 from vse_tf.models.vse_model import VSEModel
 from vse_tf.serving import image_decode
@@ -300,7 +299,7 @@ def _add_image_endpoints(archive, image_tower, max_image_pixels: int) -> None:
         return {"embedding": _unless_empty(pixels, image_tower, dim)}
 
     def encode_image_pixels(pixels):
-        pixels = features_lib.resize_pixels(check_pixels(pixels), size)
+        pixels = images_lib.resize_pixels(check_pixels(pixels), size)
         return {"embedding": _unless_empty(pixels, image_tower, dim)}
 
     archive.add_endpoint(
@@ -547,34 +546,3 @@ def export_saved_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
-
-
-def load_saved_model(path: str):
-    """Loads an exported version; registers the tensorflow-text ops first."""
-    import tensorflow_text  # noqa: F401  (the graph's tokenizer ops)
-
-    return tf.saved_model.load(path)
-
-
-def resolve_version(path: str) -> str:
-    """A version folder: ``path`` itself, or the newest numbered version in it.
-
-    Raises:
-        errors.MissingError: when ``path`` holds no SavedModel.
-    """
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return path
-    versions = (
-        sorted((int(name) for name in os.listdir(path) if name.isdigit()), reverse=True)
-        if os.path.isdir(path)
-        else []
-    )
-    for version in versions:
-        candidate = os.path.join(path, str(version))
-        if os.path.isfile(os.path.join(candidate, "saved_model.pb")):
-            return candidate
-    raise errors.MissingError(
-        f"{path} is neither a training workdir (config.json) nor an exported "
-        "SavedModel (saved_model.pb, or numbered versions holding one); train "
-        "with trainers.train or export with export.export_saved_model"
-    )

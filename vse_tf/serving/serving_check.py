@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from vse_tf import errors
-from vse_tf.serving import c_api, saved_model_lib
+from vse_tf.serving import c_api, loader, saved_model_lib
 
 SENTENCES = ("a dog runs through the grass", "", "ünïcödé 日本, two red balls!")
 
@@ -197,7 +197,7 @@ def _write_requests(requests: dict, folder: str) -> None:
 
 
 def _python_outputs(export_dir: str, requests: dict) -> dict[str, Any]:
-    loaded = saved_model_lib.load_saved_model(export_dir)
+    loaded = loader.load_saved_model(export_dir)
     outputs = {}
     for label, inputs in requests.items():
         function = loaded.signatures[label.removeprefix("warmup ")]
@@ -282,7 +282,7 @@ def check_serving(
         A `CheckReport`; ``report.ok`` only when every request ran and
         matched within ``atol``.
     """
-    export_dir = saved_model_lib.resolve_version(model_dir)
+    export_dir = loader.resolve_version(model_dir)
     if requests is None:
         requests = make_requests(export_dir)
         if os.path.exists(os.path.join(export_dir, saved_model_lib.WARMUP_FILE)):
