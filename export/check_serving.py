@@ -15,9 +15,10 @@ Example:
 
 from absl import flags
 
-from trainers import cli
 from vse_tf import errors
 from vse_tf.serving import serving_check
+
+from . import cli
 
 _ATOL = flags.DEFINE_float("atol", 1e-5, "Largest allowed difference from Python.")
 _TEXT_OPS = flags.DEFINE_bool(

@@ -10,9 +10,10 @@ Example:
 
 from absl import flags
 
-from trainers import cli
 from vse_tf.retrieval import index_lib
 from vse_tf.serving import saved_model_lib, serving_check, serving_config
+
+from . import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
 _OUTPUT_DIR = flags.DEFINE_string(

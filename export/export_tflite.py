@@ -22,10 +22,11 @@ import tempfile
 
 from absl import flags, logging
 
-from trainers import cli
 from vse_tf.serving.tflite import convert as tflite_convert
 from vse_tf.serving.tflite import export as tflite_export
 from vse_tf.serving.tflite import manifest as tflite_manifest
+
+from . import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
 _OUTPUT_DIR = flags.DEFINE_string(

@@ -1,7 +1,7 @@
 """What every command line shares: config flags, ``--help``, errors, quiet logs.
 
 Flags are absl's and live only in the entry-point packages (`trainers`,
-`export`, `tools`); the library under `vse_tf/` takes plain arguments.
+`export`); the library under `vse_tf/` takes plain arguments.
 
 * `define_config_flags` makes one flag per config field, straight from the
   dataclasses in `vse_tf.config` (name, type, allowed values, and the help

@@ -18,10 +18,11 @@ Examples:
 
 from absl import flags
 
-from trainers import cli
 from vse_tf import api, errors, evaluation
 from vse_tf import config as config_lib
 from vse_tf import workdir as workdir_lib
+
+from . import cli
 
 cli.define_config_flags(sections=("data",))
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.")

@@ -21,8 +21,9 @@ Examples:
 
 from absl import app, flags
 
-from trainers import cli
 from vse_tf import train_lib
+
+from . import cli
 
 cli.define_config_flags()
 _SPLITS = flags.DEFINE_list(

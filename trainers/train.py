@@ -11,8 +11,9 @@ Examples:
 
 from absl import flags
 
-from trainers import cli
 from vse_tf import train_lib
+
+from . import cli
 
 cli.define_config_flags()
 _WORKDIR = flags.DEFINE_string(

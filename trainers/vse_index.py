@@ -19,8 +19,9 @@ in shards (on Beam workers with a Beam runner), for ``vse-search --ann``.
 
 from absl import app, flags
 
-from trainers import cli
-from vse_tf.retrieval import ann_index, index_lib
+from vse_tf.retrieval import ann_index, index_build, index_lib
+
+from . import cli
 
 _MODEL = flags.DEFINE_string("model", None, "Exported SavedModel version folder.")
 _SERVER = flags.DEFINE_string(
@@ -67,7 +68,7 @@ def main(argv):
         kwargs["batch_size"] = _BATCH_SIZE.value
     if _SHARD_SIZE.value:
         kwargs["shard_size"] = _SHARD_SIZE.value
-    builders = index_lib
+    builders = index_build
     if _RUNNER.value != "local":
         from vse_tf.pipelines import index as builders  # Beam: optional
 

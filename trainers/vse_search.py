@@ -16,9 +16,11 @@ import os
 
 from absl import app, flags
 
-from trainers import cli
 from vse_tf.retrieval import ann_index, index_lib
+from vse_tf.retrieval import encoders as index_encoders
 from vse_tf.retrieval import html as html_lib
+
+from . import cli
 
 _INDEX = flags.DEFINE_string("index", None, "Index folder.", required=True)
 _MODEL = flags.DEFINE_string(
@@ -49,7 +51,9 @@ def main(argv):
         model = index.manifest["model"].get("path")
         if not model:
             raise app.UsageError("the index was built by a server: pass --server")
-    encoder = index_lib.get_encoder(None if _SERVER.value else model, _SERVER.value)
+    encoder = index_encoders.get_encoder(
+        None if _SERVER.value else model, _SERVER.value
+    )
     if _IMAGE.value:
         results = index_lib.search_image(index, encoder, _IMAGE.value, _K.value)
     else:
