@@ -8,18 +8,16 @@ import pytest
 import tensorflow as tf
 
 import vse_tf
-from tests import testing_utils
 from vse_tf import config as config_lib
-from vse_tf import errors, evaluation, features, train_lib
-from vse_tf.retrieval import index_lib
-from vse_tf.serving import saved_model_lib
+from vse_tf import errors, evaluation
+from vse_tf import images as images_lib
+from vse_tf import workdir as workdir_lib
+from vse_tf.retrieval import index_build
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("api")
-    workdir, data_dir = testing_utils.train_tiny_workdir(str(root))
-    export_dir = saved_model_lib.export_saved_model(workdir, str(root / "models"))
+def trained(tiny_export):
+    workdir, export_dir, data_dir = tiny_export[:3]
     folder = os.path.join(data_dir, "images")
     images = [os.path.join(folder, n) for n in sorted(os.listdir(folder))]
     return workdir, export_dir, data_dir, images
@@ -35,9 +33,9 @@ def test_lazy_top_level_surface():
 def test_workdir_embedder_matches_the_keras_towers(trained):
     workdir, _, _, images = trained
     embedder = vse_tf.Embedder.load(workdir)
-    _, model = train_lib.load_trained_model(workdir)
+    _, model = workdir_lib.load_trained_model(workdir)
     got = embedder.encode_images(images[:3])
-    pixels = tf.stack([features.load_image(tf.constant(p), 32) for p in images[:3]])
+    pixels = tf.stack([images_lib.load_image(tf.constant(p), 32) for p in images[:3]])
     np.testing.assert_allclose(got, model.image_tower(pixels).numpy(), atol=1e-5)
     texts = embedder.encode_texts(["a red square", "a blue stripe"])
     np.testing.assert_allclose(
@@ -77,7 +75,7 @@ def test_export_and_workdir_embed_alike(trained):
 
 def test_search_finds_the_indexed_image_for_its_own_embedding(trained, tmp_path):
     workdir, export_dir, _, images = trained
-    index = index_lib.build_image_index(export_dir, images, str(tmp_path / "idx"))
+    index = index_build.build_image_index(export_dir, images, str(tmp_path / "idx"))
     embedder = vse_tf.Embedder.load(export_dir)
     # An image query against a caption-free index: the image itself is first.
     results = embedder.search(pathlib.Path(images[5]), index, k=3)

@@ -104,6 +104,7 @@ def one_device(data_root):
     return _last_checkpoint(workdir)
 
 
+@pytest.mark.slow(reason="trains three times on two replicas")
 def test_mirrored_two_replicas_equal_one_device_and_resume(data_root, one_device):
     workdir = os.path.join(data_root, "mirrored")
     # One epoch, then the same command with two: resumes under the strategy.
@@ -123,7 +124,7 @@ def _free_ports(count):
     return ports
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="trains in two worker processes")
 def test_multi_worker_two_processes_equal_one_device(data_root, one_device):
     workdir = os.path.join(data_root, "multi_worker")
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}

@@ -5,9 +5,15 @@ import io
 import os
 import re
 
+import pytest
+
 from tests import testing_utils
-from vse_tf.retrieval import index_lib
+from vse_tf.retrieval import index_build, index_lib
 from vse_tf.serving import saved_model_lib
+
+pytestmark = pytest.mark.slow(
+    reason="trains a model, then runs the README's Python block"
+)
 
 
 def _block(title):
@@ -24,7 +30,7 @@ def test_use_it_from_python_block_runs(tmp_path):
     export_dir = saved_model_lib.export_saved_model(workdir, str(tmp_path / "models"))
     images = os.path.join(data_dir, "images")
     index_dir = str(tmp_path / "idx")
-    index_lib.build_image_index(export_dir, images, index_dir, verbose=0)
+    index_build.build_image_index(export_dir, images, index_dir, verbose=0)
     code = _block("Use it from Python")
     for old, new in (
         ('"runs/demo"', repr(workdir)),

@@ -17,8 +17,12 @@ import pytest
 
 from tests import testing_utils
 from vse_tf import evaluation, train_lib
+from vse_tf import workdir as workdir_lib
+from vse_tf.data import datasets
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(
+    reason="trains on the real Flickr8k photos to a quality bar"
+)
 
 # A guard against collapse, far above chance (~16) and below what a healthy
 # run reaches.
@@ -41,8 +45,8 @@ def _train_on_real_photos(tmp_path, **overrides):
     )
     workdir = str(tmp_path / "run")
     results = train_lib.train_and_evaluate(config, workdir, verbose=0)
-    config, model = train_lib.load_trained_model(workdir, include_backbone=False)
-    seen = train_lib.load_split(config, "train").take_images(100)
+    config, model = workdir_lib.load_trained_model(workdir, include_backbone=False)
+    seen = datasets.load_split(config, "train").take_images(100)
     data = evaluation.prepare_eval(config, seen, model.text_tower.tokenizer)
     return workdir, results["dev"], evaluation.evaluate(model, data, config)
 

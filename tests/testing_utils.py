@@ -11,12 +11,17 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 REPO_ROOT = str(Path(__file__).resolve().parents[1])
+NOT_HERE = "not applicable here:"
+"""Prefix of a skip reason for a platform or setting CI lacks by design (a
+non-Linux system, no TF Serving binary): tests/conftest.py lets only these
+skips stay skips under ``CI=true``; every other skip fails there."""
 SHARED_FLICKR8K = (
     Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
 )
@@ -138,6 +143,15 @@ def train_tiny_workdir(root: str, **overrides) -> tuple[str, str]:
     return workdir, data_dir
 
 
+class TinyExport(NamedTuple):
+    """A tiny trained model and its export (the ``tiny_export`` fixture)."""
+
+    workdir: str
+    export_dir: str
+    data_dir: str
+    model: object
+
+
 def train_and_export_tiny(root: str) -> tuple[str, str, str, object]:
     """`train_tiny_workdir`, exported as version 1 of ``root/models``.
 
@@ -145,14 +159,14 @@ def train_and_export_tiny(root: str) -> tuple[str, str, str, object]:
         ``(workdir, export_dir, data_dir, model)``: ``model`` is the trained
         `VSEModel` (CNN included), to compare the export with.
     """
-    from vse_tf import train_lib
+    from vse_tf import workdir as workdir_lib
     from vse_tf.serving import saved_model_lib
 
     workdir, data_dir = train_tiny_workdir(root)
     export_dir = saved_model_lib.export_saved_model(
         workdir, os.path.join(root, "models")
     )
-    _, model = train_lib.load_trained_model(workdir)
+    _, model = workdir_lib.load_trained_model(workdir)
     return workdir, export_dir, data_dir, model
 
 

@@ -9,10 +9,11 @@ import pytest
 
 from tests import testing_utils
 from vse_tf import config as config_lib
-from vse_tf import evaluation, train_lib
-from vse_tf import features as features_lib
+from vse_tf import evaluation, modeling, train_lib
 from vse_tf import metrics as metrics_lib
+from vse_tf import workdir as workdir_lib
 from vse_tf.data import datasets
+from vse_tf.features import settings as feature_settings
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +75,8 @@ def test_resumed_run_matches_uninterrupted_run(tiny_data, tmp_path):
     train_lib.train_and_evaluate(_config(tiny_data, epochs=1), resumed, verbose=0)
     train_lib.train_and_evaluate(_config(tiny_data, epochs=2), resumed, verbose=0)
 
-    _, model_a = train_lib.load_trained_model(straight, include_backbone=False)
-    _, model_b = train_lib.load_trained_model(resumed, include_backbone=False)
+    _, model_a = workdir_lib.load_trained_model(straight, include_backbone=False)
+    _, model_b = workdir_lib.load_trained_model(resumed, include_backbone=False)
     for a, b in zip(model_a.weights, model_b.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
 
@@ -89,8 +90,8 @@ def test_augment_flip_trains_on_both_views_from_the_cache(tiny_data, tmp_path):
     plain, mirrored = reports["train"], reports["train (mirrored)"]
     assert plain.cache_folder != mirrored.cache_folder
 
-    split = train_lib.load_split(config, "train")
-    _, views, skipped = features_lib.split_features(config, split, 0, flip=True)
+    split = datasets.load_split(config, "train")
+    _, views, skipped = feature_settings.split_features(config, split, 0, flip=True)
     assert skipped == 0
     np.testing.assert_array_equal(views, np.stack([plain.features, mirrored.features]))
 
@@ -106,12 +107,12 @@ def test_augment_flip_trains_on_both_views_from_the_cache(tiny_data, tmp_path):
 
 def test_augment_flip_is_refused_without_a_frozen_cnn(tiny_data):
     config = _config(tiny_data, augment_flip=True, fine_tune_from="block5")
-    split = train_lib.load_split(config, "train")
+    split = datasets.load_split(config, "train")
     with pytest.raises(ValueError, match="fine_tune_from='block5'"):
-        features_lib.split_features(config, split, 0, flip=True)
+        feature_settings.split_features(config, split, 0, flip=True)
     precomputed = dataclasses.replace(split, features=np.zeros([split.num_images, 4]))
     with pytest.raises(ValueError, match="precomputed features"):
-        features_lib.split_features(config, precomputed, 0, flip=True)
+        feature_settings.split_features(config, precomputed, 0, flip=True)
 
 
 def test_rerun_with_different_config_is_refused(tiny_data, tmp_path):
@@ -125,7 +126,7 @@ def test_evaluate_workdir_matches_training_metrics(tiny_data, tmp_path):
     workdir = str(tmp_path / "run")
     results = train_lib.train_and_evaluate(_config(tiny_data), workdir, verbose=0)
     os.remove(os.path.join(workdir, "metrics_test.json"))
-    values = train_lib.evaluate_workdir(workdir, split="test")
+    values = evaluation.evaluate_workdir(workdir, split="test")
     assert values == pytest.approx(results["test"])
     assert os.path.exists(os.path.join(workdir, "metrics_test.json"))
 
@@ -133,12 +134,12 @@ def test_evaluate_workdir_matches_training_metrics(tiny_data, tmp_path):
 def test_load_trained_model_embeds_image_files(tiny_data, tmp_path):
     workdir = str(tmp_path / "run")
     train_lib.train_and_evaluate(_config(tiny_data), workdir, verbose=0)
-    config, model = train_lib.load_trained_model(workdir)
-    split = train_lib.load_split(config, "test")
+    config, model = workdir_lib.load_trained_model(workdir)
+    split = datasets.load_split(config, "test")
     from_files, _ = evaluation.embed_split(
         model, np.ones([1, 2], np.int32), image_paths=split.image_paths, image_size=32
     )
-    _, feats, skipped = features_lib.split_features(config, split, verbose=0)
+    _, feats, skipped = feature_settings.split_features(config, split, verbose=0)
     assert skipped == 0
     from_features = model.image_tower.embed_features(feats).numpy()
     np.testing.assert_allclose(from_files, from_features, atol=1e-4)
@@ -161,7 +162,7 @@ def test_fine_tuning_trains_on_images(tiny_data, tmp_path):
     config = _config(tiny_data, fine_tune_from="block5", max_train_images=16)
     results = train_lib.train_and_evaluate(config, workdir, verbose=0)
     assert "dev" in results
-    _, model = train_lib.load_trained_model(workdir)
+    _, model = workdir_lib.load_trained_model(workdir)
     trainable = {v.path.split("/")[-2] for v in model.image_tower.trainable_weights}
     assert (
         any("block5" in name for name in trainable)
@@ -189,10 +190,10 @@ def test_precomputed_features_train_and_reload(tmp_path):
     workdir = str(tmp_path / "run")
     results = train_lib.train_and_evaluate(config, workdir, verbose=0)
     assert set(results) == {"dev", "test"}
-    _, model = train_lib.load_trained_model(workdir, include_backbone=None)
+    _, model = workdir_lib.load_trained_model(workdir, include_backbone=None)
     assert model.image_tower.feature_dim == 24
     assert model.image_tower.backbone is None
-    values = train_lib.evaluate_workdir(workdir, split="test")
+    values = evaluation.evaluate_workdir(workdir, split="test")
     assert values == pytest.approx(results["test"])
 
 
@@ -223,7 +224,7 @@ def test_report_adds_coco_1k_protocol_for_5000_images(tmp_path):
     )
     vocabulary = text.Vocabulary([f"{i}" for i in range(7)] + ["caption"])
     config = config_lib.get_config("tiny")
-    model = train_lib.build_model(config, vocabulary, feature_dim=6)
+    model = modeling.build_model(config, vocabulary, feature_dim=6)
     data = evaluation.EvalData(
         split,
         text.encode_captions(model.text_tower.tokenizer, split.captions),
@@ -262,5 +263,5 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_last_checkpoint(
             )
     names = os.listdir(os.path.join(workdir, "checkpoints"))
     assert not any(name.startswith("ckpt-2") for name in names)
-    _, model = train_lib.load_trained_model(workdir, include_backbone=False)
+    _, model = workdir_lib.load_trained_model(workdir, include_backbone=False)
     assert all(np.all(np.isfinite(w.numpy())) for w in model.weights)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from vse_tf.models import backbone as backbone_lib
+from vse_tf.models import catalog as backbone_catalog
 from vse_tf.models.backbone import (
     VGGPreprocess,
     build_vgg16_backbone,
@@ -120,7 +121,7 @@ class TestBuild:
             rtol=1e-4,
             atol=1e-5,
         )
-        dim = backbone_lib.FEATURE_DIMS["pool5_avgmax"]
+        dim = backbone_catalog.FEATURE_DIMS["pool5_avgmax"]
         assert built["pool5_avgmax"].output_shape == (None, dim)
 
     def test_fc7_needs_224(self):

@@ -14,6 +14,7 @@ import tensorflow as tf
 from tests import testing_utils
 from vse_tf import io_utils
 from vse_tf.models import backbone as backbone_lib
+from vse_tf.models import catalog as backbone_catalog
 from vse_tf.models import efficientnet_lite, torch_weights
 
 LITE0 = "efficientnet_lite0"
@@ -178,7 +179,7 @@ class TestBackbone:
         model = backbone_lib.build_backbone(LITE0, feature, 64, "none")
         out = model(np.zeros([2, 64, 64, 3], np.float32))
         assert out.shape == (2, dim) and out.dtype == tf.float32
-        assert backbone_lib.feature_dim(LITE0, feature) == dim
+        assert backbone_catalog.feature_dim(LITE0, feature) == dim
 
     def test_avgmax_is_avg_then_max(self):
         model = backbone_lib.build_backbone(LITE0, "head_avgmax", 64, "none")
@@ -261,7 +262,7 @@ def _dev_images_by_captions():
     return root, dogs, no_animal
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="real Flickr8k photos through the ImageNet classifier")
 def test_imagenet_classifier_sees_dogs_in_dog_photos():
     """Captions are the labels: an independent check of the whole port."""
     root, dogs, no_animal = _dev_images_by_captions()
@@ -289,3 +290,8 @@ def test_imagenet_classifier_sees_dogs_in_dog_photos():
     assert false_rate <= 0.10, (
         f"a dog is top-1 for {false_rate:.1%} of animal-free photos"
     )
+
+
+def test_the_catalog_names_the_variants_the_trunks_build():
+    assert backbone_catalog.LITE_VARIANTS == tuple(efficientnet_lite.VARIANTS)
+    assert backbone_catalog.LITE_HEAD_CHANNELS == efficientnet_lite.HEAD_CHANNELS

@@ -15,6 +15,7 @@ from tests import testing_utils  # noqa: E402
 from tests.pipelines.extract_test import MULTI_PROCESS  # noqa: E402
 from tests.pipelines.index_test import collection  # noqa: E402, F401
 from vse_tf.retrieval import ann_index, index_lib  # noqa: E402
+from vse_tf.retrieval import encoders as index_encoders
 
 
 def _manifests(cache):
@@ -53,7 +54,7 @@ def test_index_and_search_commands_on_beam(collection, tmp_path):  # noqa: F811
     export_dir, list_file, local = collection
     output = str(tmp_path / "index")
     result = testing_utils.run_python(
-        "-m", "tools.vse_index", f"--model={export_dir}", f"--images={list_file}",
+        "-m", "trainers.vse_index", f"--model={export_dir}", f"--images={list_file}",
         f"--output={output}", "--dtype=float32", "--batch_size=4", "--shard_size=8",
         "--ann", "--ann_shard_size=16", "--runner=FnApiRunner",
     )  # fmt: skip
@@ -66,12 +67,12 @@ def test_index_and_search_commands_on_beam(collection, tmp_path):  # noqa: F811
     searches = {}
     for flag in ([], ["--ann"]):
         result = testing_utils.run_python(
-            "-m", "tools.vse_search", f"--index={output}", "a red square", *flag
+            "-m", "trainers.vse_search", f"--index={output}", "a red square", *flag
         )
         assert result.returncode == 0, result.stderr[-3000:]
         searches[bool(flag)] = result.stdout.splitlines()
     # Each prints what its index finds for the query's embedding.
-    query = index_lib.SavedModelEncoder(export_dir).encode_text(["a red square"])
+    query = index_encoders.SavedModelEncoder(export_dir).encode_text(["a red square"])
     for flag, index in [(False, built), (True, ann_index.load_index(output))]:
         scores, ids = index.search(query, 10)
         assert searches[flag] == [

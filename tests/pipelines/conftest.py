@@ -1,4 +1,8 @@
-"""The Beam tier: run with ``pytest -m beam`` where the `beam` extra is installed."""
+"""The Beam tier: ``pytest -m beam`` in a venv with the `beam` extra.
+
+tests/conftest.py collects this folder only when ``-m`` names ``beam``; every
+test here carries the mark.
+"""
 
 import pytest
 

@@ -15,8 +15,11 @@ pytest.importorskip(
 
 from tests import testing_utils  # noqa: E402
 from vse_tf import config as config_lib  # noqa: E402
-from vse_tf import features, train_lib  # noqa: E402
+from vse_tf import train_lib  # noqa: E402
 from vse_tf.data import datasets  # noqa: E402
+from vse_tf.features import extraction as feature_extraction  # noqa: E402
+from vse_tf.features import settings as feature_settings  # noqa: E402
+from vse_tf.models import backbone as backbone_lib  # noqa: E402
 from vse_tf.pipelines import extract  # noqa: E402
 
 MULTI_PROCESS = [
@@ -81,7 +84,7 @@ def _assert_same(local, beam):
     ids=["fn_api", "direct_2_processes"],
 )
 def test_beam_cache_is_the_local_cache(tiny_images, tmp_path, runner, options):
-    local = features.extract_features_with_report(
+    local = feature_extraction.extract_features_with_report(
         tiny_images, cache_dir=str(tmp_path / "local"), **TINY
     )
     beam = extract.extract_features_with_report(
@@ -151,7 +154,7 @@ def test_killed_pipeline_rerun_ends_with_identical_files(tiny_images, tmp_path):
         tiny_images, cache_dir=cache, runner="FnApiRunner", **settings
     )
     assert resumed.shards_reused == 3  # the shards finished before the kill
-    whole = features.extract_features_with_report(
+    whole = feature_extraction.extract_features_with_report(
         tiny_images, cache_dir=str(tmp_path / "whole"), **settings
     )
     _assert_same(whole, resumed)
@@ -169,26 +172,28 @@ def test_training_reads_the_beam_built_cache(tmp_path, monkeypatch):
     def no_backbone(*args, **kwargs):
         raise AssertionError("the backbone ran although Beam cached the features")
 
-    monkeypatch.setattr(features.backbone_lib, "build_backbone", no_backbone)
+    monkeypatch.setattr(backbone_lib, "build_backbone", no_backbone)
     results = train_lib.train_and_evaluate(config, str(tmp_path / "run"), verbose=0)
     assert sorted(results) == ["dev", "test"]
     for name in ("train", "dev", "test"):
         view = datasets.load_split(config, name)
         if name != "train":
             view = datasets.protocol_view(view)
-        report = features.extract_for_config(config, view.image_paths, verbose=0)
+        report = feature_settings.extract_for_config(
+            config, view.image_paths, verbose=0
+        )
         assert report.cache_folder == reports[name].cache_folder
         assert report.shards_computed == 0
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="real Flickr8k photos through the Beam pipeline")
 def test_real_flickr8k_subset_with_the_hed_trunk(tmp_path):
     """200 real images, the flickr8k preset's extraction: Beam == local."""
     config = testing_utils.shared_flickr8k_config("flickr8k", str(tmp_path))
     paths = datasets.load_split(config, "dev").image_paths[:200]
-    settings = features.extraction_settings(config)
+    settings = feature_settings.extraction_settings(config)
     del settings["cache_dir"]
-    local = features.extract_features_with_report(
+    local = feature_extraction.extract_features_with_report(
         paths, cache_dir=str(tmp_path / "local"), verbose=0, **settings
     )
     for runner, options in [("FnApiRunner", []), ("DirectRunner", MULTI_PROCESS)]:

@@ -13,7 +13,10 @@ pytest.importorskip(
 from tests.pipelines.extract_test import MULTI_PROCESS  # noqa: E402
 from tests.serving.client_test import tiny_export  # noqa: E402
 from vse_tf.pipelines import index as beam_index  # noqa: E402
-from vse_tf.retrieval import index_lib  # noqa: E402
+from vse_tf.retrieval import (
+    index_build,
+    index_lib,  # noqa: E402
+)
 
 SETTINGS = dict(dtype="float32", batch_size=4, shard_size=8, verbose=0)
 
@@ -34,7 +37,7 @@ def collection(tmp_path_factory):
     lines += [os.path.join(folder, n) for n in names[20:]]
     list_file = root / "images.txt"
     list_file.write_text("\n".join(lines) + "\n")
-    local = index_lib.build_image_index(
+    local = index_build.build_image_index(
         export_dir, str(list_file), str(root / "local"), **SETTINGS
     )
     return export_dir, str(list_file), local
@@ -83,7 +86,7 @@ def test_beam_build_resumes_a_local_build_and_its_captions(collection, tmp_path)
             raise _Stop
 
     with pytest.raises(_Stop):
-        index_lib.build_image_index(
+        index_build.build_image_index(
             export_dir, list_file, output, on_shard=stop_after_two, **SETTINGS
         )
     with open(os.path.join(output, "build.json")) as f:
@@ -94,7 +97,7 @@ def test_beam_build_resumes_a_local_build_and_its_captions(collection, tmp_path)
     _same_index(beam, local)
 
     captions = [f"a caption number {i}" for i in range(21)]
-    local_captions = index_lib.build_caption_index(
+    local_captions = index_build.build_caption_index(
         export_dir, captions, str(tmp_path / "caps_local"), **SETTINGS
     )
     beam_captions = beam_index.build_caption_index(

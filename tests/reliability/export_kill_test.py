@@ -19,8 +19,8 @@ import pytest
 import tensorflow as tf
 
 from tests import testing_utils
-from vse_tf import train_lib
-from vse_tf.serving import saved_model_lib
+from vse_tf import workdir as workdir_lib
+from vse_tf.serving import loader, saved_model_lib
 
 
 def _numbered(folder: str) -> list[str]:
@@ -36,13 +36,11 @@ def _staging(folder: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kill")
-    workdir, _ = testing_utils.train_tiny_workdir(str(root))
-    return workdir
+def workdir(tiny_export):
+    return tiny_export.workdir
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="kills and reruns the export in subprocesses")
 def test_kill_9_mid_write_then_rerun(workdir, tmp_path):
     base = str(tmp_path / "models")
     command = [
@@ -90,8 +88,8 @@ def test_kill_9_mid_write_then_rerun(workdir, tmp_path):
     for name in ("saved_model.pb", "variables", "assets/vocab.txt"):
         assert os.path.exists(os.path.join(version, name)), name
     assert os.path.exists(os.path.join(version, saved_model_lib.WARMUP_FILE))
-    loaded = saved_model_lib.load_saved_model(version)
-    _, model = train_lib.load_trained_model(workdir)
+    loaded = loader.load_saved_model(version)
+    _, model = workdir_lib.load_trained_model(workdir)
     sentences = ["a red square", "the blue stripe"]
     got = loaded.signatures["encode_text"](text=tf.constant(sentences))["embedding"]
     want = model.text_tower(tf.constant(sentences)).numpy()

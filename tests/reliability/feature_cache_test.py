@@ -15,7 +15,8 @@ import pytest
 import tensorflow as tf
 
 from tests import testing_utils
-from vse_tf import features
+from vse_tf.features import cache as feature_cache
+from vse_tf.features import extraction as feature_extraction
 
 SHARD_SIZE = 8
 NUM_IMAGES = 40  # 5 shards
@@ -73,13 +74,13 @@ def image_paths(tmp_path_factory):
 def reference(image_paths, tmp_path_factory):
     """An uninterrupted extraction."""
     cache = str(tmp_path_factory.mktemp("reference"))
-    return features.extract_features_with_report(
+    return feature_extraction.extract_features_with_report(
         image_paths, cache_dir=cache, verbose=0, **SETTINGS
     )
 
 
 def _folder(cache: str, paths: list[str]) -> str:
-    return features.cache_folder(
+    return feature_cache.cache_folder(
         SETTINGS["image_feature"],
         SETTINGS["image_size"],
         SETTINGS["weights"],
@@ -91,7 +92,7 @@ def _folder(cache: str, paths: list[str]) -> str:
 
 def _manifest(report_or_folder) -> dict:
     folder = getattr(report_or_folder, "cache_folder", report_or_folder)
-    with open(os.path.join(folder, features.MANIFEST_FILE)) as f:
+    with open(os.path.join(folder, feature_cache.MANIFEST_FILE)) as f:
         return json.load(f)
 
 
@@ -118,7 +119,7 @@ def test_corrupt_images_are_skipped_and_counted(reference, image_paths):
     assert sum(len(s["skipped"]) for s in manifest["shards"]) == len(BROKEN)
     # The good images' features do not depend on the broken ones around them.
     good = [p for i, p in enumerate(image_paths) if i not in BROKEN]
-    alone = features.extract_features_with_report(
+    alone = feature_extraction.extract_features_with_report(
         good,
         cache_dir=os.path.dirname(reference.cache_folder) + "-alone",
         verbose=0,
@@ -133,7 +134,8 @@ def test_corrupt_images_are_skipped_and_counted(reference, image_paths):
 _EXTRACT_SCRIPT = textwrap.dedent(
     """
     import json, sys, time
-    from vse_tf import features
+    from vse_tf.features import cache as feature_cache
+    from vse_tf.features import extraction as feature_extraction
 
     paths = json.loads(sys.argv[1])
     settings = json.loads(sys.argv[3])
@@ -143,7 +145,7 @@ _EXTRACT_SCRIPT = textwrap.dedent(
         if shard == 0:
             time.sleep(600)  # killed here, with shard 1 not started
 
-    features.extract_features_with_report(
+    feature_extraction.extract_features_with_report(
         paths, cache_dir=sys.argv[2], verbose=0, on_shard=on_shard, **settings
     )
     """
@@ -193,7 +195,7 @@ def _run_until_first_shard(paths, cache_dir, script_path):
         process.stderr.close()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="kills an extraction subprocess mid-shard")
 def test_kill_9_then_rerun_computes_only_the_rest(
     image_paths, reference, tmp_path, caplog
 ):
@@ -213,7 +215,7 @@ def test_kill_9_then_rerun_computes_only_the_rest(
 
     computed = []
     with caplog.at_level("INFO"):
-        resumed = features.extract_features_with_report(
+        resumed = feature_extraction.extract_features_with_report(
             image_paths,
             cache_dir=cache,
             verbose=0,
@@ -233,7 +235,7 @@ def test_kill_9_then_rerun_computes_only_the_rest(
         s["sha256"] for s in _manifest(reference)["shards"]
     ]
     # A third run computes nothing.
-    again = features.extract_features_with_report(
+    again = feature_extraction.extract_features_with_report(
         image_paths, cache_dir=cache, verbose=0, **SETTINGS
     )
     assert again.shards_computed == 0
@@ -242,7 +244,7 @@ def test_kill_9_then_rerun_computes_only_the_rest(
 
 def _extracted_copy(image_paths, tmp_path):
     cache = str(tmp_path / "cache")
-    report = features.extract_features_with_report(
+    report = feature_extraction.extract_features_with_report(
         image_paths, cache_dir=cache, verbose=0, **SETTINGS
     )
     return cache, report
@@ -271,7 +273,7 @@ def test_damaged_shard_is_recomputed_not_read(
     damage(os.path.join(_folder(cache, image_paths), "shard-00002.npy"))
     computed = []
     with caplog.at_level("WARNING"):
-        report = features.extract_features_with_report(
+        report = feature_extraction.extract_features_with_report(
             image_paths,
             cache_dir=cache,
             verbose=0,
@@ -297,7 +299,7 @@ def test_shard_of_the_wrong_shape_is_recomputed(image_paths, reference, tmp_path
         entry["sha256"] = hashlib.sha256(f.read()).hexdigest()
     with open(first.manifest_path, "w") as f:
         json.dump(manifest, f)
-    report = features.extract_features_with_report(
+    report = feature_extraction.extract_features_with_report(
         image_paths, cache_dir=cache, verbose=0, **SETTINGS
     )
     assert report.shards_computed == 1
@@ -335,7 +337,7 @@ def test_damaged_manifest_is_not_trusted(
 ):
     cache, first = _extracted_copy(image_paths, tmp_path)
     damage(first.manifest_path)
-    report = features.extract_features_with_report(
+    report = feature_extraction.extract_features_with_report(
         image_paths, cache_dir=cache, verbose=0, **SETTINGS
     )
     assert report.shards_computed == recomputed

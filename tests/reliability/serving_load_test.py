@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 
 from tests import testing_utils
-from vse_tf.serving import saved_model_lib
+from vse_tf.serving import loader, saved_model_lib
 
 THREADS = 8
 REQUESTS_PER_THREAD = 500
@@ -69,12 +69,15 @@ def _call(signatures, signature: str, items: list) -> np.ndarray:
     return signatures[signature](**{key: tensor})["embedding"].numpy()
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RSS from /proc")
+@pytest.mark.slow(reason="a load test: threads x requests on a trained export")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"),
+    reason=testing_utils.NOT_HERE + " RSS is read from /proc (Linux)",
+)
 def test_threads_get_reference_answers_and_errors(tmp_path):
     workdir, data_dir = testing_utils.train_tiny_workdir(str(tmp_path))
     export_dir = saved_model_lib.export_saved_model(workdir, str(tmp_path / "models"))
-    loaded = saved_model_lib.load_saved_model(export_dir)
+    loaded = loader.load_saved_model(export_dir)
     signatures = loaded.signatures
     pool = _requests(data_dir)
 

@@ -17,8 +17,8 @@ import pytest
 import tensorflow as tf
 
 from tests import testing_utils
-from vse_tf import features as features_lib
-from vse_tf.serving import image_decode, saved_model_lib
+from vse_tf import images as images_lib
+from vse_tf.serving import image_decode, loader
 
 InvalidArgument = tf.errors.InvalidArgumentError
 
@@ -177,10 +177,9 @@ INVALID_UTF8 = {
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    root = tmp_path_factory.mktemp("robust")
-    _, export_dir, _, model = testing_utils.train_and_export_tiny(str(root))
-    loaded = saved_model_lib.load_saved_model(export_dir)
+def served(tiny_export):
+    _, export_dir, _, model = tiny_export
+    loaded = loader.load_saved_model(export_dir)
     # The loaded object owns the variables: keep it alive with its signatures.
     return loaded.signatures, model, export_dir, loaded
 
@@ -202,7 +201,7 @@ def test_every_format_matches_the_training_decoder(served, name):
     signatures, model, _, _ = served
     data = VALID_IMAGES[name]
     got = _embedding(signatures, "encode_image", image_bytes=tf.constant([data]))
-    pixels = features_lib.decode_image(tf.constant(data), model.image_tower.image_size)
+    pixels = images_lib.decode_image(tf.constant(data), model.image_tower.image_size)
     want = model.image_tower(pixels[None]).numpy()
     assert np.abs(got - want).max() <= 1e-5
     _assert_unit(got)
@@ -293,7 +292,7 @@ def test_large_jpeg_is_decoded_at_reduced_scale():
         image_decode.JPEG, 480, 640, 4, 0,
     ]  # fmt: skip
     reduced = image_decode.decode_image(data, 32, max_pixels=limit).numpy()
-    full = features_lib.decode_image(data, 32).numpy()
+    full = images_lib.decode_image(data, 32).numpy()
     assert np.abs(reduced - full).mean() < 2.0  # of 255
     progressive = tf.io.encode_jpeg(smooth.astype(np.uint8), progressive=True)
     with pytest.raises(InvalidArgument, match="progressive"):
@@ -304,7 +303,7 @@ _RSS_CHILD = r"""
 import json, re, sys
 import numpy as np
 import tensorflow as tf
-from vse_tf import features as features_lib
+from vse_tf import images as images_lib
 from vse_tf.serving import saved_model_lib
 
 def peak_mb():
@@ -320,10 +319,10 @@ if mode == "make":
 data = tf.constant(open(path, "rb").read())
 small = tf.io.encode_jpeg(tf.zeros([40, 40, 3], tf.uint8))
 if mode == "signature":
-    fn = saved_model_lib.load_saved_model(model_dir).signatures["encode_image"]
+    fn = loader.load_saved_model(model_dir).signatures["encode_image"]
     run = lambda d: fn(image_bytes=tf.reshape(d, [1]))["embedding"]
 else:  # what encode_image did before: the training decoder
-    run = lambda d: features_lib.decode_image(d, 32)
+    run = lambda d: images_lib.decode_image(d, 32)
 run(small)  # trace and allocate once
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak
 before = peak_mb()
@@ -335,9 +334,10 @@ print(json.dumps({"growth_mb": growth, "finite": finite, "norm": norm}))
 """
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="subprocesses measure peak RSS on a 10000px image")
 @pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="peak RSS read from /proc"
+    not sys.platform.startswith("linux"),
+    reason=testing_utils.NOT_HERE + " peak RSS is read from /proc (Linux)",
 )
 def test_10000px_jpeg_peak_memory_is_bounded(served, tmp_path):
     _, _, export_dir, _ = served
@@ -477,7 +477,7 @@ def test_pixel_shapes(served):
     got = _embedding(
         signatures, "encode_image_pixels", pixels=tf.constant(wild, tf.float32)
     )
-    resized = features_lib.resize_pixels(wild.astype(np.float32), 32)
+    resized = images_lib.resize_pixels(wild.astype(np.float32), 32)
     assert float(tf.reduce_min(resized)) >= 0.0
     assert np.abs(got - model.image_tower(resized).numpy()).max() <= 1e-5
     _assert_unit(got)

@@ -71,7 +71,7 @@ def data_root(tmp_path_factory):
     return root
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="kills a training subprocess and resumes it")
 @pytest.mark.parametrize("when", ["after_first_epoch", "early"])
 def test_kill_9_then_rerun_ends_with_the_uninterrupted_weights(data_root, when):
     reference = os.path.join(data_root, "uninterrupted")

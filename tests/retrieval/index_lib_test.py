@@ -12,7 +12,9 @@ import pytest
 
 from tests import testing_utils
 from tests.serving.client_test import fake_rest_server, tiny_export
-from vse_tf.retrieval import index_lib
+from vse_tf.retrieval import encoders as index_encoders
+from vse_tf.retrieval import index_build, index_lib
+from vse_tf.retrieval import inputs as index_inputs
 
 
 class _Stop(Exception):
@@ -38,9 +40,9 @@ def setup(tmp_path_factory):
         rows = list(csv.DictReader(f))
     captions_file = root / "captions.txt"
     captions_file.write_text("\n".join(r["caption"] for r in rows) + "\n")
-    encoder = index_lib.SavedModelEncoder(export_dir)
+    encoder = index_encoders.SavedModelEncoder(export_dir)
     full = root / "full"
-    index = index_lib.build_image_index(
+    index = index_build.build_image_index(
         export_dir,
         str(list_file),
         str(full),
@@ -138,7 +140,7 @@ def test_captions_find_images_of_their_kind(setup):
 
 
 def test_float16_index(setup, tmp_path):
-    index = index_lib.build_image_index(
+    index = index_build.build_image_index(
         setup["export_dir"],
         setup["good"][:10],
         str(tmp_path / "f16"),
@@ -159,7 +161,7 @@ def test_interrupted_build_resumes_without_recomputing(setup, tmp_path):
         raise _Stop
 
     with pytest.raises(_Stop):
-        index_lib.build_image_index(
+        index_build.build_image_index(
             setup["export_dir"],
             setup["list_file"],
             output,
@@ -178,7 +180,7 @@ def test_interrupted_build_resumes_without_recomputing(setup, tmp_path):
         index_lib.load_index(output)
 
     computed = []
-    index = index_lib.build_image_index(
+    index = index_build.build_image_index(
         setup["export_dir"],
         setup["list_file"],
         output,
@@ -200,7 +202,7 @@ def test_interrupted_build_resumes_without_recomputing(setup, tmp_path):
     ]
 
     # A finished build run again is returned as is.
-    again = index_lib.build_image_index(
+    again = index_build.build_image_index(
         setup["export_dir"],
         setup["list_file"],
         output,
@@ -223,7 +225,7 @@ def test_resumed_build_encodes_a_damaged_shard_again(setup, tmp_path):
             raise _Stop
 
     with pytest.raises(_Stop):
-        index_lib.build_image_index(
+        index_build.build_image_index(
             setup["export_dir"],
             setup["list_file"],
             output,
@@ -243,7 +245,7 @@ def test_resumed_build_encodes_a_damaged_shard_again(setup, tmp_path):
     open(record, "w").write(open(record).read()[:20])
 
     computed = []
-    index = index_lib.build_image_index(
+    index = index_build.build_image_index(
         setup["export_dir"],
         setup["list_file"],
         output,
@@ -262,13 +264,13 @@ def test_list_images_globs_and_odd_folder_names(tmp_path):
     for name in ("x.jpg", "a/y.png", "a/z.txt"):
         (odd / name).write_bytes(b"")
     expected = [str(odd / "a" / "y.png"), str(odd / "x.jpg")]
-    assert index_lib.list_images(str(odd)) == expected  # a folder, not a glob
-    assert index_lib.list_images(str(tmp_path / "photos ?2019?" / "*.jpg")) == [
+    assert index_inputs.list_images(str(odd)) == expected  # a folder, not a glob
+    assert index_inputs.list_images(str(tmp_path / "photos ?2019?" / "*.jpg")) == [
         str(odd / "x.jpg")
     ]
     captions = tmp_path / "captions.txt"
     captions.write_bytes("one\r\ntwo\rthree with a \u2028 separator\n\n".encode())
-    assert index_lib.read_captions(str(captions)) == [
+    assert index_inputs.read_captions(str(captions)) == [
         "one",
         "two",
         "three with a \u2028 separator",
@@ -278,7 +280,7 @@ def test_list_images_globs_and_odd_folder_names(tmp_path):
 def test_caption_index_and_image_search(setup, tmp_path):
     output = str(tmp_path / "captions")
     encoder = setup["encoder"]
-    index = index_lib.build_caption_index(
+    index = index_build.build_caption_index(
         None,
         setup["captions_file"],
         output,
@@ -307,10 +309,10 @@ def test_caption_index_and_image_search(setup, tmp_path):
 
     # Another build into the same folder is refused unless overwriting.
     with pytest.raises(FileExistsError):
-        index_lib.build_caption_index(
+        index_build.build_caption_index(
             None, captions[:5], output, encoder=encoder, verbose=0
         )
-    small = index_lib.build_caption_index(
+    small = index_build.build_caption_index(
         None, captions[:5], output, encoder=encoder, verbose=0, overwrite=True
     )
     assert index_lib.load_index(output).items == small.items == captions[:5]
@@ -318,7 +320,7 @@ def test_caption_index_and_image_search(setup, tmp_path):
 
 def test_index_built_through_a_server_matches_the_local_one(setup, tmp_path):
     with fake_rest_server(setup["export_dir"]) as (url, _):
-        index = index_lib.build_image_index(
+        index = index_build.build_image_index(
             None,
             setup["list_file"],
             str(tmp_path / "served"),
@@ -340,9 +342,10 @@ def test_query_of_the_wrong_dimension_is_refused(setup):
 
 
 def _tool(module, *args):
-    return testing_utils.run_python("-m", f"tools.{module}", *args, timeout=300)
+    return testing_utils.run_python("-m", f"trainers.{module}", *args, timeout=300)
 
 
+@pytest.mark.slow(reason="runs vse-index and vse-search as subprocesses")
 def test_command_line_tools(setup, tmp_path):
     output = tmp_path / "cli"
     result = _tool(

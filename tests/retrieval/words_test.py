@@ -96,7 +96,7 @@ def test_clusters_of_and_text_glove(tmp_path):
 
 
 @needs_glove
-@pytest.mark.slow
+@pytest.mark.slow(reason="real GloVe vectors: loads 400k words")
 def test_seed_examples_on_real_glove():
     table = words.load_glove_words(top_words=50_000)
     assert table.vectors.shape == (50_000, 50)
@@ -119,10 +119,10 @@ def test_seed_examples_on_real_glove():
 
 
 @needs_glove
-@pytest.mark.slow
+@pytest.mark.slow(reason="runs the vse-words command in subprocesses")
 def test_vse_words_cli():
     result = testing_utils.run_python(
-        "-m", "tools.vse_words", "monday", "album", "--k=5", timeout=300
+        "-m", "trainers.vse_words", "monday", "album", "--k=5", timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
@@ -130,7 +130,7 @@ def test_vse_words_cli():
     assert lines[1] == "monday:" and lines[7] == "album:"
     assert lines[2].split()[1] in {"tuesday", "wednesday", "thursday", "friday"}
     result = testing_utils.run_python(
-        "-m", "tools.vse_words", "--clusters=3", *DAYS[:3], *SCHOOL, *MUSIC,
+        "-m", "trainers.vse_words", "--clusters=3", *DAYS[:3], *SCHOOL, *MUSIC,
         timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from tests import testing_utils
 from vse_tf.serving import client as client_lib
-from vse_tf.serving import saved_model_lib
+from vse_tf.serving import loader, saved_model_lib
 
 _TINY: dict = {}
 
@@ -49,7 +49,7 @@ class _Backend:
     """Runs predict requests on the real SavedModel, recording batch sizes."""
 
     def __init__(self, export_dir: str, delay_model: str = "slow"):
-        self.model = saved_model_lib.load_saved_model(export_dir)
+        self.model = loader.load_saved_model(export_dir)
         self.delay_model = delay_model
         self.batch_sizes: list[int] = []
         self.lock = threading.Lock()
@@ -192,7 +192,7 @@ def _closed_port() -> int:
 @pytest.fixture(scope="module")
 def exported():
     export_dir, data_dir = tiny_export()
-    model = saved_model_lib.load_saved_model(export_dir)
+    model = loader.load_saved_model(export_dir)
     folder = os.path.join(data_dir, "images")
     files = [os.path.join(folder, n) for n in sorted(os.listdir(folder))[:5]]
     images = [open(p, "rb").read() for p in files]

@@ -14,19 +14,16 @@ import pytest
 import tensorflow as tf
 
 from tests import testing_utils
-from vse_tf import features as features_lib
-from vse_tf import train_lib
-from vse_tf.serving import saved_model_lib
+from vse_tf import images as images_lib
+from vse_tf import workdir as workdir_lib
+from vse_tf.serving import loader, saved_model_lib
 
 SENTENCES = ["A red square.", "", "!!!", "a GREEN stripe on black", "ünïcödé 日本 dog"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serving")
-    workdir, export_dir, data_dir, model = testing_utils.train_and_export_tiny(
-        str(root)
-    )
+def trained(tiny_export):
+    workdir, export_dir, data_dir, model = tiny_export
     return workdir, export_dir, model, data_dir
 
 
@@ -75,12 +72,13 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "vse_tf")))
 """
 
 
+@pytest.mark.slow(reason="loads the export in a fresh subprocess")
 def test_fresh_process_matches_keras_towers(trained, tmp_path):
     _, export_dir, model, data_dir = trained
     files = _image_files(data_dir)
     png_bytes = [open(p, "rb").read() for p in files]
     pixels = np.stack(
-        [features_lib.load_image(tf.constant(p), 32).numpy() for p in files]
+        [images_lib.load_image(tf.constant(p), 32).numpy() for p in files]
     )
     jpeg = tf.io.encode_jpeg(tf.cast(pixels[0], tf.uint8)).numpy()
     big = np.random.default_rng(0).uniform(0, 255, [2, 50, 70, 3]).astype(np.float32)
@@ -103,7 +101,7 @@ def test_fresh_process_matches_keras_towers(trained, tmp_path):
     served = np.load(tmp_path / "out.npy", allow_pickle=True).item()
 
     text_ref = model.text_tower(tf.constant(SENTENCES)).numpy()
-    jpeg_pixels = features_lib.decode_image(tf.constant(jpeg), 32).numpy()
+    jpeg_pixels = images_lib.decode_image(tf.constant(jpeg), 32).numpy()
     expected = {
         "encode_text": text_ref,
         "serving_default": text_ref,
@@ -112,7 +110,7 @@ def test_fresh_process_matches_keras_towers(trained, tmp_path):
             np.concatenate([pixels, jpeg_pixels[None]])
         ).numpy(),
         "encode_image_pixels": model.image_tower(
-            features_lib.resize_pixels(big, 32)
+            images_lib.resize_pixels(big, 32)
         ).numpy(),
         "encode_image_features": model.image_tower.embed_features(feats).numpy(),
     }
@@ -123,6 +121,7 @@ def test_fresh_process_matches_keras_towers(trained, tmp_path):
         np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow(reason="runs saved_model_cli as a subprocess")
 def test_saved_model_cli_lists_the_signatures(trained):
     _, export_dir, _, _ = trained
     result = testing_utils.run_python(
@@ -140,7 +139,7 @@ def test_warmup_requests_parse_and_replay(trained):
     from tensorflow_serving.apis import prediction_log_pb2
 
     _, export_dir, model, _ = trained
-    loaded = saved_model_lib.load_saved_model(export_dir)
+    loaded = loader.load_saved_model(export_dir)
     path = os.path.join(export_dir, saved_model_lib.WARMUP_FILE)
     seen = set()
     for record in tf.data.TFRecordDataset(path):
@@ -156,6 +155,7 @@ def test_warmup_requests_parse_and_replay(trained):
     assert seen == set(saved_model_lib.SIGNATURES)
 
 
+@pytest.mark.slow(reason="runs the export command as a subprocess")
 def test_export_script_writes_a_version(trained, tmp_path):
     workdir, _, _, _ = trained
     base = tmp_path / "models"
@@ -189,7 +189,8 @@ def test_real_tensorflow_model_server(trained, tmp_path):
     binary = shutil.which("tensorflow_model_server")
     if not url and not binary:
         pytest.skip(
-            "no TF Serving: tensorflow_model_server is not on PATH and "
+            testing_utils.NOT_HERE + " no TF Serving: tensorflow_model_server "
+            "is not on PATH (no registry ships it) and "
             "VSE_TF_SERVING_URL is unset"
         )
     server = None
@@ -230,7 +231,7 @@ def test_real_tensorflow_model_server(trained, tmp_path):
                 "encode_image",
                 [{"b64": base64.b64encode(png).decode()}],
                 model.image_tower(
-                    features_lib.decode_image(tf.constant(png), 32)[None]
+                    images_lib.decode_image(tf.constant(png), 32)[None]
                 ).numpy(),
             ),
         ):
@@ -262,10 +263,10 @@ def test_real_tensorflow_model_server(trained, tmp_path):
 
 
 def test_search_images_signature_answers_a_sentence(trained, tmp_path):
-    from vse_tf.retrieval import index_lib
+    from vse_tf.retrieval import index_build
 
     workdir, export_dir, model, data_dir = trained
-    index = index_lib.build_image_index(
+    index = index_build.build_image_index(
         export_dir,
         os.path.join(data_dir, "images"),
         str(tmp_path / "index"),
@@ -278,7 +279,7 @@ def test_search_images_signature_answers_a_sentence(trained, tmp_path):
         image_index=index,
         search_k=5,
     )
-    loaded = saved_model_lib.load_saved_model(path)
+    loaded = loader.load_saved_model(path)
     assert "search_images" in loaded.signatures
     queries = ["a red square", "a blue stripe"]
     out = loaded.signatures["search_images"](text=tf.constant(queries))
@@ -304,6 +305,7 @@ def test_search_images_signature_answers_a_sentence(trained, tmp_path):
     assert "search_images" in names
 
 
+@pytest.mark.slow(reason="trains and exports a GRU model")
 def test_gru_avgmax_model_exports_and_matches_keras(tmp_path):
     """The other towers (GRU text, avg+max pooled image features, trained with
     mirrored features) export and serve like the default ones."""
@@ -315,7 +317,7 @@ def test_gru_avgmax_model_exports_and_matches_keras(tmp_path):
         augment_flip=True,
     )
     export_dir = saved_model_lib.export_saved_model(workdir, str(tmp_path / "models"))
-    _, model = train_lib.load_trained_model(workdir)
+    _, model = workdir_lib.load_trained_model(workdir)
     assert model.text_tower.rnn == "gru"
     assert model.image_tower.feature_dim == 1024
     loaded = tf.saved_model.load(export_dir)
@@ -325,7 +327,7 @@ def test_gru_avgmax_model_exports_and_matches_keras(tmp_path):
     )
     files = _image_files(data_dir)
     pixels = np.stack(
-        [features_lib.load_image(tf.constant(p), 64).numpy() for p in files]
+        [images_lib.load_image(tf.constant(p), 64).numpy() for p in files]
     )
     images = loaded.signatures["encode_image"](
         image_bytes=tf.constant([open(p, "rb").read() for p in files])
@@ -335,6 +337,7 @@ def test_gru_avgmax_model_exports_and_matches_keras(tmp_path):
     )
 
 
+@pytest.mark.slow(reason="trains and exports an EfficientNet-Lite model")
 def test_efficientnet_lite_model_exports_and_matches_keras(tmp_path):
     """An EfficientNet-Lite image tower serves every image signature like VGG16's."""
     workdir, data_dir = testing_utils.train_tiny_workdir(
@@ -345,12 +348,12 @@ def test_efficientnet_lite_model_exports_and_matches_keras(tmp_path):
         image_size=64,
     )
     export_dir = saved_model_lib.export_saved_model(workdir, str(tmp_path / "models"))
-    _, model = train_lib.load_trained_model(workdir, include_backbone=True)
+    _, model = workdir_lib.load_trained_model(workdir, include_backbone=True)
     assert model.image_tower.backbone_name == "efficientnet_lite0"
     loaded = tf.saved_model.load(export_dir)
     files = _image_files(data_dir)
     pixels = np.stack(
-        [features_lib.load_image(tf.constant(p), 64).numpy() for p in files]
+        [images_lib.load_image(tf.constant(p), 64).numpy() for p in files]
     )
     expected = model.image_tower(pixels).numpy()
     from_bytes = loaded.signatures["encode_image"](

@@ -13,15 +13,14 @@ from google.protobuf import (
 )
 
 from tests import testing_utils
-from vse_tf import features as features_lib
-from vse_tf.serving import c_api, saved_model_lib, serving_check, serving_config
+from vse_tf import images as images_lib
+from vse_tf.serving import c_api, loader, saved_model_lib, serving_check, serving_config
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("check_serving")
-    _, export_dir, _, model = testing_utils.train_and_export_tiny(str(root))
-    report = serving_check.check_serving(str(root / "models"))
+def exported(tiny_export):
+    _, export_dir, _, model = tiny_export
+    report = serving_check.check_serving(os.path.dirname(export_dir))
     return export_dir, model, report
 
 
@@ -71,11 +70,11 @@ def test_c_api_outputs_equal_the_keras_towers(exported):
     pixels = requests["encode_image_pixels"]["pixels"]
     close(
         "encode_image_pixels",
-        model.image_tower(features_lib.resize_pixels(tf.constant(pixels), size)),
+        model.image_tower(images_lib.resize_pixels(tf.constant(pixels), size)),
     )
     decoded = tf.stack(
         [
-            features_lib.decode_image(b, size)
+            images_lib.decode_image(b, size)
             for b in requests["encode_image"]["image_bytes"]
         ]
     )
@@ -85,7 +84,7 @@ def test_c_api_outputs_equal_the_keras_towers(exported):
 def test_signatures_are_read_from_the_protobuf_as_tensorflow_reads_them(exported):
     export_dir, _, _ = exported
     ours = c_api.read_signatures(os.path.join(export_dir, "saved_model.pb"))
-    loaded = saved_model_lib.load_saved_model(export_dir)
+    loaded = loader.load_saved_model(export_dir)
     assert set(ours) - {"__saved_model_init_op"} == set(loaded.signatures)
     for name, function in loaded.signatures.items():
         specs = function.structured_input_signature[1]
@@ -113,6 +112,7 @@ def test_a_signature_that_rejects_its_input_fails_the_check(exported):
     assert "features" in report.results[0].message
 
 
+@pytest.mark.slow(reason="runs the command, which loads the export through the C API")
 def test_check_serving_command(exported):
     export_dir, _, _ = exported
     ok = testing_utils.run_python("-m", "export.check_serving", export_dir)

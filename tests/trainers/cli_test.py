@@ -15,6 +15,8 @@ import pytest
 from tests import testing_utils
 from vse_tf import config as config_lib
 
+pytestmark = pytest.mark.slow(reason="runs every command as a subprocess")
+
 COMMANDS = (
     "trainers.train",
     "trainers.extract_features",
@@ -22,9 +24,9 @@ COMMANDS = (
     "export.export_saved_model",
     "export.export_tflite",
     "export.check_serving",
-    "tools.vse_index",
-    "tools.vse_search",
-    "tools.vse_words",
+    "trainers.vse_index",
+    "trainers.vse_search",
+    "trainers.vse_words",
 )
 
 
@@ -158,7 +160,7 @@ def test_evaluate_without_a_trained_workdir(tmp_path):
 
 
 def test_search_without_an_index_says_how_to_build_one(tmp_path):
-    result = _run("tools.vse_search", f"--index={tmp_path / 'idx'}", "a dog")
+    result = _run("trainers.vse_search", f"--index={tmp_path / 'idx'}", "a dog")
     assert result.returncode == 1
     first = _first_error_line(result)
     assert first.startswith(f"error: no index in {tmp_path / 'idx'}")
@@ -227,7 +229,9 @@ def test_a_beam_runner_without_beam_says_how_to_install_it(tmp_path):
     import importlib.util
 
     if importlib.util.find_spec("apache_beam") is not None:
-        pytest.skip("Beam is installed here (the beam tier runs the pipelines)")
+        pytest.skip(
+            testing_utils.NOT_HERE + " Beam is installed (the beam tier runs it)"
+        )
     result = testing_utils.run_python(
         "-m", "trainers.extract_features", "--preset=tiny",
         f"--cache_dir={tmp_path}", "--runner=FnApiRunner",

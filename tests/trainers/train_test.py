@@ -3,7 +3,11 @@
 import json
 import os
 
+import pytest
+
 from tests import testing_utils
+
+pytestmark = pytest.mark.slow(reason="runs the training commands as subprocesses")
 
 
 def _run(*args):

@@ -53,7 +53,7 @@ def _table(text: str) -> Callable[[Path], Path]:
 
 
 # (data set, how its folder is made, whether the test split is "missing").
-# The last column is also what `train_lib._optional_split` decided from the
+# The last column is also what `datasets.load_optional_split` decided from the
 # message text ("not found" / "No such") before the type existed.
 CASES = {
     "flickr8k_no_split_list": ("flickr8k", _no_test_list, True),

@@ -7,9 +7,10 @@ import pytest
 import tensorflow as tf
 
 from tests import testing_utils
-from vse_tf import features as features_lib
+from vse_tf import images as images_lib
 from vse_tf import text as text_lib
-from vse_tf import train_lib
+from vse_tf import workdir as workdir_lib
+from vse_tf.data import datasets
 from vse_tf.serving.tflite import export as tflite_export
 
 
@@ -23,14 +24,11 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="package")
 def reference(workdir):
     """The Keras towers and the test split's inputs and embeddings."""
-    config, model = train_lib.load_trained_model(workdir, include_backbone=True)
-    split = train_lib.load_split(config, "test")
+    config, model = workdir_lib.load_trained_model(workdir, include_backbone=True)
+    split = datasets.load_split(config, "test")
     size = config.data.image_size
     images = np.stack(
-        [
-            features_lib.load_image(tf.constant(p), size).numpy()
-            for p in split.image_paths
-        ]
+        [images_lib.load_image(tf.constant(p), size).numpy() for p in split.image_paths]
     )
     tokens = text_lib.encode_captions(model.text_tower.tokenizer, split.captions)
     return {

@@ -10,9 +10,11 @@ import tensorflow as tf
 from tests import testing_utils
 from tests.serving.tflite.helpers import cosine as _cosine
 from vse_tf import config as config_lib
-from vse_tf import features as features_lib
+from vse_tf import images as images_lib
 from vse_tf import text as text_lib
 from vse_tf import train_lib
+from vse_tf import workdir as workdir_lib
+from vse_tf.data import datasets
 from vse_tf.models.text_tower import LSTMTextTower
 from vse_tf.serving.tflite import convert, flatbuffer, runner
 from vse_tf.serving.tflite import export as tflite_export
@@ -51,12 +53,14 @@ def _cosines(files, reference):
     return result
 
 
+@pytest.mark.slow(reason="converts the towers of a trained model")
 def test_float32_matches_keras(exported, reference):
     files, _ = exported("none")
     for name, cosine in _cosines(files, reference).items():
         assert cosine.min() >= 0.99999, (name, cosine.min())
 
 
+@pytest.mark.slow(reason="converts the towers of a trained model")
 @pytest.mark.parametrize("quantize", ["float16", "dynamic"])
 def test_float16_and_dynamic_match_keras(exported, reference, quantize):
     files, _ = exported(quantize)
@@ -64,6 +68,7 @@ def test_float16_and_dynamic_match_keras(exported, reference, quantize):
         assert cosine.min() >= 0.999, (name, cosine.min())
 
 
+@pytest.mark.slow(reason="converts and quantises the towers of a trained model")
 def test_int8_matches_keras(exported, reference):
     files, manifest = exported("int8")
     cosines = _cosines(files, reference)
@@ -175,11 +180,11 @@ def test_gru_text_tower_converts_builtin_only():
 def _train_and_load(config, workdir, split_name):
     """Trains ``config`` into ``workdir``; ``(model, split, images [N, S, S, 3])``."""
     train_lib.train_and_evaluate(config, workdir, verbose=0)
-    config, model = train_lib.load_trained_model(workdir, include_backbone=True)
-    split = train_lib.load_split(config, split_name)
+    config, model = workdir_lib.load_trained_model(workdir, include_backbone=True)
+    split = datasets.load_split(config, split_name)
     images = np.stack(
         [
-            features_lib.load_image(tf.constant(p), config.data.image_size).numpy()
+            images_lib.load_image(tf.constant(p), config.data.image_size).numpy()
             for p in split.image_paths
         ]
     )
@@ -237,20 +242,20 @@ def _hed_cosines(run, quantize):
     }
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="converts and checks the full-size towers")
 @pytest.mark.parametrize("quantize", ["float16", "dynamic"])
 def test_hed_model_float16_and_dynamic_meet_the_bar(hed_run, quantize):
     for name, cosine in _hed_cosines(hed_run, quantize).items():
         assert cosine.min() >= 0.999, (quantize, name, cosine.min(), cosine.mean())
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="converts and checks the full-size towers")
 def test_hed_model_int8_image_tower_meets_the_bar(hed_run):
     cosine = _hed_cosines(hed_run, "int8")[manifest_lib.IMAGE_FILE]
     assert cosine.mean() >= 0.99, (cosine.mean(), cosine.min())
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="converts and checks the full-size towers")
 def test_hed_model_int8_text_tower_meets_the_bar(hed_run):
     # int8's text tower is the dynamic recipe (the full-integer one reached
     # a mean cosine of 0.980 on this model): it must keep dynamic's bar.
@@ -299,7 +304,7 @@ def _lite_image_cosine(run, quantize):
     return _cosine(got, run["image_emb"]), files, manifest
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="trains a model on real data, then converts it")
 @pytest.mark.parametrize(
     "quantize,bar", [("none", 0.99999), ("float16", 0.999), ("dynamic", 0.999)]
 )
@@ -313,7 +318,7 @@ def test_lite_image_tower_meets_the_min_cosine_bar(lite_run, quantize, bar):
     assert pre["backbone"].startswith("efficientnet_lite0 head_avg")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="trains a model on real data, then converts it")
 def test_lite_int8_image_tower_is_smaller_and_meets_the_mean_bar(lite_run):
     cosine, files, _ = _lite_image_cosine(lite_run, "int8")
     assert cosine.mean() >= 0.99, (cosine.mean(), cosine.min())

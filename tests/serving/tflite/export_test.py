@@ -15,6 +15,7 @@ pytest.importorskip(
 )
 
 
+@pytest.mark.slow(reason="runs the export command as a subprocess")
 def test_script_writes_all_files(workdir, reference, tmp_path):
     output = tmp_path / "tflite"
     result = testing_utils.run_python(
