@@ -304,7 +304,7 @@ import json, re, sys
 import numpy as np
 import tensorflow as tf
 from vse_tf import images as images_lib
-from vse_tf.serving import saved_model_lib
+from vse_tf.serving import loader
 
 def peak_mb():
     status = open("/proc/self/status").read()
