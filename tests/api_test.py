@@ -122,3 +122,31 @@ def test_user_mistakes(trained, tmp_path):
         embedder.encode_texts("a red square")
     with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
         embedder.encode_images([np.zeros([4, 4, 5])])
+    truncated = tmp_path / "cut.jpg"
+    jpeg = tf.io.encode_jpeg(tf.zeros([8, 8, 3], tf.uint8)).numpy()
+    truncated.write_bytes(jpeg[:50])
+    with pytest.raises(errors.InputError, match=r"cut.jpg: truncated at byte 50 \("):
+        embedder.encode_images([str(truncated)])
+    with pytest.raises(errors.InputError, match="image bytes: empty"):
+        embedder.encode_images([b""])
+
+
+@pytest.mark.parametrize("source", ["workdir", "export"])
+def test_empty_inputs_give_zero_rows_of_the_embedding_size(trained, source):
+    workdir, export_dir, _, _ = trained
+    embedder = vse_tf.Embedder.load(workdir if source == "workdir" else export_dir)
+    assert embedder.dim == 16  # the tiny preset's embed_dim
+    assert embedder.encode_images([]).shape == (0, 16)
+    assert embedder.encode_texts([]).shape == (0, 16)
+
+
+def test_an_index_in_memory_searches_like_a_built_one(trained):
+    workdir, _, _, images = trained
+    embedder = vse_tf.Embedder.load(workdir)
+    embeddings = embedder.encode_images(images[:4])
+    index = vse_tf.Index.from_embeddings(embeddings, images[:4])
+    assert index.kind == "image" and len(index) == 4 and index.dim == 16
+    hits = embedder.search(pathlib.Path(images[2]), index, k=1)
+    assert hits[0].item == images[2]
+    with pytest.raises(ValueError, match="N = 3 items"):
+        vse_tf.Index.from_embeddings(embeddings, images[:3])

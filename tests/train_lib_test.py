@@ -233,12 +233,12 @@ def test_report_adds_coco_1k_protocol_for_5000_images(tmp_path):
     values = evaluation.report(model, data, config, str(tmp_path))
 
     with open(tmp_path / "metrics_test.json") as f:
-        assert json.load(f)["rsum"] == pytest.approx(values["rsum"])
+        assert json.load(f)["rsum"] == round(values["rsum"], 2)  # as written
     with open(tmp_path / "metrics_test_1k.json") as f:
         folds = json.load(f)
     image_emb, caption_emb = evaluation.embed_eval_data(model, data, config)
     expected = metrics_lib.coco_metrics(image_emb, caption_emb, protocol="1k")
-    assert folds["rsum"] == pytest.approx(expected["rsum"])
+    assert folds["rsum"] == pytest.approx(expected["rsum"], abs=0.005)
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_last_checkpoint(

@@ -5,6 +5,7 @@ The notebook surface (imported lazily, so ``import vse_tf`` is instant):
 * `Embedder`: load a training workdir, an exported SavedModel or a TF
   Serving address; ``encode_images``, ``encode_texts``, ``search``,
   ``evaluate``.
+* `Index`: a loaded index (``Index.from_embeddings`` makes one in memory).
 * `get_config`, `Config`, `override`: the typed config and its presets.
 * `train_and_evaluate`: what ``python -m trainers.train`` runs.
 
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Embedder": ("vse_tf.api", "Embedder"),
+    "Index": ("vse_tf.retrieval.index_lib", "Index"),
     "Config": ("vse_tf.config", "Config"),
     "get_config": ("vse_tf.config", "get_config"),
     "override": ("vse_tf.config", "override"),
@@ -33,6 +35,9 @@ def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'vse_tf' has no attribute {name!r}")
     module, attribute = _EXPORTS[name]
+    from vse_tf import quiet
+
+    quiet.import_tensorflow()  # without its start-up lines, as the commands do
     value = getattr(importlib.import_module(module), attribute)
     globals()[name] = value
     return value

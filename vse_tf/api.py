@@ -41,6 +41,7 @@ class Embedder:
 
     def __init__(self, backend: Any, source: str, config: Any = None):
         self._backend = backend
+        self._dim: Optional[int] = None
         self.source = source
         self.config = config
 
@@ -96,11 +97,20 @@ class Embedder:
 
     # -- encoding ---------------------------------------------------------
 
+    @property
+    def dim(self) -> int:
+        """D, the size of the joint embedding (read once from the model)."""
+        if self._dim is None:
+            self._dim = int(self._backend.encode_texts(["a"]).shape[-1])
+        return self._dim
+
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """Sentences -> ``float32 [N, D]`` unit vectors."""
+        """Sentences -> ``float32 [N, D]`` unit vectors (``[0, D]`` for none)."""
         if isinstance(texts, str):
             raise TypeError("encode_texts takes a list of sentences; got one str")
         texts = [str(text) for text in texts]
+        if not texts:
+            return np.zeros([0, self.dim], np.float32)
         rows = [
             self._backend.encode_texts(texts[i : i + batch_size])
             for i in range(0, len(texts), batch_size)
@@ -110,7 +120,7 @@ class Embedder:
     def encode_images(
         self, images: Sequence[ImageInput], batch_size: int = 32
     ) -> np.ndarray:
-        """Images -> ``float32 [N, D]`` unit vectors.
+        """Images -> ``float32 [N, D]`` unit vectors (``[0, D]`` for none).
 
         Args:
             images: Paths, encoded image bytes, or RGB arrays ``[H, W, 3]``
@@ -119,11 +129,15 @@ class Embedder:
 
         Raises:
             errors.MissingError: naming a path that does not exist.
+            errors.InputError: naming an image that is no readable JPEG,
+                PNG, GIF or BMP (empty, truncated, another format), and why.
         """
         if isinstance(images, np.ndarray) and images.ndim == 4:
             images = list(images)
         if isinstance(images, (str, bytes, os.PathLike)):
             raise TypeError("encode_images takes a list of images; got one")
+        if len(images) == 0:
+            return np.zeros([0, self.dim], np.float32)
         rows = []
         for start in range(0, len(images), batch_size):
             batch = [_as_image(item) for item in images[start : start + batch_size]]
@@ -248,13 +262,20 @@ class _EncoderBackend:
 
 
 def _as_image(item: ImageInput) -> Union[bytes, np.ndarray]:
+    from vse_tf import images as images_lib
+
     if isinstance(item, (str, os.PathLike)):
         path = os.fspath(item)
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise errors.MissingError(f"image {path} not found")
-        with open(path, "rb") as f:
-            return f.read()
+        data, problem = images_lib.read_checked(path)
+        if problem is not None:
+            raise errors.InputError(f"image {path}: {problem}")
+        return data
     if isinstance(item, bytes):
+        problem = images_lib.content_problem(item)
+        if problem is not None:
+            raise errors.InputError(f"image bytes: {problem}")
         return item
     array = np.asarray(item)
     if array.ndim == 2:

@@ -28,3 +28,7 @@ class ConfigError(UserError, ValueError):
 
 class MissingError(UserError, FileNotFoundError):
     """A file or folder the command needs is not there (data, checkpoint, index)."""
+
+
+class InputError(UserError, ValueError):
+    """An input the user named (an image file, a query) that cannot be used."""

@@ -124,9 +124,17 @@ def evaluate(model: VSEModel, data: EvalData, config: Config) -> dict[str, float
 def write_metrics(
     workdir: str, split: str, values: dict, extra: Optional[dict] = None
 ) -> str:
-    """Writes ``<workdir>/metrics_<split>.json`` atomically; returns the path."""
+    """Writes ``<workdir>/metrics_<split>.json`` atomically; returns the path.
+
+    Floats are rounded to 2 decimals: no float noise (``95.89999999999999``),
+    and recalls stay exact (multiples of 0.1 at 1,000 images, of 0.02 at
+    5,000 captions); the printed table shows 1.
+    """
     path = os.path.join(workdir, f"metrics_{split}.json")
-    payload = dict(values)
+    payload = {
+        name: round(value, 2) if isinstance(value, float) else value
+        for name, value in values.items()
+    }
     payload.update(extra or {})
     io_utils.atomic_write_json(path, payload, indent=2)
     return path

@@ -3,13 +3,128 @@
 Decoding is by content (`tf.io.decode_image` reads JPEG, PNG, GIF and BMP
 whatever the file is named); the resize is bilinear with antialiasing to a
 square (VGG sees the whole image).
+
+`unreadable_reason` says in one sentence why a file is no readable image
+(missing, a folder, no permission, empty, not a JPEG/PNG/GIF/BMP by its
+content, truncated at byte N, data that does not decode), for every place
+that names a skipped or refused image: indexing, querying, feature caches.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
+from typing import Optional
 
 import tensorflow as tf
+
+from vse_tf import io_utils
+
+KINDS = ("JPEG", "PNG", "GIF", "BMP")
+
+
+def sniff_kind(data: bytes) -> Optional[str]:
+    """The image format of ``data`` by its first bytes (magic), else None."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data.startswith(b"BM") and len(data) >= 26:
+        return "BMP"
+    return None
+
+
+def _truncation(kind: str, data: bytes) -> Optional[str]:
+    """``"truncated at byte N ..."`` where the format's end is missing."""
+    size = len(data)
+    if kind == "JPEG" and b"\xff\xd9" not in data[2:]:
+        return f"truncated at byte {size} (no JPEG end-of-image marker)"
+    if kind == "PNG" and b"IEND" not in data[8:]:
+        return f"truncated at byte {size} (no PNG IEND chunk)"
+    if kind == "GIF" and not data.rstrip(b"\0").endswith(b"\x3b"):
+        return f"truncated at byte {size} (no GIF trailer)"
+    if kind == "BMP":
+        (expected,) = struct.unpack("<I", data[2:6])
+        if size < expected:
+            return f"truncated at byte {size} of {expected}"
+    return None
+
+
+def content_problem(data: bytes) -> Optional[str]:
+    """Why these bytes are no whole JPEG/PNG/GIF/BMP (cheap checks), else None.
+
+    Checks the magic and the format's end marker only; data that passes can
+    still fail to decode (`decode_problem` says why).
+    """
+    if not data:
+        return "empty (0 bytes)"
+    kind = sniff_kind(data)
+    if kind is None:
+        return (
+            "not a JPEG, PNG, GIF or BMP image (it starts with bytes "
+            f"{data[:4].hex(' ')})"
+        )
+    return _truncation(kind, data)
+
+
+def decode_problem(data: bytes) -> Optional[str]:
+    """Why ``tf.io.decode_image`` refuses these bytes, in one line, else None."""
+    problem = content_problem(data)
+    if problem is not None:
+        return problem
+    try:
+        tf.io.decode_image(data, channels=3, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+        return (
+            f"a {sniff_kind(data)} whose data does not decode ({error_message(error)})"
+        )
+    return None
+
+
+def error_message(error: Exception) -> str:
+    """A TensorFlow error's first line, without its op and function names."""
+    message = (getattr(error, "message", "") or str(error)).strip()
+    if not message:
+        return type(error).__name__
+    message = message.splitlines()[0]
+    if message.startswith("{{function_node") and "}}" in message:
+        message = message.split("}}", 1)[1].strip()
+    if " [Op:" in message:
+        message = message.split(" [Op:", 1)[0]
+    return message[:300]
+
+
+def read_checked(path: str) -> tuple[Optional[bytes], Optional[str]]:
+    """``(bytes, None)`` of a file that looks like a whole image, else ``(None, why)``.
+
+    The cheap checks (`content_problem`: magic and end marker), by content,
+    never by the file's name; the data is not decoded.
+    """
+    try:
+        data = io_utils.read_bytes(path)
+    except FileNotFoundError:
+        return None, "no such file"
+    except IsADirectoryError:
+        return None, "a folder, not an image file"
+    except PermissionError:
+        return None, "permission denied: the file cannot be read"
+    except OSError as error:
+        return None, f"cannot be read ({error.strerror or error})"
+    except tf.errors.OpError as error:  # a URL (tf.io.gfile)
+        return None, f"cannot be read ({error_message(error)})"
+    problem = content_problem(data)
+    return (None, problem) if problem else (data, None)
+
+
+def unreadable_reason(path: str) -> Optional[str]:
+    """One sentence (without the path) on why ``path`` is no readable image.
+
+    None where the file reads and decodes.
+    """
+    data, problem = read_checked(path)
+    return problem if data is None else decode_problem(data)
 
 
 def resize_pixels(pixels: tf.Tensor, image_size: int) -> tf.Tensor:

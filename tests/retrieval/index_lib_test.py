@@ -12,6 +12,7 @@ import pytest
 
 from tests import testing_utils
 from tests.serving.client_test import fake_rest_server, tiny_export
+from vse_tf import errors
 from vse_tf.retrieval import encoders as index_encoders
 from vse_tf.retrieval import index_build, index_lib
 from vse_tf.retrieval import inputs as index_inputs
@@ -90,7 +91,10 @@ def test_image_index_files_and_manifest(setup):
     assert manifest["num_skipped"] == 3
     skipped = {os.path.basename(s["item"]): s["error"] for s in manifest["skipped"]}
     assert sorted(skipped) == ["corrupt.png", "empty.jpg", "missing.png"]
-    assert skipped["missing.png"] == "cannot be read"
+    assert skipped["missing.png"] == "no such file"
+    assert skipped["empty.jpg"] == "empty (0 bytes)"
+    # PNG magic, then text: no IEND chunk, so cut short by content.
+    assert skipped["corrupt.png"] == "truncated at byte 29 (no PNG IEND chunk)"
     assert all(skipped.values())
 
 
@@ -261,9 +265,11 @@ def test_resumed_build_encodes_a_damaged_shard_again(setup, tmp_path):
 def test_list_images_globs_and_odd_folder_names(tmp_path):
     odd = tmp_path / "photos [2019]"
     (odd / "a").mkdir(parents=True)
-    for name in ("x.jpg", "a/y.png", "a/z.txt"):
+    (odd / ".git").mkdir()
+    for name in ("x.jpg", "a/y.png", "a/z.txt", ".DS_Store", ".git/HEAD"):
         (odd / name).write_bytes(b"")
-    expected = [str(odd / "a" / "y.png"), str(odd / "x.jpg")]
+    # Every file but hidden ones: the build decides by content what is an image.
+    expected = [str(odd / "a" / "y.png"), str(odd / "a" / "z.txt"), str(odd / "x.jpg")]
     assert index_inputs.list_images(str(odd)) == expected  # a folder, not a glob
     assert index_inputs.list_images(str(tmp_path / "photos ?2019?" / "*.jpg")) == [
         str(odd / "x.jpg")
@@ -304,7 +310,7 @@ def test_caption_index_and_image_search(setup, tmp_path):
     database = index.embeddings.astype(np.float32)
     best = np.sort(database @ query)[::-1][:5]
     np.testing.assert_allclose(scores, best, atol=1e-5)
-    with pytest.raises(ValueError, match="not a readable image"):
+    with pytest.raises(errors.InputError, match=r"corrupt.png: truncated at byte 29"):
         index_lib.search_image(index, encoder, str(setup["root"] / "corrupt.png"))
 
     # Another build into the same folder is refused unless overwriting.

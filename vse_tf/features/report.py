@@ -64,24 +64,15 @@ class FeatureReport:
         return np.flatnonzero(self.valid)
 
 
-def error_reason(error: Exception) -> str:
-    message = (getattr(error, "message", "") or str(error)).strip()
-    if not message:
-        return type(error).__name__
-    message = message.splitlines()[0]
-    if message.startswith("{{function_node") and "}}" in message:
-        message = message.split("}}", 1)[1].strip()
-    if " [Op:" in message:
-        message = message.split(" [Op:", 1)[0]
-    return message[:300]
-
-
 def failure_reason(path: str, image_size: int) -> str:
-    """Decodes one image eagerly to say why the pipeline dropped it."""
+    """Why the pipeline dropped an image: by content first, else by decoding it."""
+    reason = images_lib.unreadable_reason(path)
+    if reason is not None:
+        return reason
     try:
         images_lib.load_image(tf.constant(path), image_size)
     except Exception as error:  # any error of one image must not stop the run
-        return error_reason(error)
+        return images_lib.error_message(error)
     return "dropped by the input pipeline (decodes on retry)"
 
 

@@ -19,6 +19,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from vse_tf import errors, io_utils, progress, shard_store
+from vse_tf import images as images_lib
 from vse_tf.retrieval import encoders, index_lib, inputs
 
 
@@ -180,18 +181,38 @@ def _encode_images(
     rows, kept, skipped, seen = [], [], [], set()
     for positions, data in inputs.read_files(chunk, batch_size):
         seen.update(positions)
-        embeddings, good, bad = encoders.encode_checked(encoder.encode_images, data)
+        # By content first (cheap): no other format, empty or truncated file
+        # reaches the model, and each gets a reason a person can act on.
+        problems = [images_lib.content_problem(item) for item in data]
+        skipped += [
+            {"item": chunk[position], "error": problem}
+            for position, problem in zip(positions, problems)
+            if problem is not None
+        ]
+        whole = [i for i, problem in enumerate(problems) if problem is None]
+        batch = [data[i] for i in whole]
+        embeddings, good, bad = (
+            encoders.encode_checked(encoder.encode_images, batch)
+            if batch
+            else (None, [], {})
+        )
         if len(good):
             rows.append(embeddings)
-        kept += [chunk[positions[i]] for i in good]
+        kept += [chunk[positions[whole[i]]] for i in good]
         skipped += [
-            {"item": chunk[positions[i]], "error": message}
+            {
+                "item": chunk[positions[whole[i]]],
+                "error": images_lib.decode_problem(batch[i]) or message,
+            }
             for i, message in bad.items()
         ]
         if progbar is not None:
             progbar.add(len(positions))
     unread = [i for i in range(len(chunk)) if i not in seen]
-    skipped += [{"item": chunk[i], "error": "cannot be read"} for i in unread]
+    skipped += [
+        {"item": chunk[i], "error": images_lib.read_checked(chunk[i])[1] or "unread"}
+        for i in unread
+    ]
     if progbar is not None and unread:
         progbar.add(len(unread))
     return rows, kept, skipped
@@ -223,7 +244,7 @@ def _encode_shards(
         chunk = job.chunk(shard)
         if shard in done:  # finished by an earlier run
             if progbar is not None:
-                progbar.add(len(chunk))
+                progbar.resume(len(chunk))
             continue
         matrix, record = encode_chunk(
             job.kind, job.encoder, chunk, job.batch_size, job.dtype, progbar
@@ -272,7 +293,7 @@ def _write_index(
         skipped += record["skipped"]
     if not matrices:
         first = skipped[0] if skipped else None
-        why = f"; the first: {first}" if first else ""
+        why = f"; the first: {first['item']}: {first['error']}" if first else ""
         raise errors.UserError(
             f"nothing could be indexed from {job.source}: {len(skipped)} skipped"
             f"{why}. Paths in a list file are relative to the file's folder"
@@ -281,11 +302,12 @@ def _write_index(
     manifest_path = os.path.join(job.output_dir, index_lib.MANIFEST_FILE)
     if skipped:
         logging.warning(
-            "%d of %d %ss skipped (listed in %s)",
+            "%d of %d %ss skipped (listed in %s): %s",
             len(skipped),
             len(job.inputs),
             job.kind,
             manifest_path,
+            "; ".join(f"{item['item']}: {item['error']}" for item in skipped[:5]),
         )
     manifest = {
         "format": index_lib.INDEX_FORMAT,

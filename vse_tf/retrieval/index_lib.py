@@ -33,11 +33,13 @@ import io
 import json
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
 from vse_tf import errors, io_utils
+from vse_tf import images as images_lib
 from vse_tf.retrieval import encoders
 from vse_tf.retrieval import search as search_lib
 
@@ -88,6 +90,41 @@ class Index:
     items: list[str]
     manifest: dict
     ann: Optional[Any] = None
+
+    @classmethod
+    def from_embeddings(
+        cls, embeddings: np.ndarray, items: Sequence[str], kind: str = "image"
+    ) -> Index:
+        """An index in memory, of embeddings already computed.
+
+        Args:
+            embeddings: ``[N, D]`` L2-normalised rows (what an encoder gives).
+            items: ``[N]`` what each row is: an image path or a caption.
+            kind: ``image`` or ``caption``.
+
+        Raises:
+            ValueError: for a kind other than those, rows that do not match
+                the items, or embeddings that are not ``[N, D]``.
+        """
+        embeddings = np.asarray(embeddings)
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if embeddings.ndim != 2 or len(embeddings) != len(items):
+            raise ValueError(
+                f"embeddings must be [N, D] with N = {len(items)} items; "
+                f"got shape {embeddings.shape}"
+            )
+        manifest = {
+            "format": INDEX_FORMAT,
+            "kind": kind,
+            "dim": int(embeddings.shape[1]),
+            "count": len(items),
+            "dtype": str(embeddings.dtype),
+            "model": None,
+            "num_skipped": 0,
+            "skipped": [],
+        }
+        return cls(embeddings=embeddings, items=list(items), manifest=manifest)
 
     @property
     def kind(self) -> str:
@@ -180,7 +217,7 @@ def load_index(index_dir: str, mmap_mode: Optional[str] = "r") -> Index:
 
 
 def check_model(index: Index, encoder: encoders.Encoder) -> None:
-    built = index.manifest.get("model", {})
+    built = index.manifest.get("model") or {}
     used = encoder.describe()
     if built.get("sha256") and used.get("sha256") and built["sha256"] != used["sha256"]:
         logging.warning(
@@ -225,17 +262,19 @@ def search_image(
     """Ranks the index items (captions, usually) for an image file.
 
     Raises:
-        ValueError: if the image cannot be decoded.
+        errors.InputError: naming the file and why it is no readable image
+            (missing, empty, another format, truncated at byte N, data that
+            does not decode); decided by content, as indexing decides.
     """
     check_model(index, encoder)
-    with open(image_path, "rb") as f:
-        data = f.read()
+    data, problem = images_lib.read_checked(image_path)
+    if problem is not None:
+        raise errors.InputError(f"{image_path}: {problem}")
     try:
         query = encoder.encode_images([data])
     except Exception as error:
         if encoders.is_invalid_input(error):
-            raise ValueError(
-                f"{image_path}: not a readable image: {encoders.short_error(error)}"
-            ) from None
+            reason = images_lib.decode_problem(data) or encoders.short_error(error)
+            raise errors.InputError(f"{image_path}: {reason}") from None
         raise
     return search_embedding(index, query, k)

@@ -11,17 +11,18 @@ import tensorflow as tf
 
 from vse_tf import io_utils
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
-
 
 def list_images(images: Union[str, Sequence[str]]) -> list[str]:
     """Absolute image paths from a folder, a glob, a list file or a list of paths.
 
     Args:
-        images: A folder (searched recursively for .jpg/.jpeg/.png/.gif/.bmp,
-            sorted), a glob (``photos/*/*.jpg``), a text file with one path
-            per line (relative paths are relative to the file's folder;
-            blank lines and ``#`` comments skipped), or a sequence of paths.
+        images: A folder (every file in it and below, hidden ones aside,
+            sorted: whether a file is an image is decided by its content
+            when it is indexed, never by its name, and each one that is not
+            is skipped with the reason), a glob (``photos/*/*.jpg``), a text
+            file with one path per line (relative paths are relative to the
+            file's folder; blank lines and ``#`` comments skipped), or a
+            sequence of paths.
             Folders, globs and list files may be URLs (``gs://...``).
 
     Returns:
@@ -56,10 +57,17 @@ def _images_in_folder(folder: str) -> list[str]:
     found = [
         io_utils.absolute(io_utils.join(root, name))
         for root, files in walk
+        if not _hidden(root, folder)
         for name in files
-        if name.lower().endswith(IMAGE_EXTENSIONS)
+        if not name.startswith(".")
     ]
     return sorted(found)
+
+
+def _hidden(root: str, folder: str) -> bool:
+    """Whether ``root`` lies in a hidden folder (``.git``...) below ``folder``."""
+    relative = os.path.relpath(root, folder) if not io_utils.is_url(root) else ""
+    return any(part.startswith(".") and part != "." for part in relative.split(os.sep))
 
 
 def read_captions(captions_file: str) -> list[str]:
