@@ -43,3 +43,14 @@ def test_train_progress_lines_name_epoch_step_loss_speed_and_eta():
     assert len(lines) == 4
     assert lines[-1].startswith("epoch 1/2 step 4/4 loss 2.5000, ")
     assert "pairs/s" in lines[-1] and "ETA" in lines[-1]
+
+
+def test_speed_counts_the_first_batch_and_not_resumed_work(monkeypatch):
+    clock = iter([100.0, 102.0])  # construction, then the one add
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    out = io.StringIO()
+    bar = progress.PlainProgress(10, "image", "index", interval=3600, stream=out)
+    bar.resume(4)  # an earlier run's shards: counted, not speed
+    bar.add(6)  # this run: 6 images in the 2 s since the start
+    line = out.getvalue().strip()
+    assert line.startswith("index: 10/10 images, 3.0 images/s"), line

@@ -56,16 +56,19 @@ class PlainProgress:
         self.interval = interval
         self.stream = stream
         self.done = 0
+        # The clock runs from the start of the work, so the first batch's
+        # time counts (a single batch is not "infinitely fast").
         self._start = time.monotonic()
         self._last = self._start
-        self._first_done: Optional[int] = None
+        self._resumed = 0
+
+    def resume(self, count: int) -> None:
+        """Records ``count`` units done by an earlier run: counted, not speed."""
+        self.done += int(count)
+        self._resumed += int(count)
 
     def add(self, count: int) -> None:
         """Records ``count`` more units done; prints when a line is due."""
-        if self._first_done is None:
-            # Work already done before this run (resumed shards) is not speed.
-            self._first_done = self.done
-            self._start = time.monotonic()
         self.done += int(count)
         now = time.monotonic()
         if self.done >= self.total or now - self._last >= self.interval:
@@ -74,7 +77,7 @@ class PlainProgress:
 
     def _print(self, now: float) -> None:
         elapsed = now - self._start
-        fresh = self.done - (self._first_done or 0)
+        fresh = self.done - self._resumed
         rate = fresh / elapsed if elapsed > 0 else 0.0
         line = f"{self.label}: {self.done}/{self.total} {self.unit_name}s"
         if rate > 0:
@@ -85,10 +88,22 @@ class PlainProgress:
         print(line, file=self.stream or sys.stdout, flush=True)
 
 
+class TerminalProgress(keras.utils.Progbar):
+    """Keras's redrawn bar, with `PlainProgress.resume` (work of an earlier run)."""
+
+    def resume(self, count: int) -> None:
+        if count:
+            self.add(count)
+
+
 def bar(total: int, unit_name: str = "step", label: str = "") -> Any:
-    """A Keras progress bar on a terminal, else a `PlainProgress`."""
+    """A Keras progress bar on a terminal, else a `PlainProgress`.
+
+    Both take ``add(n)`` (work done now) and ``resume(n)`` (work an earlier,
+    interrupted run did: counted, never taken for speed).
+    """
     if interactive():
-        return keras.utils.Progbar(total, unit_name=unit_name)
+        return TerminalProgress(total, unit_name=unit_name)
     return PlainProgress(total, unit_name, label)
 
 

@@ -78,7 +78,9 @@ class _ShardWriter:
         self.progbar = None
         if job.verbose:
             self.progbar = progress.bar(len(job.paths), "image", "features")
-        self.advance(sum(s.entry["stop"] - s.entry["start"] for s in done.values()))
+        if self.progbar is not None:
+            resumed = sum(s.entry["stop"] - s.entry["start"] for s in done.values())
+            self.progbar.resume(resumed)
 
     def advance(self, images: int) -> None:
         """Moves the progress bar on by ``images``."""
