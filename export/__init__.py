@@ -11,6 +11,7 @@ import importlib
 
 from vse_tf import quiet
 
+quiet.filter_stderr()  # TensorFlow's C++ and libjpeg noise, for good
 quiet.import_tensorflow()
 
 cli = importlib.import_module(__name__[: -len("export")] + "trainers.cli")

@@ -2,4 +2,5 @@
 
 from vse_tf import quiet
 
+quiet.filter_stderr()  # TensorFlow's C++ and libjpeg noise, for good
 quiet.import_tensorflow()

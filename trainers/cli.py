@@ -127,6 +127,11 @@ def config_from_flags(**extra: Any) -> config_lib.Config:
     return config_lib.override(config, **given_values(_CONFIG_FLAGS), **extra)
 
 
+def given_config_flags() -> list[str]:
+    """The config flags (``--preset`` first) given on the command line."""
+    return [name for name in ("preset", *_CONFIG_FLAGS) if FLAGS[name].present]
+
+
 def given_values(names: Sequence[str]) -> dict[str, Any]:
     """``{name: value}`` of the flags among ``names`` given on the command line."""
     return {name: FLAGS[name].value for name in names if FLAGS[name].present}
@@ -303,7 +308,7 @@ def _parser(doc: str, program: str, module: str) -> Callable[[list[str]], list[s
         try:
             return FLAGS(argv)
         except flags.Error as error:
-            fail(f"{error}. See {program} --help.", 2)
+            fail(f"{str(error).rstrip('.')}. See {program} --help.", 2)
 
     return parse
 

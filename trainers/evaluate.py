@@ -47,7 +47,15 @@ def main(argv):
         )
     if _WORKDIR.value:
         # The trained config's data options, unless a data flag was given.
-        changed = cli.given_values(("dataset", "data_dir", "max_eval_images"))
+        honoured = ("dataset", "data_dir", "max_eval_images")
+        ignored = [name for name in cli.given_config_flags() if name not in honoured]
+        if ignored:
+            raise errors.ConfigError(
+                f"--{ignored[0]} has no effect with --workdir: the workdir's "
+                "config.json decides; drop it (with --workdir only --dataset, "
+                "--data_dir and --max_eval_images apply)"
+            )
+        changed = cli.given_values(honoured)
         if _PRINT_CONFIG.value:
             config = workdir_lib.read_workdir_config(_WORKDIR.value)
             cli.print_config_and_exit(config_lib.override(config, **changed))

@@ -32,9 +32,17 @@ _IMAGES = flags.DEFINE_string(
 )
 _CAPTIONS = flags.DEFINE_string("captions", None, "Caption file, one per line.")
 _OUTPUT = flags.DEFINE_string("output", None, "Index folder.", required=True)
+_SHOWN_SKIPPED = 20
+"""Skipped inputs named on the console (the manifest lists all)."""
 _DTYPE = flags.DEFINE_enum("dtype", "float16", index_lib.DTYPES, "Stored precision.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Inputs per encoder call.")
-_SHARD_SIZE = flags.DEFINE_integer("shard_size", None, "Inputs per resumable shard.")
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", None, "Inputs per encoder call (unset: 32 images or 256 captions)."
+)
+_SHARD_SIZE = flags.DEFINE_integer(
+    "shard_size",
+    None,
+    "Inputs per resumable shard (unset: 1024 images or 8192 captions).",
+)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace another index there.")
 _ANN = flags.DEFINE_bool(
     "ann", False, "Also build the approximate index (FAISS) for vse-search --ann."
@@ -98,11 +106,18 @@ def main(argv):
             f"Approximate index: {approximate.encoding}, {approximate.nlist} lists, "
             f"nprobe {approximate.nprobe}"
         )
-    skipped = index.manifest["num_skipped"]
+    skipped = index.manifest["skipped"]
     print(
         f"Indexed {len(index)} {index.kind}s (D={index.dim}, {index.embeddings.dtype})"
-        f" into {_OUTPUT.value}" + (f"; {skipped} skipped" if skipped else "")
+        f" into {_OUTPUT.value}" + (f"; {len(skipped)} skipped:" if skipped else "")
     )
+    for item in skipped[:_SHOWN_SKIPPED]:
+        print(f"  {item['item']}: {item['error']}")
+    if len(skipped) > _SHOWN_SKIPPED:
+        print(
+            f"  ... and {len(skipped) - _SHOWN_SKIPPED} more, each with its reason "
+            f"in {_OUTPUT.value}/manifest.json"
+        )
 
 
 def run():

@@ -1,4 +1,4 @@
-"""Searches an index made by `vse-index`: text -> images, image -> captions.
+r"""Searches an index made by `vse-index`: text -> images, image -> captions.
 
 Examples:
     vse-search --index=idx/photos --model=models/vse/1 "a dog runs on the beach" -k 10
