@@ -401,7 +401,7 @@ def build_image_index(
         model_path: Exported SavedModel version folder (or None with
             ``server`` or ``encoder``).
         images: Folder, list file or sequence of paths (see `list_images`).
-        output_dir: index_lib.Index folder.
+        output_dir: Index folder.
         dtype: Stored precision, ``float16`` or ``float32``.
         batch_size: Images per encoder call.
         shard_size: Images per resumable shard (rounded to whole batches).
