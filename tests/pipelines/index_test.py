@@ -11,7 +11,6 @@ pytest.importorskip(
 )
 
 from tests.pipelines.extract_test import MULTI_PROCESS  # noqa: E402
-from tests.serving.client_test import tiny_export  # noqa: E402
 from vse_tf.pipelines import index as beam_index  # noqa: E402
 from vse_tf.retrieval import (
     index_build,
@@ -26,8 +25,8 @@ class _Stop(Exception):
 
 
 @pytest.fixture(scope="module")
-def collection(tmp_path_factory):
-    export_dir, data_dir = tiny_export()
+def collection(tmp_path_factory, tiny_export):
+    export_dir, data_dir = tiny_export.export_dir, tiny_export.data_dir
     root = tmp_path_factory.mktemp("collection")
     folder = os.path.join(data_dir, "images")
     names = sorted(os.listdir(folder))

@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 
 from tests import testing_utils
-from vse_tf.serving import loader, saved_model_lib
+from vse_tf.serving import loader
 
 THREADS = 8
 REQUESTS_PER_THREAD = 500
@@ -74,9 +74,8 @@ def _call(signatures, signature: str, items: list) -> np.ndarray:
     not sys.platform.startswith("linux"),
     reason=testing_utils.NOT_HERE + " RSS is read from /proc (Linux)",
 )
-def test_threads_get_reference_answers_and_errors(tmp_path):
-    workdir, data_dir = testing_utils.train_tiny_workdir(str(tmp_path))
-    export_dir = saved_model_lib.export_saved_model(workdir, str(tmp_path / "models"))
+def test_threads_get_reference_answers_and_errors(tiny_export):
+    export_dir, data_dir = tiny_export.export_dir, tiny_export.data_dir
     loaded = loader.load_saved_model(export_dir)
     signatures = loaded.signatures
     pool = _requests(data_dir)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests import testing_utils
-from tests.serving.client_test import fake_rest_server, tiny_export
+from tests.serving.client_test import fake_rest_server
 from vse_tf import errors
 from vse_tf.retrieval import encoders as index_encoders
 from vse_tf.retrieval import index_build, index_lib
@@ -23,8 +23,8 @@ class _Stop(Exception):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    export_dir, data_dir = tiny_export()
+def setup(tmp_path_factory, tiny_export):
+    export_dir, data_dir = tiny_export.export_dir, tiny_export.data_dir
     root = tmp_path_factory.mktemp("index")
     folder = os.path.join(data_dir, "images")
     names = sorted(os.listdir(folder))

@@ -8,15 +8,12 @@ real signatures. Only 127.0.0.1 is used.
 
 from __future__ import annotations
 
-import atexit
 import base64
 import contextlib
 import http.server
 import json
 import os
-import shutil
 import socket
-import tempfile
 import threading
 import time
 from concurrent import futures
@@ -25,24 +22,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests import testing_utils
 from vse_tf.serving import client as client_lib
-from vse_tf.serving import loader, saved_model_lib
-
-_TINY: dict = {}
-
-
-def tiny_export() -> tuple[str, str]:
-    """``(export_dir, data_dir)`` of a tiny trained model, made once per process."""
-    if not _TINY:
-        root = tempfile.mkdtemp(prefix="vse_tiny_export_")
-        atexit.register(shutil.rmtree, root, True)
-        workdir, data_dir = testing_utils.train_tiny_workdir(root)
-        export_dir = saved_model_lib.export_saved_model(
-            workdir, os.path.join(root, "models")
-        )
-        _TINY.update(export_dir=export_dir, data_dir=data_dir)
-    return _TINY["export_dir"], _TINY["data_dir"]
+from vse_tf.serving import loader
 
 
 class _Backend:
@@ -190,8 +171,8 @@ def _closed_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def exported():
-    export_dir, data_dir = tiny_export()
+def exported(tiny_export):
+    export_dir, data_dir = tiny_export.export_dir, tiny_export.data_dir
     model = loader.load_saved_model(export_dir)
     folder = os.path.join(data_dir, "images")
     files = [os.path.join(folder, n) for n in sorted(os.listdir(folder))[:5]]

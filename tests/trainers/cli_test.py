@@ -7,6 +7,7 @@ so the output checked is exactly what a terminal shows.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -180,8 +181,10 @@ def _rsum(stdout):
     return float(re.findall(r"^rsum\s+([\d.]+)", stdout, re.M)[-1])
 
 
-def test_evaluate_an_export_prints_the_workdirs_numbers(tmp_path):
-    workdir, data_dir = testing_utils.train_tiny_workdir(str(tmp_path))
+def test_evaluate_an_export_prints_the_workdirs_numbers(tiny_export, tmp_path):
+    # A copy: evaluating a workdir writes its metrics files.
+    workdir = str(shutil.copytree(tiny_export.workdir, tmp_path / "run"))
+    data_dir = tiny_export.data_dir
     with open(os.path.join(workdir, "metrics_dev.json")) as f:
         dev = json.load(f)
     export = _run(

@@ -38,8 +38,6 @@ import numpy as np
 from vse_tf import io_utils
 from vse_tf.models import catalog, efficientnet_lite
 
-default_cache_dir = io_utils.default_cache_dir
-
 _VGG_BLOCK_SIZES = (2, 2, 3, 3, 3)
 # Caffe/VGG BGR channel means (keras.applications.vgg16.preprocess_input).
 _BGR_MEAN = (103.939, 116.779, 123.68)
@@ -197,7 +195,9 @@ def _vgg16_features(pixels, image_feature, image_size, vgg_weights):
 
 def _lite_features(pixels, backbone, image_feature, image_size, weights, cache_dir):
     trunk = efficientnet_lite.build_trunk(backbone, image_size)
-    efficientnet_lite.load_weights(trunk, weights, cache_dir or default_cache_dir())
+    efficientnet_lite.load_weights(
+        trunk, weights, cache_dir or io_utils.default_cache_dir()
+    )
     x = efficientnet_lite.LitePreprocess(name="lite_preprocess")(pixels)
     return _global_pool(trunk(x), image_feature)
 
@@ -227,7 +227,7 @@ def build_backbone(
             ``pretrained|none|PATH`` (see `vse_tf.models.efficientnet_lite`).
         dtype: Keras dtype policy, e.g. ``"mixed_bfloat16"``; default float32.
         cache_dir: Where converted EfficientNet-Lite weights are kept
-            (default `default_cache_dir()`).
+            (default `io_utils.default_cache_dir()`).
         name: Model name (default ``{backbone}_backbone``).
 
     Returns:
