@@ -180,3 +180,28 @@ def test_a_missing_required_flag_is_one_sentence():
         "error: flag --index=None: Flag --index must have a value other than "
         "None. See python -m trainers.vse_search --help."
     )
+
+
+def test_tflite_export_prints_only_what_it_wrote(tiny_export, tmp_path):
+    result = _run(
+        "export.export_tflite",
+        f"--workdir={tiny_export.workdir}",
+        f"--output_dir={tmp_path / 'tflite'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not _noise(result.stderr), _noise(result.stderr)
+    assert "custom op" not in result.stderr.lower()
+    # What is left: one line per file written (our own absl INFO lines).
+    assert all(" wrote " in line for line in result.stderr.splitlines()), result.stderr
+    assert result.stdout.strip().endswith(f"written to {tmp_path / 'tflite'}")
+
+
+def test_help_texts_say_what_unset_means_and_keep_examples_on_their_lines():
+    search = _run("trainers.vse_search", "--help")
+    assert search.returncode == 0
+    example = [line for line in search.stdout.splitlines() if '"a dog" ' in line]
+    assert example and example[0].rstrip().endswith("\\"), example
+    assert not [line for line in search.stdout.splitlines() if '" ' + " " * 5 in line]
+    index = _run("trainers.vse_index", "--help")
+    assert "unset: 32 images or 256 captions" in index.stdout
+    assert "unset: 1024 images or 8192 captions" in index.stdout
