@@ -69,6 +69,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "vse_tf.modeling",
             "vse_tf.workdir",
             "vse_tf.evaluation",
+            "vse_tf.projector",
             "vse_tf.retrieval.encoders",
             "vse_tf.retrieval.words",
         ),

@@ -32,8 +32,14 @@ _SAVED_MODEL = flags.DEFINE_string(
 _SERVER = flags.DEFINE_string("server", None, "TF Serving URL (REST or gRPC).")
 _MODEL_NAME = flags.DEFINE_string("model_name", "vse", "Model name on --server.")
 _SPLIT = flags.DEFINE_enum("split", "dev", ["dev", "test"], "Split to evaluate.")
+_PROJECTOR = flags.DEFINE_string(
+    "projector",
+    None,
+    "Also write the split's images and captions for TensorBoard's Embedding "
+    "Projector into this folder (with --workdir): tensorboard --logdir DIR.",
+)
 cli.group("Model to score (one of)", "workdir", "saved_model", "server", "model_name")
-cli.group("Output", "split")
+cli.group("Output", "split", "projector")
 _PRINT_CONFIG = cli.define_print_config()
 
 
@@ -59,8 +65,23 @@ def main(argv):
         if _PRINT_CONFIG.value:
             config = workdir_lib.read_workdir_config(_WORKDIR.value)
             cli.print_config_and_exit(config_lib.override(config, **changed))
-        evaluation.evaluate_workdir(_WORKDIR.value, split=_SPLIT.value, **changed)
+        evaluation.evaluate_workdir(
+            _WORKDIR.value,
+            split=_SPLIT.value,
+            projector_dir=_PROJECTOR.value,
+            **changed,
+        )
+        if _PROJECTOR.value:
+            print(
+                f"Projector files in {_PROJECTOR.value}: "
+                f"tensorboard --logdir {_PROJECTOR.value}"
+            )
         return
+    if _PROJECTOR.value:
+        raise errors.ConfigError(
+            "--projector takes --workdir (an export or a server has no split "
+            "embeddings here yet)"
+        )
     config = cli.config_from_flags()
     if _PRINT_CONFIG.value:
         cli.print_config_and_exit(config)

@@ -22,6 +22,7 @@ from vse_tf import config as config_lib
 from vse_tf import images as images_lib
 from vse_tf import io_utils
 from vse_tf import metrics as metrics_lib
+from vse_tf import projector as projector_lib
 from vse_tf import text as text_lib
 from vse_tf import workdir as workdir_lib
 from vse_tf.config import Config
@@ -179,6 +180,7 @@ def evaluate_workdir(
     dataset: Optional[str] = None,
     data_dir: Optional[str] = None,
     max_eval_images: Optional[int] = None,
+    projector_dir: Optional[str] = None,
 ) -> dict[str, float]:
     """Evaluates a trained workdir's best model on a split; writes the JSON.
 
@@ -188,6 +190,8 @@ def evaluate_workdir(
         dataset: Data set (default: the training one).
         data_dir: Data root (default: the training one).
         max_eval_images: Score the first N images (default: as trained).
+        projector_dir: Also write the split's image and caption embeddings
+            there for TensorBoard's Embedding Projector (`vse_tf.projector`).
 
     Returns:
         The metrics dict (also in ``<workdir>/metrics_<split>.json``).
@@ -205,7 +209,18 @@ def evaluate_workdir(
     data = prepare_eval(
         config, datasets.load_split(config, split), model.text_tower.tokenizer
     )
-    return report(model, data, config, workdir, {"skipped_images": data.skipped_images})
+    embeddings = embed_eval_data(model, data, config)
+    if projector_dir:
+        files = projector_lib.projector_files(
+            embeddings[0],
+            data.split.image_paths,
+            embeddings[1],
+            data.split.captions,
+            data.split.caption_image_index,
+        )
+        projector_lib.write_projector(projector_dir, files)
+    extra = {"skipped_images": data.skipped_images}
+    return report(model, data, config, workdir, extra, embeddings=embeddings)
 
 
 def evaluate_embedder(
