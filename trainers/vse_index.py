@@ -17,8 +17,11 @@ in shards (on Beam workers with a Beam runner), for ``vse-search --ann``.
         --output=gs://b/idx --runner=DataflowRunner -- --project=p --region=r
 """
 
+import logging
+
 from absl import app, flags
 
+from vse_tf import projector as projector_lib
 from vse_tf.retrieval import ann_index, index_build, index_lib
 
 from . import cli
@@ -50,6 +53,12 @@ _ANN = flags.DEFINE_bool(
 _ANN_SHARD_SIZE = flags.DEFINE_integer(
     "ann_shard_size", ann_index.DEFAULT_SHARD_SIZE, "Vectors per ANN shard."
 )
+_PROJECTOR = flags.DEFINE_string(
+    "projector",
+    None,
+    "Also write the image index for TensorBoard's Embedding Projector into this "
+    "folder: tensorboard --logdir DIR.",
+)
 _RUNNER, _PIPELINE_OPTIONS = cli.define_runner_flags()
 
 flags.register_multi_flags_validator(
@@ -67,6 +76,13 @@ flags.register_multi_flags_validator(
 def main(argv):
     if len(argv) > 1 and _RUNNER.value == "local":
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Skipped inputs are printed below, one line each, not logged as well.
+    index_build.LOGGER.setLevel(logging.ERROR)
+    if _PROJECTOR.value and not _IMAGES.value:
+        raise app.UsageError(
+            "--projector takes an image index (--images): its points carry "
+            "their thumbnails"
+        )
     kwargs = {
         "dtype": _DTYPE.value,
         "server": _SERVER.value,
@@ -105,6 +121,15 @@ def main(argv):
         print(
             f"Approximate index: {approximate.encoding}, {approximate.nlist} lists, "
             f"nprobe {approximate.nprobe}"
+        )
+    if _PROJECTOR.value:
+        files = projector_lib.projector_files(
+            index.embeddings.astype("float32"), index.items
+        )
+        projector_lib.write_projector(_PROJECTOR.value, files)
+        print(
+            f"Projector files in {_PROJECTOR.value}: "
+            f"tensorboard --logdir {_PROJECTOR.value}"
         )
     skipped = index.manifest["skipped"]
     print(

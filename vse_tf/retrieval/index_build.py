@@ -22,6 +22,9 @@ from vse_tf import errors, io_utils, progress, shard_store
 from vse_tf import images as images_lib
 from vse_tf.retrieval import encoders, index_lib, inputs
 
+LOGGER = logging.getLogger(__name__)
+"""Where the skipped inputs are reported (vse-index prints them itself)."""
+
 
 def _atomic_write_json(path: str, value: Any) -> None:
     io_utils.atomic_write_bytes(path, shard_store.json_bytes(value))
@@ -301,7 +304,7 @@ def _write_index(
     embeddings = np.concatenate(matrices).astype(job.dtype)
     manifest_path = os.path.join(job.output_dir, index_lib.MANIFEST_FILE)
     if skipped:
-        logging.warning(
+        LOGGER.warning(
             "%d of %d %ss skipped (listed in %s): %s",
             len(skipped),
             len(job.inputs),
