@@ -44,11 +44,13 @@ def _clean(text: str) -> str:
 def _thumbnail(path: str, size: int) -> np.ndarray:
     """``uint8 [size, size, 3]``: the image, or grey where it cannot be read."""
     data, problem = images_lib.read_checked(path)
-    if problem is not None or images_lib.decode_problem(data) is not None:
+    if problem is not None:
         return np.full([size, size, 3], 128, np.uint8)
-    pixels = images_lib.resize_pixels(
-        tf.io.decode_image(data, channels=3, expand_animations=False), size
-    )
+    try:
+        decoded = tf.io.decode_image(data, channels=3, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+        return np.full([size, size, 3], 128, np.uint8)
+    pixels = images_lib.resize_pixels(decoded, size)
     return tf.cast(tf.round(pixels), tf.uint8).numpy()
 
 
