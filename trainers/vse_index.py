@@ -4,6 +4,7 @@ Examples:
     vse-index --model=models/vse/1 --images=photos/ --output=idx/photos
     vse-index --model=models/vse/1 --captions=captions.txt --output=idx/caps
     vse-index --server=http://127.0.0.1:8501 --images=list.txt --output=idx/p
+    vse-index --add --index=idx/photos --images=new_photos/
 
 An interrupted run, started again with the same flags, continues where it
 stopped. With ``--runner`` set to a Beam runner the encoding is an Apache
@@ -22,7 +23,7 @@ import logging
 from absl import app, flags
 
 from vse_tf import projector as projector_lib
-from vse_tf.retrieval import ann_index, index_build, index_lib
+from vse_tf.retrieval import ann_index, index_add, index_build, index_lib
 
 from . import cli
 
@@ -34,7 +35,16 @@ _IMAGES = flags.DEFINE_string(
     "images", None, "Image folder, glob ('photos/*.jpg') or a file of paths."
 )
 _CAPTIONS = flags.DEFINE_string("captions", None, "Caption file, one per line.")
-_OUTPUT = flags.DEFINE_string("output", None, "Index folder.", required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "Index folder to build.")
+_ADD = flags.DEFINE_bool(
+    "add",
+    False,
+    "Append --images (or --captions) to the finished index --index, without "
+    "encoding the old ones again: files already indexed (by content) are skipped "
+    "and counted, another model is refused, a kill leaves the old index whole, and "
+    "the same command run again resumes.",
+)
+_INDEX = flags.DEFINE_string("index", None, "The index to grow (with --add).")
 _SHOWN_SKIPPED = 20
 """Skipped inputs named on the console (the manifest lists all)."""
 _DTYPE = flags.DEFINE_enum("dtype", "float16", index_lib.DTYPES, "Stored precision.")
@@ -62,9 +72,22 @@ _PROJECTOR = flags.DEFINE_string(
 _RUNNER, _PIPELINE_OPTIONS = cli.define_runner_flags()
 
 flags.register_multi_flags_validator(
-    ["model", "server"],
-    lambda v: bool(v["model"]) != bool(v["server"]),
-    "give exactly one of --model and --server",
+    ["model", "server", "add"],
+    lambda v: (
+        not (v["model"] and v["server"])
+        and (v["add"] or bool(v["model"]) != bool(v["server"]))
+    ),
+    "give exactly one of --model and --server (with --add, at most one: "
+    "default the index's model)",
+)
+flags.register_multi_flags_validator(
+    ["output", "index", "add"],
+    lambda v: (
+        (bool(v["index"]) and not v["output"])
+        if v["add"]
+        else (bool(v["output"]) and not v["index"])
+    ),
+    "build with --output=FOLDER, or grow an index with --add --index=FOLDER",
 )
 flags.register_multi_flags_validator(
     ["images", "captions"],
@@ -83,6 +106,9 @@ def main(argv):
             "--projector takes an image index (--images): its points carry "
             "their thumbnails"
         )
+    if _ADD.value:
+        _add()
+        return
     kwargs = {
         "dtype": _DTYPE.value,
         "server": _SERVER.value,
@@ -143,6 +169,35 @@ def main(argv):
             f"  ... and {len(skipped) - _SHOWN_SKIPPED} more, each with its reason "
             f"in {_OUTPUT.value}/manifest.json"
         )
+
+
+def _add() -> None:
+    """``--add``: grows ``--index`` and says what it added, skipped and kept."""
+    if _RUNNER.value != "local" or _ANN.value or _PROJECTOR.value:
+        raise app.UsageError(
+            "--add runs locally and extends an existing approximate index itself; "
+            "drop --runner, --ann and --projector"
+        )
+    report = index_add.add_to_index(
+        _INDEX.value,
+        _IMAGES.value or _CAPTIONS.value,
+        model_path=_MODEL.value,
+        server=_SERVER.value,
+        batch_size=_BATCH_SIZE.value,
+        shard_size=_SHARD_SIZE.value,
+    )
+    index = report.index
+    print(
+        f"Added {report.added} {index.kind}s to {_INDEX.value}: {len(index)} now; "
+        f"{report.duplicates} already indexed (same content), "
+        f"{len(report.skipped)} skipped" + (":" if report.skipped else ".")
+    )
+    for item in report.skipped[:_SHOWN_SKIPPED]:
+        print(f"  {item['item']}: {item['error']}")
+    if len(report.skipped) > _SHOWN_SKIPPED:
+        print(f"  ... and {len(report.skipped) - _SHOWN_SKIPPED} more")
+    if report.ann_extended:
+        print("The approximate index was extended with the new rows.")
 
 
 def run():

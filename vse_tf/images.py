@@ -36,6 +36,65 @@ def sniff_kind(data: bytes) -> Optional[str]:
     return None
 
 
+def image_shape(data: bytes) -> Optional[tuple[int, int]]:
+    """``(height, width)`` from a JPEG/PNG/GIF/BMP header, without decoding.
+
+    Lets a server refuse a huge image (a 50-megapixel upload) before it
+    spends the memory to decode it.
+
+    Returns:
+        The size the header states, or None where the header is missing,
+        cut short or of no known format.
+    """
+    kind = sniff_kind(data)
+    try:
+        if kind == "PNG" and data[12:16] == b"IHDR":
+            width, height = struct.unpack(">II", data[16:24])
+            return height, width
+        if kind == "GIF":
+            width, height = struct.unpack("<HH", data[6:10])
+            return height, width
+        if kind == "BMP":
+            (header_size,) = struct.unpack("<I", data[14:18])
+            if header_size == 12:  # OS/2 BITMAPCOREHEADER
+                width, height = struct.unpack("<HH", data[18:22])
+            else:
+                width, height = struct.unpack("<ii", data[18:26])
+            return abs(height), abs(width)
+        if kind == "JPEG":
+            return _jpeg_shape(data)
+    except struct.error:
+        return None
+    return None
+
+
+_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+"""Start-of-frame markers (SOF0-SOF15 but DHT, JPG and DAC), which state the size."""
+
+
+def _jpeg_shape(data: bytes) -> Optional[tuple[int, int]]:
+    """The size in a JPEG's start-of-frame segment: walks the segments to it."""
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # standalone markers
+            position += 2
+            continue
+        (length,) = struct.unpack(">H", data[position + 2 : position + 4])
+        if marker in _JPEG_FRAME_MARKERS:
+            height, width = struct.unpack(">HH", data[position + 5 : position + 9])
+            return height, width
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
+        position += 2 + length
+    return None
+
+
 def _truncation(kind: str, data: bytes) -> Optional[str]:
     """``"truncated at byte N ..."`` where the format's end is missing."""
     size = len(data)

@@ -74,9 +74,14 @@ def write_ann_shard(
 
 
 def _store(index_dir: str) -> shard_store.ShardStore:
+    """The ANN store of the index's current generation (`index_lib.data_files`)."""
+    manifest_path = os.path.join(index_dir, index_lib.MANIFEST_FILE)
+    name = ANN_MANIFEST
+    if io_utils.exists(manifest_path):
+        name = index_lib.data_files(index_lib.read_manifest(index_dir))["ann"]
     return shard_store.ShardStore(
         os.path.join(index_dir, ANN_DIR),
-        manifest_path=os.path.join(index_dir, ANN_MANIFEST),
+        manifest_path=os.path.join(index_dir, name),
     )
 
 

@@ -7,6 +7,8 @@ image never stops a build.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, Protocol
@@ -106,6 +108,51 @@ def get_encoder(
     if model:
         return SavedModelEncoder(model)
     return client_lib.connect(server, **client_kwargs)
+
+
+FINGERPRINT_PROBE = "a dog runs across the grass with a red ball in its mouth"
+"""The sentence whose embedding identifies the model (`fingerprint`)."""
+
+
+FINGERPRINT_TOLERANCE = 1e-3
+"""Largest difference of two fingerprints of one model (float rounding of
+another machine, a server against the local SavedModel)."""
+
+
+def fingerprint(encoder: Encoder) -> Optional[dict]:
+    """What identifies the model by what it does: its embedding of a probe.
+
+    The file hash in `describe` changes when one model is exported again and
+    does not cover the weights (they live in ``variables/``); the embedding
+    of a fixed sentence is the same wherever and however the model runs, and
+    differs between any two trainings.
+
+    Returns:
+        ``{"probe": sentence, "text": [D] floats (4 decimals), "sha256"}``
+        (``sha256`` of those rounded floats, to name it), or None where the
+        encoder cannot embed (a build's stand-in that only describes).
+    """
+    encode_text = getattr(encoder, "encode_text", None)
+    if encode_text is None:
+        return None
+    vector = np.round(np.asarray(encode_text([FINGERPRINT_PROBE]))[0], 4)
+    text = [float(x) for x in vector]
+    return {
+        "probe": FINGERPRINT_PROBE,
+        "text": text,
+        "sha256": hashlib.sha256(json.dumps(text).encode()).hexdigest(),
+    }
+
+
+def same_model(recorded: Optional[dict], current: Optional[dict]) -> Optional[bool]:
+    """Whether two `fingerprint` s are of one model; None where one is missing."""
+    if not recorded or not current or recorded.get("probe") != current.get("probe"):
+        return None
+    a = np.asarray(recorded.get("text", []), np.float32)
+    b = np.asarray(current.get("text", []), np.float32)
+    if a.shape != b.shape:
+        return False
+    return bool(np.max(np.abs(a - b), initial=0.0) <= FINGERPRINT_TOLERANCE)
 
 
 def is_invalid_input(error: Exception) -> bool:

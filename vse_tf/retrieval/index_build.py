@@ -58,6 +58,9 @@ class BuildJob:
     overwrite: bool
     verbose: int
     on_shard: Optional[Callable[[int, int], None]]
+    allow_empty: bool = False
+    """Whether an index of no rows (every input skipped) is a result (an add
+    of files that all turn out unreadable), not an error."""
 
     @property
     def num_shards(self) -> int:
@@ -81,6 +84,11 @@ def _check_build_arguments(
             raise ValueError(f"items may not contain line breaks: {item!r}")
 
 
+def inputs_sha256(items: Sequence[str]) -> str:
+    """The sha256 that names a build's inputs (``build.inputs_sha256``)."""
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()
+
+
 def _build_description(job: BuildJob, model: dict) -> dict:
     """What is being built (``build.json``, and ``build`` in the manifest)."""
     return {
@@ -89,7 +97,7 @@ def _build_description(job: BuildJob, model: dict) -> dict:
         "model": model,
         "dtype": job.dtype,
         "shard_size": job.shard_size,
-        "inputs_sha256": hashlib.sha256("\n".join(job.inputs).encode()).hexdigest(),
+        "inputs_sha256": inputs_sha256(job.inputs),
         "count": len(job.inputs),
     }
 
@@ -138,12 +146,11 @@ def _start_build(job: BuildJob, build: dict) -> list:
             entries = []
     if job.overwrite:
         io_utils.rmtree(os.path.join(job.output_dir, index_lib.ANN_DIR))
-        for name in (
-            index_lib.MANIFEST_FILE,
-            index_lib.EMBEDDINGS_FILE,
-            index_lib.ITEMS_FILE,
-            index_lib.ANN_MANIFEST,
-        ):
+        names = set(index_lib.data_files({}).values())
+        if io_utils.exists(os.path.join(job.output_dir, index_lib.MANIFEST_FILE)):
+            manifest = index_lib.read_manifest(job.output_dir)
+            names.update(index_lib.data_files(manifest).values())
+        for name in (index_lib.MANIFEST_FILE, *sorted(names)):
             if io_utils.exists(os.path.join(job.output_dir, name)):
                 io_utils.remove(os.path.join(job.output_dir, name))
     return entries
@@ -294,14 +301,18 @@ def _write_index(
             matrices.append(done[shard].array)
         items += record["items"]
         skipped += record["skipped"]
-    if not matrices:
+    if not matrices and not job.allow_empty:
         first = skipped[0] if skipped else None
         why = f"; the first: {first['item']}: {first['error']}" if first else ""
         raise errors.UserError(
             f"nothing could be indexed from {job.source}: {len(skipped)} skipped"
             f"{why}. Paths in a list file are relative to the file's folder"
         )
-    embeddings = np.concatenate(matrices).astype(job.dtype)
+    embeddings = (
+        np.concatenate(matrices).astype(job.dtype)
+        if matrices
+        else np.zeros([0, 0], job.dtype)
+    )
     manifest_path = os.path.join(job.output_dir, index_lib.MANIFEST_FILE)
     if skipped:
         LOGGER.warning(
@@ -326,6 +337,8 @@ def _write_index(
         "num_skipped": len(skipped),
         "skipped": skipped,
         "build": build,
+        # What `index_add` checks a new model against (None from a stand-in).
+        "fingerprint": encoders.fingerprint(job.encoder),
     }
     _atomic_save_npy(
         os.path.join(job.output_dir, index_lib.EMBEDDINGS_FILE), embeddings

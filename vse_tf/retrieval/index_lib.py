@@ -8,6 +8,14 @@ An index is a folder::
     embeddings.npy    float16 or float32 [count, D], L2-normalised rows
     items.txt         count lines: absolute image paths, or captions
 
+An index grows (`vse_tf.retrieval.index_add`, ``vse-index --add``) by
+generations: generation G > 0 writes ``embeddings-gG.npy``, ``items-gG.txt``,
+``hashes-gG.txt`` (the sha256 of each item's content) and, with an
+approximate index, ``ann-gG.json``, all under new names, then swaps the
+manifest, whose ``files`` names them (`data_files`). The manifest is the one
+file replaced in place, atomically and last, so a reader sees the old index
+or the new one, never a mix, and a kill mid-add leaves the old one whole.
+
 While it is being built the folder holds a `vse_tf.shard_store` store:
 ``build.json`` (what is being built, and one entry per finished shard with
 its rows and sha256s) and ``shards/shard-NNNNN.npy`` + ``shard-NNNNN.json``
@@ -65,6 +73,9 @@ ANN_MANIFEST = "ann.json"  # the approximate index (`vse_tf.retrieval.ann_index`
 
 
 ANN_DIR = "ann"
+
+
+HASHES_FILE = "hashes.txt"  # (written by the first `index_add`)
 
 
 DTYPES = ("float16", "float32")
@@ -174,6 +185,51 @@ class Result(NamedTuple):
     score: float
 
 
+def data_files(manifest: dict) -> dict[str, str]:
+    """The file names of the index's generation, by role.
+
+    Returns:
+        ``{"embeddings", "items", "hashes", "ann"}`` -> names inside the
+        folder: those the manifest's ``files`` lists (a grown index), the
+        first generation's for the rest.
+    """
+    names = {
+        "embeddings": EMBEDDINGS_FILE,
+        "items": ITEMS_FILE,
+        "hashes": HASHES_FILE,
+        "ann": ANN_MANIFEST,
+    }
+    listed = manifest.get("files") or {}
+    names.update({role: name for role, name in listed.items() if role in names})
+    return names
+
+
+def generation_name(role_name: str, generation: int) -> str:
+    """``embeddings.npy`` -> ``embeddings-g00003.npy`` for generation 3."""
+    if generation == 0:
+        return role_name
+    stem, dot, suffix = role_name.partition(".")
+    return f"{stem}-g{generation:05d}{dot}{suffix}"
+
+
+def read_manifest(index_dir: str) -> dict:
+    """The manifest of a finished index.
+
+    Raises:
+        errors.MissingError: if the folder holds no finished index.
+    """
+    manifest_path = os.path.join(index_dir, MANIFEST_FILE)
+    if not io_utils.exists(manifest_path):
+        hint = (
+            "an unfinished build: run the same vse-index command again to resume"
+            if io_utils.exists(os.path.join(index_dir, BUILD_FILE))
+            else "build one with vse-index --model=MODEL --images=FOLDER "
+            f"--output={index_dir}"
+        )
+        raise errors.MissingError(f"no index in {index_dir} ({hint})")
+    return json.loads(io_utils.read_bytes(manifest_path))
+
+
 def load_index(index_dir: str, mmap_mode: Optional[str] = "r") -> Index:
     """Loads a finished index folder.
 
@@ -187,22 +243,17 @@ def load_index(index_dir: str, mmap_mode: Optional[str] = "r") -> Index:
         FileNotFoundError: if the folder holds no finished index.
         ValueError: if its files disagree with each other.
     """
-    manifest_path = os.path.join(index_dir, MANIFEST_FILE)
-    if not io_utils.exists(manifest_path):
-        hint = (
-            "an unfinished build: run the same vse-index command again to resume"
-            if io_utils.exists(os.path.join(index_dir, BUILD_FILE))
-            else "build one with vse-index --model=MODEL --images=FOLDER "
-            f"--output={index_dir}"
-        )
-        raise errors.MissingError(f"no index in {index_dir} ({hint})")
-    manifest = json.loads(io_utils.read_bytes(manifest_path))
-    embeddings_path = os.path.join(index_dir, EMBEDDINGS_FILE)
-    if io_utils.is_url(embeddings_path):  # (no memory map of a remote file)
-        embeddings = np.load(io.BytesIO(io_utils.read_bytes(embeddings_path)))
-    else:
-        embeddings = np.load(embeddings_path, mmap_mode=mmap_mode)
-    items_data = io_utils.read_bytes(os.path.join(index_dir, ITEMS_FILE))
+    for attempt in range(3):
+        manifest = read_manifest(index_dir)
+        files = data_files(manifest)
+        try:
+            embeddings, items_data = _read_data(index_dir, files, mmap_mode)
+            break
+        except FileNotFoundError:
+            # An add swapped the manifest and removed the generation just read
+            # between the two reads: read the new one.
+            if attempt == 2:
+                raise
     items = items_data.decode("utf-8").split("\n")[:-1]
     if not (len(items) == embeddings.shape[0] == manifest["count"]):
         raise ValueError(
@@ -214,6 +265,17 @@ def load_index(index_dir: str, mmap_mode: Optional[str] = "r") -> Index:
             f"{index_dir}: embeddings {embeddings.shape}, dim {manifest['dim']}"
         )
     return Index(embeddings=embeddings, items=items, manifest=manifest)
+
+
+def _read_data(
+    index_dir: str, files: dict[str, str], mmap_mode: Optional[str]
+) -> tuple[np.ndarray, bytes]:
+    embeddings_path = os.path.join(index_dir, files["embeddings"])
+    if io_utils.is_url(embeddings_path):  # (no memory map of a remote file)
+        embeddings = np.load(io.BytesIO(io_utils.read_bytes(embeddings_path)))
+    else:
+        embeddings = np.load(embeddings_path, mmap_mode=mmap_mode)
+    return embeddings, io_utils.read_bytes(os.path.join(index_dir, files["items"]))
 
 
 def check_model(index: Index, encoder: encoders.Encoder) -> None:
