@@ -198,6 +198,21 @@ def resize_pixels(pixels: tf.Tensor, image_size: int) -> tf.Tensor:
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
+def thumbnail_jpeg(data: bytes, size: int, quality: int = 85) -> bytes:
+    """An encoded image as a JPEG at most ``size`` pixels a side, aspect kept.
+
+    Raises:
+        tf.errors.InvalidArgumentError: if the data does not decode.
+    """
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    height, width = int(image.shape[0]), int(image.shape[1])
+    scale = min(1.0, size / max(height, width, 1))
+    target = [max(1, round(height * scale)), max(1, round(width * scale))]
+    small = tf.image.resize(tf.cast(image, tf.float32), target, antialias=True)
+    pixels = tf.cast(tf.clip_by_value(tf.round(small), 0, 255), tf.uint8)
+    return tf.io.encode_jpeg(pixels, quality=quality).numpy()
+
+
 def decode_image(data: tf.Tensor, image_size: int) -> tf.Tensor:
     """Encoded JPEG/PNG/GIF/BMP bytes -> ``float32 [S, S, 3]`` RGB in 0..255."""
     image = tf.io.decode_image(data, channels=3, expand_animations=False)

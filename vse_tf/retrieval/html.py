@@ -17,6 +17,7 @@ from typing import Optional
 
 import numpy as np
 
+from vse_tf import images as images_lib
 from vse_tf import io_utils
 
 THUMBNAIL_SIZE = 256
@@ -70,15 +71,9 @@ def thumbnail_data_uri(path: str, size: int = THUMBNAIL_SIZE) -> Optional[str]:
         import tensorflow as tf
 
         try:
-            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+            data, mime = images_lib.thumbnail_jpeg(data, size), "image/jpeg"
         except (tf.errors.InvalidArgumentError, ValueError):
             return None
-        height, width = int(image.shape[0]), int(image.shape[1])
-        scale = min(1.0, size / max(height, width, 1))
-        target = [max(1, round(height * scale)), max(1, round(width * scale))]
-        small = tf.image.resize(tf.cast(image, tf.float32), target, antialias=True)
-        pixels = tf.cast(tf.clip_by_value(tf.round(small), 0, 255), tf.uint8)
-        data, mime = tf.io.encode_jpeg(pixels, quality=85).numpy(), "image/jpeg"
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
