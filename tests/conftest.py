@@ -27,6 +27,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tests import testing_utils  # noqa: E402  (after the environment is set)
 
+# The web tests' index and server (tests/web, tests/trainers/vse_serve_test.py).
+pytest_plugins = ["tests.web_fixtures"]
+
 _TESTS = pathlib.Path(__file__).resolve().parent
 _SLOW_HELP = (
     "also run the slow tier: real data, subprocess runs of the commands, "

@@ -110,3 +110,35 @@ def test_read_checked_returns_the_bytes_of_a_whole_image(tmp_path, encoded):
     path.write_bytes(encoded["PNG"][:40])
     data, problem = images_lib.read_checked(str(path))
     assert data is None and problem == "truncated at byte 40 (no PNG IEND chunk)"
+
+
+def _gif(width: int, height: int) -> bytes:
+    """A GIF header written by hand: signature, then the logical screen size."""
+    return b"GIF89a" + struct.pack("<HH", width, height) + b"\x00\x00\x00" + b";"
+
+
+def test_image_shape_from_the_header(encoded):
+    # The _pixels() image is 16 high and 24 wide, in every format.
+    for kind in ("JPEG", "PNG"):
+        assert images_lib.image_shape(encoded[kind]) == (16, 24), kind
+    assert images_lib.image_shape(_bmp(width=5, height=3)) == (3, 5)
+    assert images_lib.image_shape(_gif(640, 480)) == (480, 640)
+    # A top-down BMP states a negative height.
+    top_down = bytearray(_bmp(width=5, height=3))
+    top_down[22:26] = struct.pack("<i", -3)
+    assert images_lib.image_shape(bytes(top_down)) == (3, 5)
+
+
+def test_image_shape_of_a_progressive_jpeg_after_other_segments():
+    pixels = np.zeros([7, 9, 3], np.uint8)
+    jpeg = tf.io.encode_jpeg(pixels, progressive=True, xmp_metadata="x" * 300).numpy()
+    assert jpeg[2:4] != b"\xff\xc2"  # segments come before the frame header
+    assert images_lib.image_shape(jpeg) == (7, 9)
+
+
+def test_image_shape_is_none_where_the_header_says_nothing():
+    assert images_lib.image_shape(b"") is None
+    assert images_lib.image_shape(b"hello") is None
+    assert images_lib.image_shape(b"\x89PNG\r\n\x1a\n\x00\x00") is None
+    assert images_lib.image_shape(b"\xff\xd8\xff\xe0\x00") is None
+    assert images_lib.image_shape(b"\xff\xd8\xff\xda\x00\x08") is None

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import testing_utils
 from vse_tf import errors, io_utils
 from vse_tf.retrieval import encoders, index_add, index_build, index_lib
 
@@ -309,3 +310,33 @@ def test_the_approximate_index_grows_with_it(setup, tmp_path):
         scores, ids = index.search(np.asarray(index.embeddings[row : row + 1]), 1)
         assert ids[0, 0] == row
     assert not os.path.exists(output / "ann.json")  # the old generation's
+
+
+@pytest.mark.slow(reason="runs vse-index --add as a subprocess")
+def test_the_add_command(setup, tmp_path):
+    output = tmp_path / "idx"
+    _build_old(setup, output)
+
+    def add(*flags):
+        return testing_utils.run_python(
+            "-m", "trainers.vse_index", "--add", *flags, timeout=300
+        )
+
+    result = add(f"--index={output}", f"--images={setup['new']}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    total = setup["num_old"] + setup["num_new"]
+    assert (
+        f"Added {setup['num_new']} images to {output}: {total} now; "
+        "1 already indexed (same content), 1 skipped:"
+    ) in result.stdout
+    assert "notes.txt: not a JPEG, PNG, GIF or BMP image" in result.stdout
+    again = add(f"--index={output}", f"--images={setup['new']}")
+    assert f"Added 0 images to {output}: {total} now" in again.stdout
+    # Mistakes are one line, without a traceback.
+    for flags, message in (
+        ([f"--output={output}", f"--images={setup['new']}"], "--add --index=FOLDER"),
+        ([f"--index={tmp_path}/none", f"--images={setup['new']}"], "no index in"),
+    ):
+        result = add(*flags)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert message in result.stderr, result.stderr[-2000:]

@@ -28,6 +28,7 @@ COMMANDS = (
     "trainers.vse_index",
     "trainers.vse_search",
     "trainers.vse_words",
+    "trainers.vse_serve",
 )
 
 

@@ -1,10 +1,16 @@
-"""An image index and a caption index of the tiny model, for the web tests."""
+"""An image index and a caption index of the tiny model, and vse-serve over them.
+
+Fixtures for tests/web and tests/trainers/vse_serve_test.py (a plugin of
+tests/conftest.py).
+"""
 
 from __future__ import annotations
 
 import csv
 import os
 import shutil
+import signal
+import subprocess
 
 import pytest
 
@@ -40,3 +46,23 @@ def served(tmp_path_factory, tiny_export):
         "caption_texts": captions,
         "root": root,
     }
+
+
+@pytest.fixture(scope="session")
+def server(served):
+    """``vse-serve`` in a process of its own over `served`: ``(url, pid)``."""
+    from benchmarks import serve_load
+
+    url, process = serve_load.start_server(
+        served["index"],
+        served["captions"],
+        served["export_dir"],
+        log_path=str(served["root"] / "serve.log"),
+        timeout_s=180,
+    )
+    yield url, process.pid
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
