@@ -47,6 +47,16 @@ def setup(tmp_path_factory, tiny_export):
         encoder=encoder,
         verbose=0,
     )
+    old_index = index_build.build_image_index(
+        tiny_export.export_dir,
+        str(old),
+        str(root / "old_index"),
+        dtype="float32",
+        batch_size=4,
+        shard_size=8,
+        verbose=0,
+    )
+    assert old_index.manifest["model"]["path"] == tiny_export.export_dir
     with open(os.path.join(tiny_export.data_dir, "captions.csv")) as f:
         captions = [row["caption"] for row in csv.DictReader(f)]
     return {
@@ -57,6 +67,7 @@ def setup(tmp_path_factory, tiny_export):
         "num_old": 24,
         "num_new": len(names) - 24,
         "everything": everything,
+        "old_index": str(root / "old_index"),
         "captions": captions,
     }
 
@@ -67,17 +78,10 @@ def _write_marked(source: str, target: str, number: int) -> None:
     tf.io.write_file(target, tf.io.encode_png(pixels))
 
 
-def _build_old(setup, output, **kwargs):
-    return index_build.build_image_index(
-        setup["export_dir"],
-        setup["old"],
-        str(output),
-        dtype="float32",
-        batch_size=4,
-        shard_size=8,
-        verbose=0,
-        **kwargs,
-    )
+def _build_old(setup, output):
+    """The index of the old photos (built once, by the model's path), copied."""
+    shutil.copytree(setup["old_index"], output)
+    return index_lib.load_index(str(output))
 
 
 def test_add_appends_only_the_new_images(setup, tmp_path):
@@ -128,7 +132,9 @@ def test_add_appends_only_the_new_images(setup, tmp_path):
     assert hashes == [index_add.content_hash("image", item) for item in index.items]
 
     # Adding the same folder again adds nothing and says so.
-    again = index_add.add_to_index(str(output), setup["new"], verbose=0)
+    again = index_add.add_to_index(
+        str(output), setup["new"], verbose=0, encoder=setup["encoder"]
+    )
     assert (again.added, again.duplicates) == (0, num_new + 1)
     assert len(again.skipped) == 1  # the text file, again
     assert index_lib.read_manifest(str(output))["generation"] == 1
@@ -150,6 +156,7 @@ def test_a_kill_mid_add_leaves_the_old_index_and_the_rerun_resumes(setup, tmp_pa
             shard_size=8,
             verbose=0,
             on_shard=stop_after_first,
+            encoder=setup["encoder"],
         )
     index = index_lib.load_index(str(output))
     assert index.manifest == before and len(index) == setup["num_old"]
@@ -163,6 +170,7 @@ def test_a_kill_mid_add_leaves_the_old_index_and_the_rerun_resumes(setup, tmp_pa
         shard_size=8,
         verbose=0,
         on_shard=lambda shard, done: encoded.append(shard),
+        encoder=setup["encoder"],
     )
     assert encoded == [1, 2]  # shard 0 (of 0-2) came from the killed run
     assert report.added == setup["num_new"]
@@ -188,7 +196,9 @@ def test_a_kill_before_the_manifest_swap_leaves_the_old_index(
 
     monkeypatch.setattr(io_utils, "atomic_write_json", crash_on_manifest)
     with pytest.raises(_Stop):
-        index_add.add_to_index(str(output), setup["new"], verbose=0)
+        index_add.add_to_index(
+            str(output), setup["new"], verbose=0, encoder=setup["encoder"]
+        )
     index = index_lib.load_index(str(output))
     assert index.manifest == before and len(index) == setup["num_old"]
     monkeypatch.setattr(io_utils, "atomic_write_json", real)
@@ -198,6 +208,7 @@ def test_a_kill_before_the_manifest_swap_leaves_the_old_index(
         setup["new"],
         verbose=0,
         on_shard=lambda shard, done: encoded.append(shard),
+        encoder=setup["encoder"],
     )
     assert encoded == []  # the finished add build was reused, not encoded again
     assert report.added == setup["num_new"]
@@ -250,7 +261,9 @@ def test_an_index_without_fingerprint_is_checked_by_its_model_hash(setup, tmp_pa
     other = _OtherModel(setup["encoder"], describe_sha="f" * 64)
     with pytest.raises(errors.UserError, match="built with another model"):
         index_add.add_to_index(str(output), setup["new"], encoder=other, verbose=0)
-    report = index_add.add_to_index(str(output), setup["new"], verbose=0)
+    report = index_add.add_to_index(
+        str(output), setup["new"], verbose=0, encoder=setup["encoder"]
+    )
     assert report.added == setup["num_new"]
 
 
@@ -259,9 +272,16 @@ def test_caption_index_grows_by_new_sentences(setup, tmp_path):
     captions = setup["captions"]
     first, rest = captions[:30], captions[30:50]
     index_build.build_caption_index(
-        setup["export_dir"], first, str(output), dtype="float32", verbose=0
+        None,
+        first,
+        str(output),
+        dtype="float32",
+        encoder=setup["encoder"],
+        verbose=0,
     )
-    report = index_add.add_to_index(str(output), rest + first[:3], verbose=0)
+    report = index_add.add_to_index(
+        str(output), rest + first[:3], verbose=0, encoder=setup["encoder"]
+    )
     new = list(dict.fromkeys(rest))  # repeated sentences are one
     assert report.added == len([c for c in new if c not in first])
     index = index_lib.load_index(str(output))
@@ -276,7 +296,9 @@ def test_all_new_files_unreadable_adds_nothing(setup, tmp_path):
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "a.jpg").write_bytes(b"\xff\xd8\xff not really")
-    report = index_add.add_to_index(str(output), str(junk), verbose=0)
+    report = index_add.add_to_index(
+        str(output), str(junk), verbose=0, encoder=setup["encoder"]
+    )
     assert (report.added, len(report.skipped)) == (0, 1)
     assert "truncated" in report.skipped[0]["error"]
     assert index_lib.read_manifest(str(output)) == old.manifest
@@ -290,7 +312,9 @@ def test_the_approximate_index_grows_with_it(setup, tmp_path):
     output = tmp_path / "idx"
     _build_old(setup, output)
     ann_index.build_ann(str(output), encoding="flat", nlist=2, nprobe=2)
-    report = index_add.add_to_index(str(output), setup["new"], verbose=0)
+    report = index_add.add_to_index(
+        str(output), setup["new"], verbose=0, encoder=setup["encoder"]
+    )
     assert report.ann_extended
     index = ann_index.load_index(str(output))
     assert len(index) == setup["num_old"] + setup["num_new"]
