@@ -89,6 +89,9 @@ def test_int8_needs_real_calibration_data(reference):
         convert.convert_text_tower(model.text_tower, "int4")
 
 
+@pytest.mark.slow(
+    reason="converts the towers twice more, int8 and dynamic range (about 30 s)"
+)
 def test_int8_text_towers_are_the_dynamic_recipe(exported):
     int8_files, int8_manifest = exported("int8")
     dynamic_files, _ = exported("dynamic")
