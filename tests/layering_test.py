@@ -70,6 +70,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "vse_tf.workdir",
             "vse_tf.evaluation",
             "vse_tf.projector",
+            "vse_tf.preset",
             "vse_tf.retrieval.encoders",
             "vse_tf.retrieval.words",
         ),
@@ -83,6 +84,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "vse_tf.retrieval.*",
             "vse_tf.pipelines.*",
             "vse_tf.web.*",
+            "vse_tf.preset_writer",
         ),
     ),
     # The notebook surface.

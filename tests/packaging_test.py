@@ -48,7 +48,7 @@ def test_packages_are_the_library_and_the_two_mapped_entry_folders():
 
 def test_every_console_script_names_a_run_function_of_an_entry_module():
     scripts = _pyproject()["project"]["scripts"]
-    assert len(scripts) == 10  # train, extract, evaluate, 3 export, 4 index/search
+    assert len(scripts) == 11  # train, extract, evaluate, 4 export, 4 index/search
     for command, target in scripts.items():
         module, function = target.split(":")
         package, name = module.split(".")

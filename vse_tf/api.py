@@ -49,10 +49,11 @@ class Embedder:
 
     @classmethod
     def load(cls, path: str) -> Embedder:
-        """Loads a training workdir or an exported SavedModel version.
+        """Loads a training workdir, a preset or an exported SavedModel version.
 
         Args:
-            path: A folder written by ``trainers.train`` (holds
+            path: A preset (`from_preset`), a folder written by
+                ``trainers.train`` (holds
                 ``config.json``), an exported version (holds
                 ``saved_model.pb``), or a model base path of numbered
                 versions (the newest is used).
@@ -61,9 +62,48 @@ class Embedder:
             errors.MissingError: when ``path`` is none of these.
         """
         path = os.fspath(path)
+        if path.startswith("hf://") or (
+            os.path.isfile(os.path.join(path, "metadata.json"))
+            and os.path.isfile(os.path.join(path, "model.weights.h5"))
+        ):
+            return cls.from_preset(path)
         if os.path.isfile(os.path.join(path, "config.json")):
             return cls.from_workdir(path)
         return cls.from_saved_model(path)
+
+    @classmethod
+    def from_preset(cls, source: str) -> Embedder:
+        """A preset: a folder or ``hf://owner/name[@revision]`` (`vse_tf.preset`).
+
+        ``hf://`` goes through ``huggingface_hub`` (the ``hub`` extra): its
+        cache, and only its cache when ``HF_HUB_OFFLINE=1``.
+        """
+        from vse_tf import preset
+
+        config, model, _ = preset.load_preset(os.fspath(source))
+        return cls(_KerasBackend(model, config), os.fspath(source), config)
+
+    def save_preset(self, output_dir: str, overwrite: bool = False) -> str:
+        """Writes this model's preset folder (loaded from a workdir only).
+
+        Returns:
+            ``output_dir``.
+
+        Raises:
+            errors.UserError: for a model not loaded from a training workdir.
+        """
+        from vse_tf import preset, preset_writer
+
+        if (
+            self.config is None
+            or preset.is_preset(self.source)
+            or not os.path.isfile(os.path.join(self.source, "config.json"))
+        ):
+            raise errors.UserError(
+                "save_preset needs the training workdir: load it with "
+                "Embedder.load(WORKDIR)"
+            )
+        return preset_writer.write_preset(self.source, output_dir, overwrite=overwrite)
 
     @classmethod
     def from_workdir(cls, workdir: str) -> Embedder:

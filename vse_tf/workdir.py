@@ -28,7 +28,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from vse_tf import errors, io_utils, modeling
+from vse_tf import errors, io_utils, modeling, preset
 from vse_tf import text as text_lib
 from vse_tf.config import Config
 from vse_tf.models.vse_model import VSEModel
@@ -112,6 +112,10 @@ def read_workdir_config(workdir: str) -> Config:
     Raises:
         errors.MissingError: if ``workdir`` holds no ``config.json``.
     """
+    if preset.is_preset(workdir) or workdir.startswith(preset.HF_PREFIX):
+        folder = preset.resolve(workdir)
+        values = preset.read_json(os.path.join(folder, preset.CONFIG_FILE))
+        return preset.read_config(values, os.path.join(folder, preset.CONFIG_FILE))
     config_path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(config_path):
         raise errors.MissingError(
@@ -151,13 +155,18 @@ def load_trained_model(
     """Rebuilds a trained model from a workdir (config, vocabulary, best weights).
 
     Args:
-        workdir: A folder written by `vse_tf.train_lib.train_and_evaluate`.
+        workdir: A folder written by `vse_tf.train_lib.train_and_evaluate`,
+            or a preset (`vse_tf.preset`: a folder or ``hf://owner/name``).
         include_backbone: Build the CNN too (needed to embed image files);
             None builds it only for fine-tuned models.
 
     Returns:
         ``(config, model)``.
     """
+    if preset.is_preset(workdir) or workdir.startswith(preset.HF_PREFIX):
+        # A preset's weights file holds the CNN too: it is always built.
+        config, model, _ = preset.load_preset(workdir)
+        return config, model
     config = read_workdir_config(workdir)
     vocabulary = text_lib.Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
     # The word embedding's size is in the checkpoint; read it from there.

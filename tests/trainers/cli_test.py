@@ -29,6 +29,7 @@ COMMANDS = (
     "trainers.vse_search",
     "trainers.vse_words",
     "trainers.vse_serve",
+    "export.export_preset",
 )
 
 
