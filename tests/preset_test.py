@@ -172,6 +172,7 @@ def test_hf_preset_from_the_cache_offline(written, reference, tmp_path, monkeypa
         "huggingface_hub", reason='huggingface_hub missing: pip install "vse_tf[hub]"'
     )
     from huggingface_hub import constants
+
     _hub_cache(tmp_path / "hub", "someone/vse-tiny", written["folder"])
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
