@@ -15,7 +15,12 @@ from vse_tf.serving import saved_model_lib, serving_check, serving_config
 
 from . import cli
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir",
+    None,
+    "Training workdir, or a preset (a folder or hf://owner/name).",
+    required=True,
+)
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Model base path (numbered versions).", required=True
 )

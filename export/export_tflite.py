@@ -22,13 +22,19 @@ import tempfile
 
 from absl import flags, logging
 
+from vse_tf import errors
 from vse_tf.serving.tflite import convert as tflite_convert
 from vse_tf.serving.tflite import export as tflite_export
 from vse_tf.serving.tflite import manifest as tflite_manifest
 
 from . import cli
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir",
+    None,
+    "Training workdir, or a preset (a folder or hf://owner/name).",
+    required=True,
+)
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Output folder (default <workdir>/tflite)."
 )
@@ -83,6 +89,8 @@ def write_export(files: dict[str, bytes], manifest: dict, output_dir: str) -> li
 
 def main(argv):
     del argv
+    if not _OUTPUT_DIR.value and _WORKDIR.value.startswith("hf://"):
+        raise errors.ConfigError("an hf:// preset needs --output_dir")
     output_dir = _OUTPUT_DIR.value or os.path.join(_WORKDIR.value, "tflite")
     files, manifest = tflite_export.export_tflite(
         _WORKDIR.value,

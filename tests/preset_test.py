@@ -193,3 +193,62 @@ def test_save_preset_from_the_api(written, tmp_path):
     assert preset.is_preset(folder)
     with pytest.raises(errors.UserError, match="needs the training workdir"):
         api.Embedder.from_preset(folder).save_preset(str(tmp_path / "x"))
+
+
+def test_an_index_built_from_a_preset_equals_the_export_s(written, tmp_path):
+    from vse_tf.retrieval import encoders, index_build
+
+    tiny = written["tiny"]
+    images = os.path.join(tiny.data_dir, "images")
+    encoder = encoders.get_encoder(written["folder"])
+    assert isinstance(encoder, encoders.PresetEncoder)
+    from_preset = index_build.build_image_index(
+        None, images, str(tmp_path / "p"), dtype="float32", encoder=encoder, verbose=0
+    )
+    from_export = index_build.build_image_index(
+        tiny.export_dir, images, str(tmp_path / "e"), dtype="float32", verbose=0
+    )
+    assert from_preset.items == from_export.items
+    np.testing.assert_allclose(
+        from_preset.embeddings, from_export.embeddings, atol=1e-5
+    )
+    assert from_preset.manifest["model"]["preset"] is True
+
+
+def test_evaluating_a_preset_scores_as_the_workdir_and_writes_nothing(written):
+    from vse_tf import evaluation
+
+    tiny = written["tiny"]
+    before = sorted(os.listdir(written["folder"]))
+    values = evaluation.evaluate_workdir(
+        written["folder"], "dev", data_dir=tiny.data_dir
+    )
+    dev = json.loads(open(os.path.join(tiny.workdir, "metrics_dev.json")).read())
+    assert values["rsum"] == pytest.approx(dev["rsum"], abs=0.01)
+    assert sorted(os.listdir(written["folder"])) == before
+
+
+@pytest.mark.slow(reason="exports the preset as a SavedModel and as TFLite (30 s)")
+def test_a_preset_exports_like_a_workdir(written, reference, tmp_path):
+    from vse_tf.retrieval import encoders
+    from vse_tf.serving import saved_model_lib
+    from vse_tf.serving.tflite import export as tflite_export
+
+    version = saved_model_lib.export_saved_model(
+        written["folder"], str(tmp_path / "models")
+    )
+    encoder = encoders.SavedModelEncoder(version)
+    np.testing.assert_allclose(
+        encoder.encode_text(reference["sentences"]), reference["texts"], atol=1e-5
+    )
+    data = [open(p, "rb").read() for p in reference["paths"]]
+    np.testing.assert_allclose(
+        encoder.encode_images(data), reference["images"], atol=1e-5
+    )
+    files, manifest = tflite_export.export_tflite(written["folder"], "none")
+    config = json.loads(open(os.path.join(written["folder"], "config.json")).read())
+    assert manifest["source"]["dataset"] == config["data"]["dataset"]
+    assert (
+        files["vocab.txt"]
+        == open(os.path.join(written["folder"], "vocab.txt"), "rb").read()
+    )

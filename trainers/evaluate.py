@@ -25,7 +25,9 @@ from vse_tf import workdir as workdir_lib
 from . import cli
 
 cli.define_config_flags(sections=("data",))
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Training workdir, or a preset (a folder or hf://owner/name)."
+)
 _SAVED_MODEL = flags.DEFINE_string(
     "saved_model", None, "Exported SavedModel (version folder or base path)."
 )

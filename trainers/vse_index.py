@@ -27,7 +27,11 @@ from vse_tf.retrieval import ann_index, index_add, index_build, index_lib
 
 from . import cli
 
-_MODEL = flags.DEFINE_string("model", None, "Exported SavedModel version folder.")
+_MODEL = flags.DEFINE_string(
+    "model",
+    None,
+    "Exported SavedModel version folder, or a preset (a folder or hf://owner/name).",
+)
 _SERVER = flags.DEFINE_string(
     "server", None, "TF Serving URL instead of --model (http://h:8501 or h:8500)."
 )

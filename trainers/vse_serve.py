@@ -11,7 +11,8 @@ share). The JSON API: ``GET /api/search?q=...&k=10[&embedding=1]``, ``GET
 (``curl --data-binary @photo.jpg http://127.0.0.1:8080/api/search``).
 
 --model is an exported version folder, the base folder of numbered versions
-(the newest is served), or a TF Serving URL (``http://host:8501``,
+(the newest is served), a preset (a folder or ``hf://owner/name``), or a
+TF Serving URL (``http://host:8501``,
 ``grpc://host:8500``); unset, the model the index was built with. The
 server binds to 127.0.0.1 (this machine only) unless --host says otherwise.
 An index grown with ``vse-index --add`` (or rebuilt) is picked up on the
@@ -24,7 +25,7 @@ import signal
 
 from absl import app, flags
 
-from vse_tf import errors
+from vse_tf import errors, preset
 from vse_tf.retrieval import encoders, index_lib
 from vse_tf.serving import loader
 
@@ -33,7 +34,8 @@ from . import cli
 _MODEL = flags.DEFINE_string(
     "model",
     None,
-    "SavedModel version folder, base folder of versions, or TF Serving URL "
+    "SavedModel version folder, base folder of versions, preset (folder or "
+    "hf://owner/name), or TF Serving URL "
     "(default: the model the index was built with).",
 )
 _INDEX = flags.DEFINE_string("index", None, "Index folder to search.", required=True)
@@ -72,6 +74,8 @@ def _encoder(model: str | None, index_dir: str) -> encoders.Encoder:
         _SERVER_ADDRESS.fullmatch(model) and not os.path.exists(model)
     ):
         return encoders.get_encoder(server=model)
+    if model.startswith("hf://") or preset.is_preset(model):
+        return encoders.PresetEncoder(model)
     return encoders.SavedModelEncoder(loader.resolve_version(model))
 
 

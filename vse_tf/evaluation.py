@@ -145,11 +145,13 @@ def report(
     model: VSEModel,
     data: EvalData,
     config: Config,
-    workdir: str,
+    workdir: Optional[str],
     extra: Optional[dict] = None,
     embeddings: Optional[tuple[np.ndarray, np.ndarray]] = None,
 ) -> dict[str, float]:
     """Evaluates, prints the table and writes ``metrics_<split>.json``.
+
+    ``workdir`` None writes nothing (a preset is not written into).
 
     A split of exactly 5,000 images (the COCO 5K test set) is also scored
     with the COCO 1K protocol (mean over five 1,000-image folds), written to
@@ -165,11 +167,13 @@ def report(
     name = data.split.name
     image_emb, caption_emb = embeddings or embed_eval_data(model, data, config)
     values = metrics_lib.retrieval_metrics(image_emb, caption_emb, CAPTIONS_PER_IMAGE)
-    write_metrics(workdir, name, values, extra)
+    if workdir is not None:
+        write_metrics(workdir, name, values, extra)
     print(metrics_lib.format_table(values, f"{name} ({data.split.num_images} images)"))
     if data.split.num_images == 5000:
         folds = metrics_lib.coco_metrics(image_emb, caption_emb, protocol="1k")
-        write_metrics(workdir, f"{name}_1k", folds, extra)
+        if workdir is not None:
+            write_metrics(workdir, f"{name}_1k", folds, extra)
         print(metrics_lib.format_table(folds, f"{name} COCO 1K (mean of 5 folds)"))
     return values
 
@@ -194,9 +198,11 @@ def evaluate_workdir(
             there for TensorBoard's Embedding Projector (`vse_tf.projector`).
 
     Returns:
-        The metrics dict (also in ``<workdir>/metrics_<split>.json``).
+        The metrics dict (also in ``<workdir>/metrics_<split>.json``; a
+        preset is scored the same and not written into).
     """
     config, model = workdir_lib.load_trained_model(workdir, include_backbone=None)
+    written = None if workdir_lib.is_preset(workdir) else workdir
     config = config_lib.override(
         config,
         dataset=dataset or None,
@@ -220,7 +226,7 @@ def evaluate_workdir(
         )
         projector_lib.write_projector(projector_dir, files)
     extra = {"skipped_images": data.skipped_images}
-    return report(model, data, config, workdir, extra, embeddings=embeddings)
+    return report(model, data, config, written, extra, embeddings=embeddings)
 
 
 def evaluate_embedder(

@@ -69,6 +69,51 @@ class SavedModelEncoder:
         return describe_saved_model(self.path)
 
 
+class PresetEncoder:
+    """Runs a preset's Keras towers (`vse_tf.preset`) in this process.
+
+    Args:
+        source: A preset folder or ``hf://owner/name[@revision]``.
+    """
+
+    def __init__(self, source: str):
+        from vse_tf import preset
+
+        self.source = source
+        self._folder = preset.resolve(source)
+        config, self._model, _ = preset.load_preset(self._folder)
+        self._image_size = config.data.image_size
+
+    def encode_text(self, sentences: Sequence[str]) -> np.ndarray:
+        text = tf.constant([str(s) for s in sentences], tf.string)
+        return self._model.text_tower(text, training=False).numpy()
+
+    def encode_images(self, images: Sequence[bytes]) -> np.ndarray:
+        from vse_tf import images as images_lib
+
+        if self._model.image_tower.backbone is None:
+            raise ValueError(
+                f"{self.source} was trained on precomputed features and has no "
+                "CNN; it cannot index image files"
+            )
+        pixels = [
+            images_lib.decode_image(tf.constant(data), self._image_size)
+            for data in images
+        ]
+        return self._model.image_tower(tf.stack(pixels), training=False).numpy()
+
+    def describe(self) -> dict:
+        from vse_tf import preset
+
+        weights = os.path.join(self._folder, preset.WEIGHTS_FILE)
+        return {
+            "path": self.source,
+            "sha256": io_utils.file_sha256(weights),
+            "version": None,
+            "preset": True,
+        }
+
+
 def describe_saved_model(path: str) -> dict:
     """The manifest's ``model``: path, sha256 of ``saved_model.pb``, version.
 
@@ -95,7 +140,8 @@ def get_encoder(
     """A `SavedModelEncoder` for ``model`` or a serving client for ``server``.
 
     Args:
-        model: Exported SavedModel version folder.
+        model: Exported SavedModel version folder, or a preset (a folder or
+            ``hf://owner/name``).
         server: ``http://host:8501`` (REST) or ``[grpc://]host:8500`` (gRPC).
         **client_kwargs: For the client: ``model_name``, ``timeout``,
             ``batch_size``, ``version``.
@@ -106,6 +152,10 @@ def get_encoder(
     if bool(model) == bool(server):
         raise ValueError("give exactly one of a SavedModel path and a server URL")
     if model:
+        from vse_tf import preset
+
+        if model.startswith(preset.HF_PREFIX) or preset.is_preset(model):
+            return PresetEncoder(model)
         return SavedModelEncoder(model)
     return client_lib.connect(server, **client_kwargs)
 

@@ -503,6 +503,7 @@ def export_saved_model(
     """
     if image_index is not None and image_index.kind != "image":
         raise ValueError(f"that is a {image_index.kind} index, not one of images")
+    workdir = workdir_lib.local_folder(workdir)  # (an hf:// preset: its snapshot)
     _, model = workdir_lib.load_trained_model(workdir)
     remove_stale_staging(output_dir)
     version = next_version(output_dir) if version is None else int(version)

@@ -79,6 +79,7 @@ def export_tflite(
     from vse_tf import workdir as workdir_lib
 
     convert.check_quantize(quantize)
+    workdir = workdir_lib.local_folder(workdir)  # (an hf:// preset: its snapshot)
     config, model = workdir_lib.load_trained_model(workdir, include_backbone=True)
     images = token_ids = None
     if quantize == "dynamic":
