@@ -252,3 +252,20 @@ def test_a_preset_exports_like_a_workdir(written, reference, tmp_path):
         files["vocab.txt"]
         == open(os.path.join(written["folder"], "vocab.txt"), "rb").read()
     )
+
+
+def test_the_card_names_the_command_that_trains_the_config():
+    from vse_tf import config as config_lib
+
+    lite = config_lib.override(
+        config_lib.get_config("flickr8k_lite"), dataset="flickr8k", data_dir="/x"
+    )
+    assert preset_writer.training_command(lite.to_dict()) == (
+        "python -m trainers.train --preset=flickr8k_lite --dataset=flickr8k "
+        "--data_dir=DATA --workdir=RUN"
+    )
+    longer = config_lib.override(lite, epochs=lite.train.epochs + 3)
+    assert preset_writer.training_command(longer.to_dict()) == (
+        "python -m trainers.train --preset=flickr8k_lite --dataset=flickr8k "
+        f"--data_dir=DATA --epochs={lite.train.epochs + 3} --workdir=RUN"
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+import logging
 import os
 import platform
 import shutil
@@ -152,7 +153,6 @@ def model_card(config_values: dict, metadata: dict, name: str) -> str:
         "license: apache-2.0",
         "language:",
         "- en",
-        "pipeline_tag: zero-shot-image-classification",
         "tags:",
         "- visual-semantic-embedding",
         "- image-text-retrieval",
@@ -205,7 +205,7 @@ def model_card(config_values: dict, metadata: dict, name: str) -> str:
         "",
         "A visual-semantic embedding (Kiros et al., *Unifying Visual-Semantic "
         "Embeddings with Multimodal Neural Language Models*) trained with "
-        "[vse_tf](https://github.com/vse-tf/vse_tf): images and English "
+        "vse_tf (TensorFlow/Keras): images and English "
         f"sentences map into one {model['embed_dim']}-dimensional space where "
         "the cosine says how well a sentence describes an image.",
         "",
@@ -214,8 +214,8 @@ def model_card(config_values: dict, metadata: dict, name: str) -> str:
         f"- Text tower: in-graph tokenisation -> word embedding "
         f"({metadata['shapes']['word_dim']}-d, initialised from "
         f"{model['glove']}) -> {model['text_rnn'].upper()} -> L2-normalised.",
-        f"- Loss: {config_values['train'].get('loss', 'hinge')}, "
-        f"margin {config_values['train'].get('margin')}.",
+        f"- Loss: `{config_values['train'].get('loss')}` over in-batch pairs, "
+        f"both directions, margin {config_values['train'].get('margin')}.",
         "",
         "## Use",
         "",
@@ -235,8 +235,7 @@ def model_card(config_values: dict, metadata: dict, name: str) -> str:
         + " with",
         "",
         "```bash",
-        f"python -m trainers.train --preset=PRESET --dataset={dataset} "
-        "--data_dir=DATA --workdir=RUN",
+        training_command(config_values),
         "```",
         "",
         "(the full config is `config.json`; any field of it is a flag of that "
@@ -345,12 +344,47 @@ def _split_sizes(config: config_lib.Config) -> dict[str, int]:
     from vse_tf.data import datasets
 
     sizes = {}
-    for split in ("train", "dev", "test"):
-        try:
-            sizes[split] = len(datasets.load_split(config, split).image_paths)
-        except Exception:  # noqa: BLE001  (absent split or data: left out)
-            continue
+    logging.disable(logging.WARNING)  # (the data's warnings were seen in training)
+    try:
+        for split in ("train", "dev", "test"):
+            try:
+                sizes[split] = len(datasets.load_split(config, split).image_paths)
+            except Exception:  # noqa: BLE001  (absent split or data: left out)
+                continue
+    finally:
+        logging.disable(logging.NOTSET)
     return sizes
+
+
+_NOT_FLAGS = {("data", "data_dir"), ("data", "cache_dir"), ("data", "dataset")}
+
+
+def training_command(config_values: dict) -> str:
+    """The ``trainers.train`` command of a config: its closest preset + flags.
+
+    The named preset that differs from ``config_values`` in the fewest
+    fields, and a flag for each field that differs (data paths left as
+    ``DATA`` and ``RUN``).
+    """
+    best_name, best_flags = None, None
+    for name in sorted(config_lib.PRESETS):
+        reference = config_lib.get_config(name).to_dict()
+        flags = [
+            f"--{field}={value}"
+            for section, fields in config_values.items()
+            for field, value in sorted(fields.items())
+            if (section, field) not in _NOT_FLAGS
+            and reference.get(section, {}).get(field) != value
+        ]
+        if best_flags is None or len(flags) < len(best_flags):
+            best_name, best_flags = name, flags
+    dataset = config_values["data"]["dataset"]
+    parts = [f"--preset={best_name}", f"--dataset={dataset}"]
+    if dataset != "demo":
+        parts.append("--data_dir=DATA")
+    return " ".join(
+        ["python -m trainers.train", *parts, *(best_flags or []), "--workdir=RUN"]
+    )
 
 
 def _umask() -> int:
