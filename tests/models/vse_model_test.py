@@ -288,3 +288,27 @@ class TestInfoNCETraining:
         assert float(model.log_inverse_temperature) != pytest.approx(np.log(1 / 0.07))
         restored = VSEModel.from_config(model.get_config())
         assert restored.loss_mode == "infonce" and restored.temperature == 0.07
+
+
+def test_the_trained_joint_model_round_trips_through_a_keras_archive(
+    tiny_export, tmp_path
+):
+    """keras.saving.save_model/load_model: registered towers, same embeddings."""
+    model = tiny_export.model
+    path = str(tmp_path / "vse.keras")
+    keras.saving.save_model(model, path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, VSEModel)
+    sentences = tf.constant(["a red square", "two blue circles", ""])
+    np.testing.assert_allclose(
+        loaded.text_tower(sentences, training=False),
+        model.text_tower(sentences, training=False),
+        atol=1e-6,
+    )
+    size = model.image_tower.image_size
+    pixels = tf.random.stateless_uniform([2, size, size, 3], [1, 2], 0, 255)
+    np.testing.assert_allclose(
+        loaded.image_tower(pixels, training=False),
+        model.image_tower(pixels, training=False),
+        atol=1e-6,
+    )
