@@ -34,8 +34,11 @@ class DataConfig:
     """Where captions and images come from and how they are prepared.
 
     Attributes:
-        dataset: ``demo|flickr8k|karpathy|coco|precomp|csv``.
-        data_dir: Root of the data set (ignored by ``demo``).
+        dataset: ``demo|flickr8k|karpathy|coco|precomp|csv|tfds``.
+        data_dir: Root of the data set (ignored by ``demo``; for ``tfds``
+            the TensorFlow Datasets data folder, ``""`` = its default).
+        tfds_name: With ``--dataset=tfds``: the TensorFlow Datasets name
+            (``coco_captions``: COCO with the Karpathy splits).
         image_size: Square size images are resized to.
         max_length: Words kept per caption.
         min_word_count: Train-split count a word needs to enter the vocabulary.
@@ -57,6 +60,7 @@ class DataConfig:
 
     dataset: str = "demo"
     data_dir: str = ""
+    tfds_name: str = "coco_captions"
     image_size: int = 224
     max_length: int = 32
     min_word_count: int = 4
@@ -391,7 +395,7 @@ def field_help(section: type) -> dict[str, str]:
 def choices() -> dict[str, tuple[str, ...]]:
     """``{field: allowed values}`` of every field with a closed set of values."""
     return {
-        "dataset": ("demo", "flickr8k", "karpathy", "coco", "precomp", "csv"),
+        "dataset": ("demo", "flickr8k", "karpathy", "coco", "precomp", "csv", "tfds"),
         "extract_dtype": ("auto", "mixed_bfloat16", "float32"),
         "backbone": tuple(backbone_catalog.BACKBONES),
         "image_feature": tuple(backbone_catalog.IMAGE_FEATURES),
@@ -447,7 +451,7 @@ def _data_dir_problems(d: DataConfig, check_paths: bool) -> list[str]:
             f"--data_dir={d.data_dir} is given but the data set is the built-in "
             "demo; add --dataset=flickr8k|karpathy|coco|precomp|csv"
         )
-    if d.dataset != "demo" and not d.data_dir:
+    if d.dataset not in ("demo", "tfds") and not d.data_dir:
         found.append(f"--dataset={d.dataset} needs --data_dir (its root folder)")
     if check_paths and d.dataset != "demo" and d.data_dir:
         if not os.path.isdir(d.data_dir):

@@ -58,6 +58,16 @@ def load_split(config: Config, split: str) -> CaptionedSplit:
     options = dict(check_files=True, skip_bad_examples=config.data.skip_bad_examples)
     if dataset == "demo":
         result = readers.read_split("csv", demo_data_dir(config), split, **options)
+    elif dataset == "tfds":
+        from vse_tf.data.readers import tfds_reader  # (the tfds extra)
+
+        result = tfds_reader.read_tfds(
+            config.data.tfds_name,
+            split,
+            image_root=tfds_reader.default_image_root(config.data.cache_dir),
+            data_dir=config.data.data_dir or None,
+            skip_bad_examples=config.data.skip_bad_examples,
+        )
     else:
         if not config.data.data_dir:
             raise errors.ConfigError(f"--dataset={dataset} needs --data_dir")
