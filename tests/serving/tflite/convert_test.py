@@ -90,7 +90,8 @@ def test_int8_needs_real_calibration_data(reference):
 
 
 @pytest.mark.slow(
-    reason="converts the towers twice more, int8 and dynamic range (about 30 s)"
+    reason="converts the trained towers with int8 weights and int8 activations "
+    "(about 20 s)"
 )
 def test_int8_text_towers_are_the_dynamic_recipe(exported):
     int8_files, int8_manifest = exported("int8")

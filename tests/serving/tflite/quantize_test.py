@@ -12,6 +12,10 @@ pytest.importorskip(
 )
 
 
+@pytest.mark.slow(
+    reason="converts the trained towers with int8 weights or int8 activations "
+    "(8-13 s each)"
+)
 def test_dynamic_stores_int8_weights_and_says_so(exported):
     none, _ = exported("none")
     files, manifest = exported("dynamic")
@@ -62,6 +66,10 @@ def test_quantize_weights_int8_bias_correction(exported, reference):
         quantize_lib.quantize_weights_int8(model, ("GATHER",))
 
 
+@pytest.mark.slow(
+    reason="converts the trained towers with int8 weights or int8 activations "
+    "(8-13 s each)"
+)
 def test_int8_image_tower_keeps_only_its_ends_float(exported):
     files, manifest = exported("int8")
     image = manifest["files"][manifest_lib.IMAGE_FILE]["quantization"]
@@ -104,6 +112,10 @@ def test_int8_float_nodes_are_the_towers_ends(exported):
         quantize_lib.int8_float_nodes(files[manifest_lib.TEXT_FILE])
 
 
+@pytest.mark.slow(
+    reason="converts the trained towers with int8 weights or int8 activations "
+    "(8-13 s each)"
+)
 def test_int8_requantization_mismatches_finds_a_rescaled_copy(exported):
     # An int8 MAX_POOL_2D copies int8 values: give its output another scale
     # (what the converter did to the image tower's REVERSE_V2) and the check
