@@ -128,6 +128,7 @@ def _copy_data(data_root, tmp_path):
     return root
 
 
+@pytest.mark.slow(reason="trains a tiny model over unreadable images (5 s)")
 def test_unreadable_images_are_skipped_and_counted(data_root, tmp_path):
     root = _copy_data(data_root, tmp_path)
     images = os.path.join(root, "data", "images")
@@ -146,6 +147,7 @@ def test_unreadable_images_are_skipped_and_counted(data_root, tmp_path):
         assert json.load(f)["skipped_images"]["train"] == 1
 
 
+@pytest.mark.slow(reason="trains a tiny model over bad caption rows (5 s)")
 def test_bad_rows_stop_with_every_problem_or_are_skipped(data_root, tmp_path):
     root = _copy_data(data_root, tmp_path)
     table = os.path.join(root, "data", "captions.csv")
@@ -206,6 +208,7 @@ def test_nearly_full_disk_fails_fast(tmp_path, monkeypatch):
         workdir_lib.check_workdir(str(tmp_path / "run"))
 
 
+@pytest.mark.slow(reason="fine-tunes a tiny model over unreadable images (5 s)")
 def test_fine_tuning_skips_unreadable_images_before_training(data_root, tmp_path):
     root = _copy_data(data_root, tmp_path)
     images = os.path.join(root, "data", "images")
