@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 import time
 
@@ -38,6 +37,7 @@ import numpy as np
 from absl import app, flags
 
 from vse_tf import config as config_lib
+from vse_tf import hardware
 from vse_tf.data import datasets
 from vse_tf.features import extraction as feature_extraction
 from vse_tf.features import settings as feature_settings
@@ -57,17 +57,6 @@ _NUM_IMAGES = flags.DEFINE_integer("num_images", 500, "Images extracted per run.
 _ROUNDS = flags.DEFINE_integer(
     "rounds", 2, "Rounds of all four runs, alternated; each run's best is kept."
 )
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _run(name, paths, settings, root, **beam):
@@ -133,7 +122,7 @@ def main(argv):
     )
     print(
         f"\nbest of {_ROUNDS.value} rounds; {len(paths)} images, {described}; "
-        f"{os.cpu_count()} cores ({_cpu()})"
+        f"{os.cpu_count()} cores ({hardware.cpu_name()})"
     )
     for name in results:
         if name != "local":
@@ -154,7 +143,7 @@ def main(argv):
                 "used_dtype": local.used_dtype,
                 "bit_identical": identical,
                 "cores": os.cpu_count(),
-                "cpu": _cpu(),
+                "cpu": hardware.cpu_name(),
             }
         )
     )

@@ -33,7 +33,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import platform
 import random
 import socket
 import struct
@@ -49,6 +48,8 @@ from typing import Optional
 
 import numpy as np
 from absl import app, flags
+
+from vse_tf import hardware
 
 KINDS = (("text", 40), ("image", 20), ("click", 10), ("thumbnail", 15), ("bad", 15))
 
@@ -331,17 +332,6 @@ def start_server(
     raise RuntimeError(f"vse-serve did not start:\n{output}")
 
 
-def _cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 _INDEX = flags.DEFINE_string(
     "index", None, "Index folder (its photos are the uploads).", required=True
 )
@@ -383,7 +373,8 @@ def main(argv: Sequence[str]) -> None:
         if process is not None:
             process.terminate()
             process.wait(timeout=30)
-    print(f"CPU: {_cpu_name()}, {os.cpu_count()} cores; index: {len(index)} items")
+    cpu = hardware.cpu_name()
+    print(f"CPU: {cpu}, {os.cpu_count()} cores; index: {len(index)} items")
     print(
         f"{result['requests']} requests "
         f"({_CLIENTS.value} clients x {_REQUESTS.value}), "
@@ -404,7 +395,7 @@ def main(argv: Sequence[str]) -> None:
         )
     for line in result["failed"]:
         print("failed:", line)
-    print(json.dumps(dict(result, cpu=_cpu_name(), index_items=len(index))))
+    print(json.dumps(dict(result, cpu=hardware.cpu_name(), index_items=len(index))))
 
 
 if __name__ == "__main__":

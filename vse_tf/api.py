@@ -61,11 +61,10 @@ class Embedder:
         Raises:
             errors.MissingError: when ``path`` is none of these.
         """
+        from vse_tf import preset
+
         path = os.fspath(path)
-        if path.startswith("hf://") or (
-            os.path.isfile(os.path.join(path, "metadata.json"))
-            and os.path.isfile(os.path.join(path, "model.weights.h5"))
-        ):
+        if path.startswith(preset.HF_PREFIX) or preset.is_preset(path):
             return cls.from_preset(path)
         if os.path.isfile(os.path.join(path, "config.json")):
             return cls.from_workdir(path)

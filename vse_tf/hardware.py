@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import platform
 
 import tensorflow as tf
 
@@ -28,6 +29,18 @@ def _cpu_flags() -> set[str]:
     except OSError:
         pass
     return set()
+
+
+def cpu_name() -> str:
+    """The CPU's model name as ``lscpu`` shows it (``/proc/cpuinfo``), e.g. AMD EPYC."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 @functools.cache

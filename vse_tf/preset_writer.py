@@ -12,7 +12,6 @@ import datetime
 import json
 import logging
 import os
-import platform
 import shutil
 import tempfile
 from typing import Optional
@@ -21,7 +20,7 @@ import keras
 import tensorflow as tf
 
 from vse_tf import config as config_lib
-from vse_tf import errors, io_utils, preset
+from vse_tf import errors, hardware, io_utils, preset
 from vse_tf import text as text_lib
 from vse_tf import workdir as workdir_lib
 from vse_tf.preset import (
@@ -59,17 +58,6 @@ def _training_seconds(workdir: str) -> Optional[float]:
         rows = list(csv.DictReader(f))
     seconds = [float(row["seconds"]) for row in rows if row.get("seconds")]
     return round(sum(seconds), 1) if seconds else None
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 _DATASET_NAMES = {
@@ -122,7 +110,7 @@ def make_metadata(
         "training": {
             "seconds": _training_seconds(workdir),
             "prepare_seconds": (dev or {}).get("prepare_seconds"),
-            "machine": {"cpu": _cpu_name(), "cores": os.cpu_count()},
+            "machine": {"cpu": hardware.cpu_name(), "cores": os.cpu_count()},
         },
         "shapes": {"word_dim": int(word_dim)},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(

@@ -361,7 +361,9 @@ class SearchService:
         described = {"upload": {"bytes": len(data), "width": width, "height": height}}
         return self.answer(query, k, described, embedding, captions=True)
 
-    def search_indexed(self, item_id: Any, k: Any = 12, embedding: bool = False):
+    def search_indexed(
+        self, item_id: Any, k: Any = 12, embedding: bool = False
+    ) -> dict:
         """The items nearest an indexed item (a clicked result), by its row.
 
         Raises:
