@@ -2,9 +2,10 @@
 
 The notebook surface (imported lazily, so ``import vse_tf`` is instant):
 
-* `Embedder`: load a training workdir, an exported SavedModel or a TF
-  Serving address; ``encode_images``, ``encode_texts``, ``search``,
-  ``evaluate``.
+* `Embedder`: load a training workdir, a preset (a folder or
+  ``hf://owner/name``), an exported SavedModel or a TF Serving address;
+  ``encode_images``, ``encode_texts``, ``search``, ``evaluate``,
+  ``save_preset``.
 * `Index`: a loaded index (``Index.from_embeddings`` makes one in memory).
 * `get_config`, `Config`, `override`: the typed config and its presets.
 * `train_and_evaluate`: what ``python -m trainers.train`` runs.

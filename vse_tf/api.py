@@ -31,8 +31,9 @@ pixels ``[H, W, 3]`` (0..255)."""
 class Embedder:
     """Encodes images and sentences with a trained model; searches; evaluates.
 
-    Build one with `Embedder.load` (a training workdir or an exported
-    SavedModel version folder) or `Embedder.from_server` (TF Serving).
+    Build one with `Embedder.load` (a training workdir, a preset folder or
+    ``hf://owner/name``, or an exported SavedModel version folder) or
+    `Embedder.from_server` (TF Serving); `save_preset` shares a model.
 
     Attributes:
         source: What was loaded (a path or a URL).
