@@ -74,7 +74,7 @@ def _encoder(model: str | None, index_dir: str) -> encoders.Encoder:
         _SERVER_ADDRESS.fullmatch(model) and not os.path.exists(model)
     ):
         return encoders.get_encoder(server=model)
-    if model.startswith("hf://") or preset.is_preset(model):
+    if preset.names_preset(model):
         return encoders.PresetEncoder(model)
     return encoders.SavedModelEncoder(loader.resolve_version(model))
 

@@ -65,7 +65,7 @@ class Embedder:
         from vse_tf import preset
 
         path = os.fspath(path)
-        if path.startswith(preset.HF_PREFIX) or preset.is_preset(path):
+        if preset.names_preset(path):
             return cls.from_preset(path)
         if os.path.isfile(os.path.join(path, "config.json")):
             return cls.from_workdir(path)

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from vse_tf import config as config_lib
 from vse_tf import images as images_lib
-from vse_tf import io_utils
+from vse_tf import io_utils, preset
 from vse_tf import metrics as metrics_lib
 from vse_tf import projector as projector_lib
 from vse_tf import text as text_lib
@@ -202,7 +202,7 @@ def evaluate_workdir(
         preset is scored the same and not written into).
     """
     config, model = workdir_lib.load_trained_model(workdir, include_backbone=None)
-    written = None if workdir_lib.is_preset(workdir) else workdir
+    written = None if preset.names_preset(workdir) else workdir
     config = config_lib.override(
         config,
         dataset=dataset or None,

@@ -49,6 +49,11 @@ CARD_FILE = "README.md"
 HF_PREFIX = "hf://"
 
 
+def names_preset(source: str) -> bool:
+    """Whether ``source`` names a preset: ``hf://...`` or a local preset folder."""
+    return source.startswith(HF_PREFIX) or is_preset(source)
+
+
 def is_preset(path: str) -> bool:
     """Whether ``path`` is a local preset folder (metadata and weights)."""
     return os.path.isfile(os.path.join(path, METADATA_FILE)) and os.path.isfile(

@@ -106,11 +106,6 @@ def write_config(workdir: str, config: Config) -> None:
     io_utils.atomic_write_text(path, config.to_json())
 
 
-def is_preset(workdir: str) -> bool:
-    """Whether ``workdir`` is a preset (`vse_tf.preset`), not a training run."""
-    return workdir.startswith(preset.HF_PREFIX) or preset.is_preset(workdir)
-
-
 def local_folder(workdir: str) -> str:
     """A workdir or preset as a local folder (``hf://``: its Hub snapshot)."""
     return preset.resolve(workdir) if workdir.startswith(preset.HF_PREFIX) else workdir
@@ -122,7 +117,7 @@ def read_workdir_config(workdir: str) -> Config:
     Raises:
         errors.MissingError: if ``workdir`` holds no ``config.json``.
     """
-    if is_preset(workdir):
+    if preset.names_preset(workdir):
         folder = preset.resolve(workdir)
         values = preset.read_json(os.path.join(folder, preset.CONFIG_FILE))
         return preset.read_config(values, os.path.join(folder, preset.CONFIG_FILE))
@@ -173,7 +168,7 @@ def load_trained_model(
     Returns:
         ``(config, model)``.
     """
-    if is_preset(workdir):
+    if preset.names_preset(workdir):
         # A preset's weights file holds the CNN too: it is always built.
         config, model, _ = preset.load_preset(workdir)
         return config, model

@@ -154,7 +154,7 @@ def get_encoder(
     if model:
         from vse_tf import preset
 
-        if model.startswith(preset.HF_PREFIX) or preset.is_preset(model):
+        if preset.names_preset(model):
             return PresetEncoder(model)
         return SavedModelEncoder(model)
     return client_lib.connect(server, **client_kwargs)
