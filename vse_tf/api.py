@@ -264,20 +264,9 @@ class _KerasBackend:
         return self.model.text_tower(tf.constant(texts, tf.string)).numpy()
 
     def encode_images(self, images: list) -> np.ndarray:
-        from vse_tf import images as images_lib
+        from vse_tf import modeling
 
-        if self.model.image_tower.backbone is None:
-            raise errors.ConfigError(
-                "this model was trained on precomputed features and has no CNN; "
-                "it can encode texts only"
-            )
-        pixels = [
-            images_lib.decode_image(tf.constant(item), self.image_size)
-            if isinstance(item, bytes)
-            else images_lib.resize_pixels(tf.constant(item), self.image_size)
-            for item in images
-        ]
-        return self.model.image_tower(tf.stack(pixels)).numpy()
+        return modeling.embed_images(self.model, images, self.image_size)
 
 
 class _EncoderBackend:

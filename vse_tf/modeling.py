@@ -7,8 +7,10 @@ from typing import Optional
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from vse_tf import hardware
+from vse_tf import errors, hardware
+from vse_tf import images as images_lib
 from vse_tf import text as text_lib
 from vse_tf.config import Config
 from vse_tf.data import glove as glove_lib
@@ -107,3 +109,34 @@ def build_model(
         dummy["image_features"] = np.zeros([1, image_tower.feature_dim], np.float32)
     model(dummy)
     return model
+
+
+def embed_images(model: VSEModel, images: list, image_size: int) -> np.ndarray:
+    """Embeds encoded image files or RGB pixels with the model's image tower.
+
+    Args:
+        model: A `VSEModel` built with its CNN.
+        images: ``[N]`` encoded JPEG/PNG/GIF/BMP bytes, or ``[H, W, 3]``
+            pixels in 0..255.
+        image_size: The square size the tower takes.
+
+    Returns:
+        ``float32 [N, D]`` L2-normalised rows.
+
+    Raises:
+        errors.ConfigError: for a model trained on precomputed features
+            (it has no CNN).
+        tf.errors.InvalidArgumentError: for bytes that do not decode.
+    """
+    if model.image_tower.backbone is None:
+        raise errors.ConfigError(
+            "this model was trained on precomputed features and has no CNN; "
+            "it can encode texts only"
+        )
+    pixels = [
+        images_lib.decode_image(tf.constant(item), image_size)
+        if isinstance(item, bytes)
+        else images_lib.resize_pixels(tf.constant(item), image_size)
+        for item in images
+    ]
+    return model.image_tower(tf.stack(pixels), training=False).numpy()

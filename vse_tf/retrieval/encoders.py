@@ -89,18 +89,9 @@ class PresetEncoder:
         return self._model.text_tower(text, training=False).numpy()
 
     def encode_images(self, images: Sequence[bytes]) -> np.ndarray:
-        from vse_tf import images as images_lib
+        from vse_tf import modeling
 
-        if self._model.image_tower.backbone is None:
-            raise ValueError(
-                f"{self.source} was trained on precomputed features and has no "
-                "CNN; it cannot index image files"
-            )
-        pixels = [
-            images_lib.decode_image(tf.constant(data), self._image_size)
-            for data in images
-        ]
-        return self._model.image_tower(tf.stack(pixels), training=False).numpy()
+        return modeling.embed_images(self._model, list(images), self._image_size)
 
     def describe(self) -> dict:
         from vse_tf import preset
