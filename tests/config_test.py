@@ -64,6 +64,13 @@ def test_field_help_reads_continuation_lines():
         (dict(image_feature="fc7"), "fc7"),
         (dict(backbone="efficientnet_lite0", image_feature="pool5"), "head_avg"),
         (dict(glove="/no/such/glove.txt"), "--glove=/no/such/glove.txt"),
+        (dict(trunk_lr_multiplier=0.0), "--trunk_lr_multiplier=0.0: must be"),
+        (dict(fine_tune_from="all"), "add --nofine_tune_cached"),
+        (dict(fine_tune_batchnorm="moving"), "fine_tune_batchnorm='moving'"),
+        (
+            dict(fine_tune_from="block5", fine_tune_cached=False, augment_flip=True),
+            "with --nofine_tune_cached add --noaugment_flip",
+        ),
     ],
 )
 def test_problems_name_the_flag_and_the_fix(overrides, fragment):
@@ -79,6 +86,15 @@ def test_flip_with_precomputed_features_is_refused(tmp_path):
         config_lib.get_config("flickr8k"), dataset="precomp", data_dir=str(tmp_path)
     )
     assert any("--noaugment_flip" in p for p in config_lib.problems(config))
+
+
+def test_fine_tuning_from_cached_activations_may_mirror_images():
+    config = config_lib.override(
+        config_lib.get_config("flickr8k_lite_ft"), data_dir="/data"
+    )
+    assert config.data.augment_flip and config.model.fine_tune_from
+    assert config.model.fine_tune_cached
+    assert config_lib.problems(config, check_paths=False) == []
 
 
 def test_missing_data_folder_is_a_problem_only_when_paths_are_checked():

@@ -283,3 +283,71 @@ def test_backbone_is_part_of_the_cache_key(image_paths, tmp_path):
     assert manifest["backbone"] == "efficientnet_lite0"
     assert manifest["preprocessing"].endswith("(rgb - 127) / 128")
     assert manifest["feature_dim"] == 1280
+
+
+def test_activations_at_a_cut_are_their_own_float16_entry(image_paths, tmp_path):
+    """The cheap fine-tuning path caches the frozen part's output once."""
+    cache = str(tmp_path / "cache")
+    kwargs = dict(
+        image_feature="pool5",
+        image_size=32,
+        weights="none",
+        dtype="float32",
+        cache_dir=cache,
+        verbose=0,
+    )
+    report = feature_extraction.extract_features_with_report(
+        image_paths, cut="block5", **kwargs
+    )
+    # block5 reads block4's pooled output: 32 / 16 = 2x2, 512 channels.
+    assert report.features.shape == (len(image_paths), 2 * 2 * 512)
+    assert report.features.dtype == np.float16
+    backbone = backbone_lib.build_backbone("vgg16", "pool5", 32, "none")
+    bottom, top = backbone_lib.split_backbone(backbone, "block5", "pool5")
+    pixels = np.stack(
+        [images_lib.load_image(tf.constant(p), 32).numpy() for p in image_paths]
+    )
+    expected = bottom(pixels).numpy().reshape([len(image_paths), -1])
+    np.testing.assert_allclose(report.features, expected, rtol=1e-3, atol=1e-3)
+    # Through the top they give the features the plain entry holds.
+    features = feature_extraction.extract_features(image_paths, **kwargs)
+    from_cut = top(report.features.astype(np.float32).reshape([-1, 2, 2, 512]))
+    np.testing.assert_allclose(from_cut.numpy(), features, rtol=1e-2, atol=1e-2)
+
+    with open(os.path.join(report.cache_folder, "manifest.json")) as f:
+        manifest = json.load(f)
+    assert manifest["cut"] == "block5" and manifest["storage"] == "float16"
+    assert manifest["float16_min_cosine"] >= 0.9999
+    assert manifest["feature_dim"] == 2048
+    plain = feature_cache.cache_folder(
+        "pool5", 32, "none", image_paths, "float32", cache, False, "vgg16"
+    )
+    assert report.cache_folder != plain
+    again = feature_extraction.extract_features_with_report(
+        image_paths, cut="block5", **kwargs
+    )
+    assert again.shards_computed == 0 and again.shards_reused == 1
+    np.testing.assert_array_equal(again.features, report.features)
+
+
+def test_activations_float16_cannot_keep_are_stored_float32(image_paths, tmp_path):
+    # The random-init EfficientNet-Lite's stage-6 output is ~1e-9, below
+    # float16's smallest subnormal (6e-8): float16 would store zeros.
+    report = feature_extraction.extract_features_with_report(
+        image_paths,
+        image_feature="head_avg",
+        image_size=64,
+        weights="none",
+        dtype="float32",
+        backbone="efficientnet_lite0",
+        cache_dir=str(tmp_path),
+        verbose=0,
+        cut="stage7",
+    )
+    assert report.features.dtype == np.float32
+    assert report.features.shape == (len(image_paths), 2 * 2 * 192)
+    assert np.abs(report.features).max() > 0
+    with open(os.path.join(report.cache_folder, "manifest.json")) as f:
+        manifest = json.load(f)
+    assert manifest["storage"] == "float32"
+    assert manifest["float16_min_cosine"] < 0.9999

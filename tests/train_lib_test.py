@@ -105,8 +105,10 @@ def test_augment_flip_trains_on_both_views_from_the_cache(tiny_data, tmp_path):
     assert [r.shards_computed for r in again.values()] == [0, 0]
 
 
-def test_augment_flip_is_refused_without_a_frozen_cnn(tiny_data):
-    config = _config(tiny_data, augment_flip=True, fine_tune_from="block5")
+def test_augment_flip_is_refused_when_fine_tuning_reads_images(tiny_data):
+    config = _config(
+        tiny_data, augment_flip=True, fine_tune_from="block5", fine_tune_cached=False
+    )
     split = datasets.load_split(config, "train")
     with pytest.raises(ValueError, match="fine_tune_from='block5'"):
         feature_settings.split_features(config, split, 0, flip=True)
@@ -157,17 +159,76 @@ def test_protocol_view_keeps_first_five_captions():
     assert view.captions_per_image() == 5
 
 
-def test_fine_tuning_trains_on_images(tiny_data, tmp_path):
+def _vocabulary(workdir):
+    from vse_tf import text as text_lib
+
+    return text_lib.Vocabulary.load(os.path.join(workdir, workdir_lib.VOCAB_FILE))
+
+
+def _block_kernels(model, prefix):
+    vgg = model.image_tower.backbone.get_layer("vgg16")
+    return {
+        layer.name: layer.kernel.numpy()
+        for layer in vgg.layers
+        if layer.name.startswith(prefix) and layer.weights
+    }
+
+
+def test_fine_tuning_on_images_trains_the_cnn(tiny_data, tmp_path):
     workdir = str(tmp_path / "run")
-    config = _config(tiny_data, fine_tune_from="block5", max_train_images=16)
+    config = _config(
+        tiny_data, fine_tune_from="block5", fine_tune_cached=False, max_train_images=16
+    )
     results = train_lib.train_and_evaluate(config, workdir, verbose=0)
     assert "dev" in results
     _, model = workdir_lib.load_trained_model(workdir)
-    trainable = {v.path.split("/")[-2] for v in model.image_tower.trainable_weights}
-    assert (
-        any("block5" in name for name in trainable)
-        or len(model.image_tower.trainable_weights) > 2
+    fresh = modeling.build_model(config, _vocabulary(workdir))
+    trained, start = _block_kernels(model, "block5"), _block_kernels(fresh, "block5")
+    assert len(trained) == 3
+    assert all(np.abs(trained[k] - start[k]).max() > 0 for k in trained)
+
+
+def test_fine_tuning_from_cached_activations(tiny_data, tmp_path, monkeypatch):
+    """The cheap path: the frozen blocks run once, the cache is reused on
+    resume, block5 trains at its own learning rate and block4 stays."""
+    workdir = str(tmp_path / "run")
+    config = _config(
+        tiny_data,
+        fine_tune_from="block5",
+        augment_flip=True,
+        max_train_images=16,
+        trunk_lr_multiplier=0.5,
     )
+    results = train_lib.train_and_evaluate(config, workdir, verbose=0)
+    assert np.isfinite(results["dev"]["rsum"])
+    reports = train_lib.extract_split_features(config, ["train", "dev"], verbose=0)
+    # Train (and its mirror images) and dev were computed by training: reused.
+    assert sorted(reports) == ["dev", "train", "train (mirrored)"]
+    for report in reports.values():
+        assert report.shards_computed == 0
+        # block5 reads block4's pooled output: 32 / 16 = 2x2, 512 channels.
+        assert report.features.shape[1:] == (2 * 2 * 512,)
+        assert report.features.dtype == np.float16
+
+    _, model = workdir_lib.load_trained_model(workdir)
+    assert model.image_tower.cut_shape == (2, 2, 512)
+    fresh = modeling.build_model(config, _vocabulary(workdir))
+    for prefix, changed in (("block5", True), ("block4", False), ("block1", False)):
+        trained, start = _block_kernels(model, prefix), _block_kernels(fresh, prefix)
+        for name in trained:
+            moved = np.abs(trained[name] - start[name]).max()
+            assert (moved > 0) == changed, (name, moved)
+
+    # Resuming with one more epoch reads the cache: the CNN never runs again.
+    from vse_tf.features import extractor
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the activations were computed again")
+
+    monkeypatch.setattr(extractor, "Extractor", fail)
+    more = config_lib.override(config, epochs=2)
+    train_lib.train_and_evaluate(more, workdir, verbose=0)
+    assert os.path.exists(os.path.join(workdir, "checkpoints", "ckpt-2.index"))
 
 
 def test_precomputed_features_train_and_reload(tmp_path):

@@ -11,7 +11,10 @@ Presets:
 * ``flickr8k``: the paper sizes with the recipe measured on Flickr8k with
   the offline VGG16 (HED) trunk (see ``docs/flickr8k_recipe.md``).
 * ``flickr8k_lite``: the recipe for real photos offline: the ImageNet
-  EfficientNet-Lite0 trunk (same document).
+  EfficientNet-Lite0 trunk, frozen (same document).
+* ``flickr8k_lite_ft``: ``flickr8k_lite`` with the top of the trunk
+  fine-tuned the cheap way, on cached activations (same document,
+  "Fine-tuned trunk").
 
 Example:
     >>> cfg = get_config("flickr8k")
@@ -53,7 +56,9 @@ class DataConfig:
             the first batch, falls back when they disagree) or ``float32``.
         augment_flip: Train on the cached features of each image and of its
             left-right mirror image, one of the two drawn per caption per
-            epoch (frozen CNN only; extraction runs twice on train).
+            epoch (a frozen CNN, or fine-tuning with ``fine_tune_cached``:
+            the activations are mirrored then; extraction runs twice on
+            train).
         skip_bad_examples: Train on the good examples when the annotations
             have problems (default: stop with the full report).
     """
@@ -98,8 +103,16 @@ class ModelConfig:
         text_rnn: ``lstm`` (Kiros) or ``gru`` (VSE++; a quarter fewer FLOPs).
         fine_tune_from: ``""`` (frozen CNN), ``all``, or where to start:
             VGG16 ``block5``, ``fc1``...; EfficientNet-Lite ``stage7``,
-            ``stage6_block3``, ``head``... Non-empty means training reads
-            images, not features.
+            ``stage6_block3``, ``head``... The layers before it stay frozen.
+        fine_tune_cached: With ``fine_tune_from``: run the frozen part of
+            the CNN once, cache its output (the activations where
+            fine-tuning starts; mirrored images too with ``augment_flip``)
+            and train only the layers after it on them (5-50x faster per
+            step); off, every step decodes the images and runs the whole
+            CNN.
+        fine_tune_batchnorm: Batch norm of the fine-tuned CNN layers:
+            ``frozen`` (ImageNet statistics; gamma and beta train) or
+            ``batch`` (batch statistics, moving averages updated).
     """
 
     embed_dim: int = 1024
@@ -113,6 +126,8 @@ class ModelConfig:
     train_word_embeddings: bool = False
     text_rnn: str = "lstm"
     fine_tune_from: str = ""
+    fine_tune_cached: bool = True
+    fine_tune_batchnorm: str = "frozen"
 
     @property
     def backbone_weights(self) -> str:
@@ -138,6 +153,8 @@ class TrainConfig:
         batch_size: Caption-image pairs per step.
         epochs: Passes over the train captions.
         learning_rate: Adam learning rate.
+        trunk_lr_multiplier: Learning rate of the fine-tuned CNN layers as a
+            fraction of ``learning_rate`` (their own Adam; same schedule).
         lr_decay_epochs: Multiply the learning rate by 0.1 after this many
             epochs (0 = never).
         grad_clip_norm: Global gradient-norm clip (0 = off).
@@ -164,6 +181,7 @@ class TrainConfig:
     batch_size: int = 128
     epochs: int = 30
     learning_rate: float = 2e-4
+    trunk_lr_multiplier: float = 1.0
     lr_decay_epochs: int = 15
     grad_clip_norm: float = 2.0
     seed: int = 0
@@ -307,11 +325,25 @@ def _flickr8k_lite() -> Config:
     )
 
 
+def _flickr8k_lite_ft() -> Config:
+    # docs/flickr8k_recipe.md, "Fine-tuned trunk": flickr8k_lite with the
+    # top of the trunk trained on cached activations of the frozen part, at
+    # a tenth of the head's learning rate; batch norm keeps its ImageNet
+    # statistics.
+    base = _flickr8k_lite()
+    return Config(
+        data=base.data,
+        model=dataclasses.replace(base.model, fine_tune_from="stage7"),
+        train=dataclasses.replace(base.train, trunk_lr_multiplier=0.1),
+    )
+
+
 PRESETS = {
     "demo": _demo,
     "tiny": _tiny,
     "flickr8k": _flickr8k,
     "flickr8k_lite": _flickr8k_lite,
+    "flickr8k_lite_ft": _flickr8k_lite_ft,
     "flickr30k": lambda: _paper("karpathy"),
     "coco": lambda: _paper("karpathy"),
 }
@@ -401,6 +433,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "image_feature": tuple(backbone_catalog.IMAGE_FEATURES),
         "feature_norm": ("l2", "batchnorm", "none"),
         "text_rnn": ("lstm", "gru"),
+        "fine_tune_batchnorm": ("frozen", "batch"),
         "loss": ("sum", "max", "sum_then_max", "infonce"),
         "text_compute_dtype": ("auto", "float32", "bfloat16"),
         "strategy": ("one_device", "mirrored", "multi_worker", "tpu"),
@@ -496,10 +529,15 @@ def _image_input_problems(config: Config) -> list[str]:
             "--augment_flip mirrors images before the CNN, but precomp data sets "
             "hold features only; add --noaugment_flip"
         )
-    if d.augment_flip and m.fine_tune_from:
+    if d.augment_flip and m.fine_tune_from and not m.fine_tune_cached:
         found.append(
-            "--augment_flip uses cached features of a frozen CNN; with "
-            "--fine_tune_from add --noaugment_flip"
+            "--augment_flip uses cached CNN outputs; with --nofine_tune_cached "
+            "add --noaugment_flip"
+        )
+    if m.fine_tune_from == "all" and m.fine_tune_cached:
+        found.append(
+            "--fine_tune_from=all trains every CNN layer, so no part of it can "
+            "be computed once; add --nofine_tune_cached (and --noaugment_flip)"
         )
     if m.fine_tune_from and d.dataset == "precomp":
         found.append("--fine_tune_from needs images; precomp data sets hold features")
@@ -535,6 +573,8 @@ def _range_problems(config: Config) -> list[str]:
             found.append(f"--{name}={value}: must not be negative")
     if t.learning_rate <= 0:
         found.append(f"--learning_rate={t.learning_rate}: must be positive")
+    if t.trunk_lr_multiplier <= 0:
+        found.append(f"--trunk_lr_multiplier={t.trunk_lr_multiplier}: must be positive")
     if t.temperature <= 0:
         found.append(f"--temperature={t.temperature}: must be positive")
     return found

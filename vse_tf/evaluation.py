@@ -51,7 +51,7 @@ def embed_split(
     image_size: int = 224,
     batch_size: int = 256,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Embeds a split's images (features or files) and captions.
+    """Embeds a split's images (what the cache holds, or files) and captions.
 
     Returns:
         ``(image_emb [N, D], caption_emb [M, D])`` float32.
@@ -62,7 +62,7 @@ def embed_split(
         for i in range(0, len(token_ids), batch_size)
     ]
     if image_features is not None:
-        embed = _compiled(model.image_tower, "embed_features")
+        embed = _compiled(model.image_tower, "embed_cached")
         image_emb = [
             embed(tf.constant(image_features[i : i + batch_size])).numpy()
             for i in range(0, len(image_features), batch_size)

@@ -74,6 +74,7 @@ def build_model(
         lite_weights=m.lite_weights,
         feature_norm=m.feature_norm,
         fine_tune_from=m.fine_tune_from,
+        fine_tune_batchnorm=m.fine_tune_batchnorm,
         include_backbone=include_backbone and not feature_dim,
         feature_dim=feature_dim,
         name="image_tower",

@@ -35,14 +35,23 @@ from vse_tf.modeling import build_model, word_vectors
 from vse_tf.models.vse_model import VSEModel
 
 
-def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """Adam with the VSE++ step decay (`VSEModel` clips the gradient)."""
+def make_optimizer(
+    config: Config, steps_per_epoch: int, scale: float = 1.0
+) -> keras.optimizers.Optimizer:
+    """Adam with the VSE++ step decay (`VSEModel` clips the gradient).
+
+    Args:
+        config: The run's config (``learning_rate``, ``lr_decay_epochs``).
+        steps_per_epoch: Steps of one epoch (when the decay happens).
+        scale: Multiplies the learning rate throughout (the fine-tuned
+            CNN's ``trunk_lr_multiplier``).
+    """
     t = config.train
-    learning_rate = t.learning_rate
+    base = t.learning_rate * scale
+    learning_rate = base
     if t.lr_decay_epochs and t.lr_decay_epochs < t.epochs:
         learning_rate = keras.optimizers.schedules.PiecewiseConstantDecay(
-            [t.lr_decay_epochs * steps_per_epoch],
-            [t.learning_rate, t.learning_rate * 0.1],
+            [t.lr_decay_epochs * steps_per_epoch], [base, base * 0.1]
         )
     return keras.optimizers.Adam(learning_rate=learning_rate)
 
@@ -73,12 +82,17 @@ def extract_split_features(
         (precomputed-feature data sets have nothing to extract); with
         ``config.data.augment_flip`` also ``"train (mirrored)"``.
 
+    With ``fine_tune_from`` (and ``fine_tune_cached``) these are the
+    activations where fine-tuning starts, which that training reads.
+
     Raises:
-        ValueError: for a fine-tuning config (it reads images, not features).
+        ValueError: for fine-tuning on images (``fine_tune_cached`` off:
+            training reads images, not a cache).
     """
-    if config.model.fine_tune_from:
+    if feature_settings.trains_on_images(config):
         raise ValueError(
-            "fine_tune_from is set: fine-tuning reads images, not cached features"
+            "fine_tune_from is set with fine_tune_cached off: fine-tuning reads "
+            "images, not cached features"
         )
     reports = {}
     for name in splits:
@@ -363,6 +377,10 @@ def _build_for_training(
             config, vocabulary, vectors, word_dim, feature_dim=precomputed_dim
         )
         optimizer = make_optimizer(config, steps_per_epoch)
+        multiplier = config.train.trunk_lr_multiplier
+        if model.trunk_variables() and multiplier != 1.0:
+            model.trunk_optimizer = make_optimizer(config, steps_per_epoch, multiplier)
+            model.trunk_optimizer.build(model.trunk_variables())
         # Keras's jit_compile="auto" would pick XLA here. Batches are trimmed
         # to their longest caption, so XLA recompiles for every new length
         # (5-9 s each); the text tower's own jit_compile_text is the switch.
@@ -407,7 +425,9 @@ def _fit(
         first_epoch,
         t.epochs,
         image_features=train_feats,
-        image_paths=train.image_paths if config.model.fine_tune_from else None,
+        image_paths=(
+            train.image_paths if feature_settings.trains_on_images(config) else None
+        ),
         image_size=config.data.image_size,
         bucket_by_length=t.bucket_by_length,
         hard_negatives_from_epoch=(

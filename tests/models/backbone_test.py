@@ -331,3 +331,73 @@ def test_imagenet_weights_are_asked_from_keras(monkeypatch):
     assert calls == ["imagenet"]
     assert model.output_shape == (None, 512)
     assert backbone_lib.weights_fingerprint("imagenet") == "imagenet"
+
+
+class TestSplit:
+    """`split_backbone`: the cheap fine-tuning path's two halves."""
+
+    @pytest.mark.parametrize(
+        "backbone_name, feature, fine_tune_from",
+        [
+            ("vgg16", "pool5_avgmax", "block5"),
+            ("vgg16", "pool5", "block4"),
+            ("efficientnet_lite0", "head_avg", "stage6"),
+            ("efficientnet_lite0", "head_avgmax", "head"),
+            ("efficientnet_lite0", "head_avg", "stage6_block2"),  # a residual block
+        ],
+    )
+    def test_top_of_bottom_is_the_backbone(
+        self, backbone_name, feature, fine_tune_from
+    ):
+        size = 64
+        backbone = backbone_lib.build_backbone(backbone_name, feature, size, "none")
+        set_fine_tuning(backbone, fine_tune_from)
+        bottom, top = backbone_lib.split_backbone(backbone, fine_tune_from, feature)
+        pixels = _pixels(size=size)
+        activations = bottom(pixels)
+        assert tuple(activations.shape[1:]) == backbone_lib.cut_shape(
+            backbone_name, feature, size, fine_tune_from
+        )
+        np.testing.assert_allclose(
+            top(activations).numpy(), backbone(pixels).numpy(), rtol=1e-5, atol=1e-5
+        )
+        # The halves hold the backbone's own variables: the trained ones in
+        # the top, none in the bottom.
+        assert bottom.trainable_weights == []
+        assert {id(w) for w in top.trainable_weights} == {
+            id(w) for w in backbone.trainable_weights
+        }
+
+    def test_the_halves_share_the_backbones_weights(self):
+        backbone = backbone_lib.build_backbone("vgg16", "pool5", SIZE, "none")
+        set_fine_tuning(backbone, "block5")
+        bottom, top = backbone_lib.split_backbone(backbone, "block5", "pool5")
+        activations = bottom(_pixels())
+        before = top(activations).numpy()
+        kernel = _inner_vgg(backbone).get_layer("block5_conv3").kernel
+        kernel.assign(kernel * 2.0)  # relu(2x) = 2 relu(x): the features double
+        np.testing.assert_allclose(top(activations).numpy(), 2 * before, rtol=1e-5)
+
+    def test_vgg_cut_shapes_by_hand(self):
+        # block5 starts after four 2x2 poolings: 64 / 16 = 4, 512 channels.
+        assert backbone_lib.cut_shape("vgg16", "pool5", 64, "block5") == (4, 4, 512)
+        # block3 after two: 16x16, block2's 128 channels.
+        assert backbone_lib.cut_shape("vgg16", "pool5", 64, "block3") == (16, 16, 128)
+
+    def test_lite0_cut_shapes_at_224(self):
+        # The stage table (efficientnet_lite.VARIANTS): stage 6 starts at
+        # stride 16 (224 / 16 = 14) with stage 5's 112 channels; stage 7 at
+        # stride 32 with stage 6's 192; the head conv reads stage 7's 320.
+        shape = backbone_lib.cut_shape
+        assert shape("efficientnet_lite0", "head_avg", 224, "stage6") == (14, 14, 112)
+        assert shape("efficientnet_lite0", "head_avg", 224, "stage7") == (7, 7, 192)
+        assert shape("efficientnet_lite0", "head_avg", 224, "head") == (7, 7, 320)
+
+    @pytest.mark.parametrize("point", ["", "all"])
+    def test_nothing_to_cut(self, random_backbone, point):
+        with pytest.raises(ValueError, match="no frozen part"):
+            backbone_lib.split_backbone(random_backbone, point, "pool5")
+
+    def test_unknown_point_lists_the_choices(self, random_backbone):
+        with pytest.raises(ValueError, match="choose from.*block5"):
+            backbone_lib.split_backbone(random_backbone, "block9", "pool5")

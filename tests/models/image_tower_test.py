@@ -187,3 +187,71 @@ class TestImageTower:
         assert restored.get_config() == head.get_config()
         assert restored.backbone is None
         assert restored.name == "head"
+
+
+class TestCachedActivations:
+    """Fine-tuning the cheap way: the tower's top on activations at the cut."""
+
+    LITE_SIZE = 64
+
+    def _lite_tower(self, fine_tune_batchnorm="frozen"):
+        keras.utils.set_random_seed(0)
+        return ImageTower(
+            embed_dim=DIM,
+            image_size=self.LITE_SIZE,
+            backbone="efficientnet_lite0",
+            lite_weights="none",
+            image_feature="head_avg",
+            fine_tune_from="stage7",
+            fine_tune_batchnorm=fine_tune_batchnorm,
+        )
+
+    def _lite_pixels(self, batch=4):
+        rng = np.random.default_rng(1)
+        shape = (batch, self.LITE_SIZE, self.LITE_SIZE, 3)
+        return rng.uniform(0, 255, size=shape).astype(np.float32)
+
+    def test_embedding_of_activations_equals_embedding_of_pixels(self):
+        from vse_tf.models import backbone as backbone_lib
+
+        tower = self._lite_tower()
+        bottom, _ = backbone_lib.split_backbone(tower.backbone, "stage7", "head_avg")
+        pixels = self._lite_pixels()
+        activations = bottom(pixels).numpy()
+        assert tower.cut_shape == activations.shape[1:] == (2, 2, 192)
+        expected = tower(pixels).numpy()
+        flat = activations.reshape([len(pixels), -1])
+        np.testing.assert_allclose(tower.embed_cached(activations), expected, atol=1e-5)
+        np.testing.assert_allclose(tower.embed_cached(flat), expected, atol=1e-5)
+
+    def test_frozen_batchnorm_ignores_the_batch_statistics(self):
+        pixels = self._lite_pixels()
+        frozen = self._lite_tower("frozen")
+        np.testing.assert_allclose(
+            frozen(pixels, training=True), frozen(pixels, training=False), atol=1e-6
+        )
+        batch = self._lite_tower("batch")
+        trained_mode = batch(pixels, training=True).numpy()
+        assert np.abs(trained_mode - batch(pixels, training=False).numpy()).max() > 1e-3
+
+    def test_no_top_without_a_cut(self, tower):
+        assert tower.trunk_top is None and tower.cut_shape is None
+        features = np.random.default_rng(0).uniform(size=(2, 512)).astype("float32")
+        np.testing.assert_allclose(
+            tower.embed_cached(features), tower.embed_features(features), atol=1e-7
+        )
+        keras.utils.set_random_seed(0)
+        whole = ImageTower(
+            embed_dim=DIM, image_size=SIZE, vgg_weights="none", fine_tune_from="all"
+        )
+        assert whole.trunk_top is None
+
+    def test_config_round_trip_keeps_the_batchnorm_mode(self):
+        tower = self._lite_tower("batch")
+        config = tower.get_config()
+        assert config["fine_tune_batchnorm"] == "batch"
+        assert ImageTower.from_config(config).fine_tune_batchnorm == "batch"
+
+    def test_unknown_batchnorm_mode(self):
+        with pytest.raises(ValueError, match="fine_tune_batchnorm"):
+            ImageTower(embed_dim=DIM, include_backbone=False, fine_tune_batchnorm="x")

@@ -312,3 +312,73 @@ def test_the_trained_joint_model_round_trips_through_a_keras_archive(
         model.image_tower(pixels, training=False),
         atol=1e-6,
     )
+
+
+class TestFineTuningFromActivations:
+    """The cheap path: cached activations at the cut, the trunk's own Adam."""
+
+    def _model(self):
+        keras.utils.set_random_seed(0)
+        image_tower = ImageTower(
+            embed_dim=DIM, image_size=SIZE, vgg_weights="none", fine_tune_from="block5"
+        )
+        text_tower = LSTMTextTower(
+            VOCAB, embed_dim=DIM, word_dim=8, max_length=MAX_LENGTH
+        )
+        return VSEModel(image_tower, text_tower)
+
+    def _batch(self, model):
+        from vse_tf.models.backbone import split_backbone
+
+        bottom, _ = split_backbone(model.image_tower.backbone, "block5", "pool5")
+        rng = np.random.default_rng(2)
+        pixels = rng.uniform(0, 255, (BATCH, SIZE, SIZE, 3)).astype(np.float32)
+        batch = _batch()
+        batch["image_features"] = tf.constant(
+            bottom(pixels).numpy().reshape([BATCH, -1]).astype(np.float16)
+        )
+        return batch
+
+    def _kernel(self, model, name):
+        return model.image_tower.backbone.get_layer("vgg16").get_layer(name).kernel
+
+    def test_each_part_moves_at_its_own_learning_rate(self):
+        model = self._model()
+        batch = self._batch(model)
+        model(batch)
+        trainable = model.trainable_variables
+        assert len({id(v) for v in trainable}) == len(trainable)  # no doubles
+        trunk = model.trunk_variables()
+        assert {v.path.split("/")[-2] for v in trunk} == {
+            f"block5_conv{i}" for i in (1, 2, 3)
+        }
+        model.compile(optimizer=keras.optimizers.Adam(1e-2))
+        model.trunk_optimizer = keras.optimizers.Adam(1e-3)
+        model.trunk_optimizer.build(trunk)
+        everything = model.image_tower.weights
+        before = {id(v): np.array(v.numpy()) for v in everything}
+        model.train_on_batch(batch)
+        moved = {id(v): np.abs(v.numpy() - before[id(v)]) for v in everything}
+        # Adam's first step moves each weight by lr * g / (|g| + eps), i.e.
+        # by lr where the gradient is not tiny: 1e-3 in the trunk's kernels,
+        # 1e-2 in the head's (W_emb).
+        for name in ("block5_conv1", "block5_conv2", "block5_conv3"):
+            kernel = self._kernel(model, name)
+            assert moved[id(kernel)].max() == pytest.approx(1e-3, rel=1e-3), name
+        w_emb = model.image_tower.w_emb
+        assert moved[id(w_emb.kernel)].max() == pytest.approx(1e-2, rel=1e-3)
+        # The frozen blocks did not move.
+        changed = {id(v) for v in trunk} | {id(w_emb.kernel), id(w_emb.bias)}
+        for v in everything:
+            if id(v) not in changed:
+                assert moved[id(v)].max() == 0.0, v.path
+
+    def test_one_optimizer_without_trunk_optimizer(self):
+        model = self._model()
+        batch = self._batch(model)
+        model(batch)
+        model.compile(optimizer=keras.optimizers.Adam(1e-2))
+        kernel = self._kernel(model, "block5_conv3")
+        before = kernel.numpy().copy()
+        model.train_on_batch(batch)
+        assert np.abs(kernel.numpy() - before).max() == pytest.approx(1e-2, rel=1e-3)

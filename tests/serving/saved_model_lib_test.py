@@ -365,3 +365,55 @@ def test_efficientnet_lite_model_exports_and_matches_keras(tmp_path):
     features = model.image_tower.backbone(pixels)
     from_features = loaded.signatures["encode_image_features"](features=features)
     np.testing.assert_allclose(from_features["embedding"].numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.slow(reason="fine-tunes, exports, checks and converts a tiny model")
+def test_fine_tuned_trunk_exports_its_trained_weights(tmp_path):
+    """A trunk fine-tuned the cheap way (cached activations) exports like a
+    frozen one, and the export carries the fine-tuned weights."""
+    from vse_tf import modeling
+    from vse_tf import text as text_lib
+    from vse_tf.serving import serving_check
+
+    workdir, data_dir = testing_utils.train_tiny_workdir(
+        str(tmp_path),
+        backbone="efficientnet_lite0",
+        lite_weights="none",
+        image_feature="head_avg",
+        image_size=64,
+        fine_tune_from="stage7",
+        augment_flip=True,
+        epochs=2,
+        learning_rate=1e-2,
+    )
+    export_dir = saved_model_lib.export_saved_model(workdir, str(tmp_path / "models"))
+    config, model = workdir_lib.load_trained_model(workdir)
+    files = _image_files(data_dir)
+    pixels = np.stack(
+        [images_lib.load_image(tf.constant(p), 64).numpy() for p in files]
+    )
+    trained = model.image_tower(pixels).numpy()
+    loaded = tf.saved_model.load(export_dir)
+    exported = loaded.signatures["encode_image"](
+        image_bytes=tf.constant([open(p, "rb").read() for p in files])
+    )["embedding"].numpy()
+    np.testing.assert_allclose(exported, trained, atol=1e-5)
+
+    # The same head on the trunk as it was before training embeds otherwise.
+    vocabulary = text_lib.Vocabulary.load(os.path.join(workdir, workdir_lib.VOCAB_FILE))
+    pretrained = modeling.build_model(config, vocabulary).image_tower
+    pretrained.w_emb.set_weights(model.image_tower.w_emb.get_weights())
+    assert model.image_tower.feature_bn is None  # the tiny preset's l2 norm
+    before = pretrained(pixels).numpy()
+    assert np.abs(before - exported).max() > 1e-3
+
+    report = serving_check.check_serving(export_dir)
+    assert report.ok, report.format()
+
+    pytest.importorskip("ai_edge_litert", reason="LiteRT: pip install vse_tf[lite]")
+    from vse_tf.serving.tflite import convert, runner
+
+    tflite = convert.convert_image_tower(model.image_tower)
+    got = runner.run_tflite(tflite, pixels)
+    cosine = (got * trained).sum(1) / np.linalg.norm(got, axis=1)
+    assert cosine.min() >= 0.99999, cosine

@@ -144,7 +144,10 @@ def train_dataset(
 
 
 def _feature_views(image_features: Optional[np.ndarray]) -> Optional[tf.Tensor]:
-    """``float32 [V, N, F]`` views of the cached features (``V = 1`` for ``[N, F]``).
+    """``[V, N, F]`` views of the cached features (``V = 1`` for ``[N, F]``).
+
+    float16 arrays (activations for the cheap fine-tuning path) stay float16,
+    half the memory; the model casts each batch. Anything else is float32.
 
     Raises:
         ValueError: When ``image_features`` is neither ``[N, F]`` nor
@@ -152,7 +155,8 @@ def _feature_views(image_features: Optional[np.ndarray]) -> Optional[tf.Tensor]:
     """
     if image_features is None:
         return None
-    feats = tf.constant(image_features, tf.float32)
+    dtype = tf.float16 if image_features.dtype == np.float16 else tf.float32
+    feats = tf.constant(image_features, dtype)
     if feats.shape.rank == 2:
         return feats[None]  # one view
     if feats.shape.rank != 3:
@@ -170,7 +174,8 @@ class _TrainData:
         ids: ``int32 [M, L]`` padded caption ids.
         lengths: ``int32 [M]`` caption lengths.
         owners: ``int32 [M]`` image of each caption.
-        feats: ``float32 [V, N, F]`` feature views, or None (image files).
+        feats: ``float32|float16 [V, N, F]`` feature views, or None (image
+            files).
         paths: ``string [N]`` image files, or None (cached features).
         image_size: Decode size for ``paths``.
         hard_negatives_from_epoch: First epoch whose batches set

@@ -14,6 +14,8 @@ import os
 from collections.abc import Sequence
 from typing import Any, Optional
 
+import numpy as np
+
 from vse_tf import io_utils, shard_store
 from vse_tf.models import backbone as backbone_lib
 from vse_tf.models import catalog as backbone_catalog
@@ -33,6 +35,16 @@ RESIZE = "bilinear-antialias"
 DTYPES = ("mixed_bfloat16", "float32")
 
 
+STORAGE_DTYPES = ("float16", "float32")
+"""How an entry's arrays are stored: features always float32; activations
+at a cut float16 when the first batch shows it keeps them (else float32)."""
+
+
+def storage_dtype(manifest: dict) -> np.dtype:
+    """The dtype an entry's shards hold (``storage``; older entries: float32)."""
+    return np.dtype(manifest.get("storage") or "float32")
+
+
 BACKBONE = "keras.applications.VGG16"
 
 
@@ -46,7 +58,14 @@ def cache_key(
     dtype: str,
     flip: bool = False,
     backbone: str = backbone_catalog.VGG16,
+    cut: str = "",
 ) -> dict[str, Any]:
+    """What identifies an entry: the CNN, its weights and every setting.
+
+    ``cut`` (a ``fine_tune_from`` point) keys the activations at that layer's
+    input instead of the features (stored as float16 where that keeps them,
+    see `vse_tf.features.extractor.Extractor`).
+    """
     key = {
         "format": CACHE_FORMAT,
         "backbone": _BACKBONE_KEYS.get(backbone, backbone),
@@ -59,6 +78,8 @@ def cache_key(
     }
     if flip:  # only then, so the keys of unflipped caches stay as they were
         key["flip"] = "left_right"
+    if cut:  # likewise
+        key["cut"] = cut
     return key
 
 
@@ -108,6 +129,7 @@ def usable_manifest(
         isinstance(manifest.get("shard_size"), int)
         and manifest["shard_size"] >= 1
         and manifest.get("used_dtype") in (None, *DTYPES)
+        and manifest.get("storage") in (None, *STORAGE_DTYPES)
     )
     if not well_formed:
         logging.warning("Malformed %s; extracting again", store.manifest_path)
@@ -152,17 +174,21 @@ def new_manifest(
     paths: Sequence[str],
     shard_size: int,
     backbone: str,
+    feature_dim: Optional[int] = None,
 ) -> dict:
+    """A new entry's manifest; ``feature_dim`` defaults to the feature's F."""
     return dict(
         key,
         weights_sha256=weights_sha256(weights, backbone),
-        feature_dim=backbone_catalog.feature_dim(backbone, key["feature"]),
+        feature_dim=feature_dim
+        or backbone_catalog.feature_dim(backbone, key["feature"]),
         image_list_sha256=list_sha256(paths),
         count=len(paths),
         first_image=paths[0] if paths else "",
         shard_size=shard_size,
         used_dtype=None,
         bf16_min_cosine=None,
+        storage=None,
         shards=[],
         complete=False,
     )

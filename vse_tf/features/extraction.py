@@ -19,6 +19,7 @@ from vse_tf import io_utils, progress, shard_store
 from vse_tf.features import cache as cache_lib
 from vse_tf.features import extractor as extractor_lib
 from vse_tf.features import report as report_lib
+from vse_tf.models import backbone as backbone_lib
 from vse_tf.models import catalog as backbone_catalog
 
 
@@ -29,7 +30,7 @@ class ExtractionJob:
     Attributes:
         paths: ``[N]`` absolute image paths (or URLs).
         backbone, image_feature, image_size, weights, dtype, batch_size,
-        flip, cache_dir, on_shard, verbose: As in
+        flip, cache_dir, on_shard, verbose, cut: As in
             `extract_features_with_report`.
     """
 
@@ -44,6 +45,16 @@ class ExtractionJob:
     cache_dir: Optional[str]
     on_shard: Optional[Callable[[int, int], None]]
     verbose: int
+    cut: str = ""
+
+    def row_dim(self) -> int:
+        """Values per image: F, or ``h * w * c`` of the activations at the cut."""
+        if not self.cut:
+            return backbone_catalog.feature_dim(self.backbone, self.image_feature)
+        shape = backbone_lib.cut_shape(
+            self.backbone, self.image_feature, self.image_size, self.cut
+        )
+        return int(np.prod(shape))
 
 
 class _ShardWriter:
@@ -72,6 +83,8 @@ class _ShardWriter:
             job.dtype,
             manifest["used_dtype"],
             job.cache_dir,
+            cut=job.cut,
+            storage=manifest.get("storage"),
         )
         self.shard_size = int(manifest["shard_size"])
         self.num_shards = -(-len(job.paths) // self.shard_size)
@@ -92,10 +105,14 @@ class _ShardWriter:
         start, stop = cache_lib.shard_range(shard, self.shard_size, len(self.job.paths))
         skipped = self._skipped(start, stop, kept)
         dim = self.manifest["feature_dim"]
-        array = np.concatenate(rows) if rows else np.zeros([0, dim], np.float32)
+        # (Undecided only while no image was readable: an empty array.)
+        storage = self.extractor.storage or self.manifest.get("storage") or "float32"
+        array = np.concatenate(rows) if rows else np.zeros([0, dim], storage)
         if not np.all(np.isfinite(array)):
             raise FloatingPointError(
-                f"non-finite {self.job.backbone} features; check the weights"
+                f"non-finite {self.job.backbone} features"
+                + (" in float16" if self.job.cut else "")
+                + "; check the weights"
             )
         entry = self.store.write_shard(
             shard,
@@ -107,6 +124,12 @@ class _ShardWriter:
         )
         self.done[shard] = shard_store.Shard(entry=entry, array=array)
         self.manifest["used_dtype"] = self.extractor.used_dtype
+        if self.extractor.storage is not None:
+            self.manifest["storage"] = self.extractor.storage
+        if self.extractor.storage_min_cosine is not None:
+            self.manifest["float16_min_cosine"] = round(
+                self.extractor.storage_min_cosine, 7
+            )
         if self.extractor.min_cosine is not None:
             self.manifest["bf16_min_cosine"] = round(self.extractor.min_cosine, 6)
         self.manifest["shards"] = [self.done[s].entry for s in sorted(self.done)]
@@ -180,7 +203,7 @@ def _open_cache(
     if manifest is None:
         io_utils.makedirs(store.folder)
         manifest = cache_lib.new_manifest(
-            key, job.weights, job.paths, shard_size, job.backbone
+            key, job.weights, job.paths, shard_size, job.backbone, dim
         )
     size, count = int(manifest["shard_size"]), len(job.paths)
     # The manifest's shards, then those a parallel run finished before it
@@ -188,7 +211,7 @@ def _open_cache(
     done = store.read_complete(
         manifest["shards"] + store.read_entries(),
         is_valid=lambda entry: cache_lib.entry_ok(entry, size, count),
-        dtype=np.float32,
+        dtype=cache_lib.storage_dtype(manifest),
         row_shape=(dim,),
     )
     manifest["shards"] = [done[s].entry for s in sorted(done)]
@@ -196,10 +219,10 @@ def _open_cache(
 
 
 def _assemble(
-    done: dict[int, shard_store.Shard], count: int, dim: int
+    done: dict[int, shard_store.Shard], count: int, dim: int, dtype: np.dtype
 ) -> tuple[np.ndarray, np.ndarray, list[report_lib.SkippedImage]]:
     """``(features [N, F], valid [N], skipped)`` from the complete shards."""
-    features = np.zeros([count, dim], np.float32)
+    features = np.zeros([count, dim], dtype)
     valid = np.ones([count], bool)
     skipped: list[report_lib.SkippedImage] = []
     for shard in sorted(done):
@@ -255,6 +278,7 @@ def extract_features_with_report(
     flip: bool = False,
     backbone: str = backbone_catalog.VGG16,
     compute: Optional[ComputeShards] = None,
+    cut: str = "",
 ) -> report_lib.FeatureReport:
     """CNN features of images from the sharded cache, computing what is missing.
 
@@ -282,10 +306,17 @@ def extract_features_with_report(
         compute: How the missing shards are computed: in this process
             (default), or by a Beam pipeline
             (`vse_tf.pipelines.extract.extract_features_with_report`).
+        cut: ``""`` for the features; a ``fine_tune_from`` point for the
+            activations at the input of that layer instead
+            (`backbone.split_backbone`'s ``bottom``), flattened and stored
+            as float16 where the first batch shows float16 keeps them (min
+            cosine `extractor.FLOAT16_MIN_COSINE`; else float32): what the
+            cheap fine-tuning path trains on (its own cache entry).
 
     Returns:
-        The features (``float32 [N, F]``, zero rows for skipped images), the
-        ``valid`` mask and the skipped images with reasons.
+        The features (``float32 [N, F]``; ``float16|float32 [N, h*w*c]``
+        with ``cut``; zero rows for skipped images), the ``valid`` mask and
+        the skipped images with reasons.
 
     Raises:
         ValueError: for a bad ``dtype``, ``batch_size`` or ``shard_size``.
@@ -304,6 +335,7 @@ def extract_features_with_report(
         cache_dir=cache_dir,
         on_shard=on_shard,
         verbose=verbose,
+        cut=cut,
     )
     return run_extraction(job, shard_size, compute)
 
@@ -333,13 +365,14 @@ def run_extraction(
         job.dtype,
         job.flip,
         job.backbone,
+        job.cut,
     )
     store = shard_store.ShardStore(
         cache_lib.folder_for_key(
             job.cache_dir or io_utils.default_cache_dir(), key, paths
         )
     )
-    dim = backbone_catalog.feature_dim(job.backbone, job.image_feature)
+    dim = job.row_dim()
     manifest, done = _open_cache(store, key, job, shard_size, dim)
     num_shards = -(-len(paths) // int(manifest["shard_size"]))
     pending = [s for s in range(num_shards) if s not in done]
@@ -355,7 +388,8 @@ def run_extraction(
                 len(pending),
             )
         (compute or _compute_shards)(store, manifest, job, done, pending)
-    features, valid, skipped = _assemble(done, len(paths), dim)
+    storage = cache_lib.storage_dtype(manifest)
+    features, valid, skipped = _assemble(done, len(paths), dim, storage)
     if not manifest["complete"]:
         seconds = time.time() - start_time if pending else None
         _mark_complete(store, manifest, valid, len(skipped), job.dtype, seconds)

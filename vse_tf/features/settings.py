@@ -57,8 +57,10 @@ def extraction_settings(config: Config) -> dict[str, Any]:
 
     Returns:
         ``image_feature``, ``image_size``, ``weights``, ``batch_size``,
-        ``dtype`` (``auto`` resolved for this machine), ``cache_dir`` and
-        ``backbone``, as `extract_features_with_report` takes them.
+        ``dtype`` (``auto`` resolved for this machine), ``cache_dir``,
+        ``backbone`` and ``cut`` (``fine_tune_from`` on the cheap
+        fine-tuning path, `trains_on_activations`; else ``""``), as
+        `extract_features_with_report` takes them.
     """
     data = config.data
     return dict(
@@ -69,7 +71,18 @@ def extraction_settings(config: Config) -> dict[str, Any]:
         dtype=hardware.extract_dtype(data.extract_dtype),
         cache_dir=data.cache_dir or None,
         backbone=config.model.backbone,
+        cut=config.model.fine_tune_from if trains_on_activations(config) else "",
     )
+
+
+def trains_on_activations(config: Config) -> bool:
+    """Fine-tuning the cheap way: on cached activations of the frozen part."""
+    return bool(config.model.fine_tune_from) and config.model.fine_tune_cached
+
+
+def trains_on_images(config: Config) -> bool:
+    """Fine-tuning on decoded images, the whole CNN run every step."""
+    return bool(config.model.fine_tune_from) and not config.model.fine_tune_cached
 
 
 def split_features(
@@ -80,7 +93,9 @@ def split_features(
     Images that cannot be read or decoded (missing, truncated, not an image)
     are skipped: they and their captions leave the split, and the count is
     logged (the feature cache's manifest lists each with its reason). When
-    fine-tuning (no feature cache) the image files are only checked.
+    fine-tuning on images (``fine_tune_cached`` off: no feature cache) the
+    image files are only checked; fine-tuning the cheap way reads the
+    activations where fine-tuning starts (`trains_on_activations`).
 
     Args:
         config: The run's config.
@@ -91,26 +106,28 @@ def split_features(
 
     Returns:
         ``(split, features, skipped)``: the split without the skipped
-        images; their features, ``[N', F]``, ``[2, N', F]`` (image, mirror
-        image) with ``flip``, or None when fine-tuning; and how many images
-        were skipped.
+        images; their features (or activations), ``[N', F]``, ``[2, N', F]``
+        (image, mirror image) with ``flip``, or None when fine-tuning on
+        images; and how many images were skipped.
 
     Raises:
-        ValueError: ``flip`` with precomputed features or fine-tuning.
+        ValueError: ``flip`` with precomputed features or fine-tuning on
+            images.
     """
-    if flip and (split.features is not None or config.model.fine_tune_from):
+    if flip and (split.features is not None or trains_on_images(config)):
         raise ValueError(
             "augment_flip mirrors images before the frozen CNN, so it needs "
             "image files and cached features: "
             + (
                 f"the {config.data.dataset} data set has precomputed features"
                 if split.features is not None
-                else f"fine_tune_from={config.model.fine_tune_from!r} trains on images"
+                else f"fine_tune_from={config.model.fine_tune_from!r} with "
+                "fine_tune_cached off trains on images"
             )
         )
     if split.features is not None:
         return split, split.features, 0
-    if config.model.fine_tune_from:
+    if trains_on_images(config):
         features = None
         skipped = report_lib.unreadable_images(
             split.image_paths, config.data.image_size

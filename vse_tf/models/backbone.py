@@ -334,3 +334,105 @@ def set_fine_tuning(backbone: keras.Model, fine_tune_from: str) -> None:
             unfreeze or name == fine_tune_from or name.startswith(fine_tune_from + "_")
         )
         layer.trainable = unfreeze
+
+
+def _trunk(backbone: keras.Model) -> keras.Model:
+    """The one nested model of `build_backbone`'s model: the CNN's layers."""
+    inner = [layer for layer in backbone.layers if isinstance(layer, keras.Model)]
+    if len(inner) != 1:
+        raise ValueError(f"{backbone.name} is not a model from build_backbone")
+    return inner[0]
+
+
+def _preprocess(backbone: keras.Model) -> keras.layers.Layer:
+    for layer in backbone.layers:
+        if isinstance(layer, (VGGPreprocess, efficientnet_lite.LitePreprocess)):
+            return layer
+    raise ValueError(f"{backbone.name} has no preprocessing layer")
+
+
+def first_fine_tuned_layer(backbone: keras.Model, fine_tune_from: str) -> str:
+    """The name of the first weighted layer ``fine_tune_from`` trains.
+
+    Raises:
+        ValueError: for ``""``/``"all"`` (nothing to cut off), or a point the
+            backbone does not have (naming those it has).
+    """
+    if fine_tune_from in ("", "all"):
+        raise ValueError(
+            f"fine_tune_from={fine_tune_from!r} leaves no frozen part of the "
+            "trunk to compute once"
+        )
+    points = fine_tune_points(backbone)
+    if fine_tune_from not in points:
+        raise ValueError(
+            f"fine_tune_from={fine_tune_from!r} matches no layer of "
+            f"{backbone.name}; choose from {', '.join(points)}"
+        )
+    for layer in _weighted_layers(_trunk(backbone)):
+        if layer.name == fine_tune_from or layer.name.startswith(fine_tune_from + "_"):
+            return layer.name
+    raise ValueError(f"fine_tune_from={fine_tune_from!r}: no such layer")
+
+
+def split_backbone(
+    backbone: keras.Model, fine_tune_from: str, image_feature: str
+) -> tuple[keras.Model, keras.Model]:
+    """Cuts `build_backbone`'s model where fine-tuning starts.
+
+    The two parts share the backbone's layers (and so its weights):
+    ``top(bottom(pixels)) == backbone(pixels)``. Training the fine-tuned
+    layers on activations ``bottom`` computed once (the feature cache) is
+    the cheap way to fine-tune: each step runs only ``top``.
+
+    Args:
+        backbone: From `build_backbone`.
+        fine_tune_from: Where fine-tuning starts (see `set_fine_tuning`);
+            not ``""`` or ``"all"``.
+        image_feature: The backbone's ``image_feature`` (the pooling after
+            the trunk).
+
+    Returns:
+        ``(bottom, top)``: ``bottom`` maps ``float32 [B, S, S, 3]`` RGB
+        0..255 to the input of the first fine-tuned layer, ``[B, h, w, c]``
+        (the cut); ``top`` maps that to the ``[B, F]`` features.
+
+    Raises:
+        ValueError: for a ``fine_tune_from`` with nothing before it.
+    """
+    trunk = _trunk(backbone)
+    cut = trunk.get_layer(first_fine_tuned_layer(backbone, fine_tune_from)).input
+    pixels = keras.Input(backbone.input.shape[1:], name="pixels")
+    bottom_trunk = keras.Model(trunk.input, cut, name=f"{trunk.name}_bottom")
+    bottom = keras.Model(
+        pixels,
+        bottom_trunk(_preprocess(backbone)(pixels)),
+        name=f"{backbone.name}_bottom",
+    )
+    activations = keras.Input(cut.shape[1:], name="activations")
+    top_trunk = keras.Model(cut, trunk.output, name=f"{trunk.name}_top")
+    x = top_trunk(activations)
+    if image_feature != "fc7":  # the fc7 trunk ends in fc2 already
+        x = _global_pool(x, image_feature)
+    features = keras.layers.Activation("linear", dtype="float32", name="features")(x)
+    return bottom, keras.Model(activations, features, name=f"{backbone.name}_top")
+
+
+def cut_shape(
+    backbone: str, image_feature: str, image_size: int, fine_tune_from: str
+) -> tuple[int, int, int]:
+    """``(h, w, c)`` of the activations `split_backbone` cuts at (no weights read)."""
+    catalog.check_backbone(backbone, image_feature, image_size)
+    if backbone == catalog.VGG16:
+        model = keras.applications.VGG16(
+            include_top=image_feature == "fc7",
+            weights=None,
+            input_shape=(image_size, image_size, 3),
+        )
+    else:
+        model = efficientnet_lite.build_trunk(backbone, image_size)
+    wrapper = keras.Model(model.input, model.output, name=backbone)
+    pixels = keras.Input((image_size, image_size, 3))
+    outer = keras.Model(pixels, wrapper(VGGPreprocess()(pixels)))
+    name = first_fine_tuned_layer(outer, fine_tune_from)
+    return tuple(int(d) for d in model.get_layer(name).input.shape[1:])

@@ -39,6 +39,11 @@ each feature dimension with batch statistics (moving averages at
 inference), then unit-normalise; ``none``."""
 
 
+FINE_TUNE_BATCHNORM = ("frozen", "batch")
+"""Batch norm of fine-tuned CNN layers while training: ImageNet statistics
+(``frozen``) or batch statistics (``batch``)."""
+
+
 @keras.saving.register_keras_serializable(package="vse_tf")
 class ImageTower(keras.Model):
     """RGB images (or their cached CNN features) -> unit D-dim embeddings.
@@ -66,6 +71,16 @@ class ImageTower(keras.Model):
             such a tower has no backbone.
         backbone: ``vgg16`` or ``efficientnet_lite0|1|2``.
         lite_weights: EfficientNet-Lite's weights, ``pretrained|none|PATH``.
+        fine_tune_batchnorm: ``frozen`` (batch norm of the fine-tuned layers
+            keeps its ImageNet statistics, as VSE++ and CLIP fine-tune on
+            small data; gamma and beta still train) or ``batch`` (batch
+            statistics while training, moving averages updated).
+
+    With ``fine_tune_from`` naming a point inside the trunk, the tower also
+    holds ``trunk_top``: the layers from that point on (`split_backbone`,
+    the same weights). ``embed_cached`` then takes the activations at the
+    cut, ``[B, h*w*c]`` or ``[B, h, w, c]``, computed once by the frozen
+    part (the cheap fine-tuning path of `vse_tf.train_lib`).
 
     Example:
         >>> tower = ImageTower(embed_dim=8, image_size=32, vgg_weights="none")
@@ -86,6 +101,7 @@ class ImageTower(keras.Model):
         feature_dim: Optional[int] = None,
         backbone: str = catalog.VGG16,
         lite_weights: str = "pretrained",
+        fine_tune_batchnorm: str = "frozen",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -93,7 +109,13 @@ class ImageTower(keras.Model):
             raise ValueError(
                 f"feature_norm must be one of {FEATURE_NORMS}, got {feature_norm!r}"
             )
+        if fine_tune_batchnorm not in FINE_TUNE_BATCHNORM:
+            raise ValueError(
+                f"fine_tune_batchnorm must be one of {FINE_TUNE_BATCHNORM}, "
+                f"got {fine_tune_batchnorm!r}"
+            )
         self.embed_dim = embed_dim
+        self.fine_tune_batchnorm = fine_tune_batchnorm
         self.image_feature = image_feature
         self.image_size = image_size
         self.vgg_weights = vgg_weights
@@ -120,6 +142,11 @@ class ImageTower(keras.Model):
                 dtype=backbone_dtype,
             )
             backbone_lib.set_fine_tuning(self.backbone, fine_tune_from)
+        self.trunk_top = None
+        if self.backbone is not None and fine_tune_from not in ("", "all"):
+            _, self.trunk_top = backbone_lib.split_backbone(
+                self.backbone, fine_tune_from, image_feature
+            )
         self.feature_normalize = L2Normalize(name="feature_l2")
         self.feature_bn = None
         if feature_norm == "batchnorm":
@@ -150,15 +177,42 @@ class ImageTower(keras.Model):
             features = self.feature_normalize(features)
         return self.normalize(self.w_emb(features))
 
+    @property
+    def cut_shape(self) -> Optional[tuple[int, ...]]:
+        """``(h, w, c)`` of the activations ``embed_cached`` takes (None: features)."""
+        if self.trunk_top is None:
+            return None
+        return tuple(int(d) for d in self.trunk_top.input.shape[1:])
+
+    def _trunk_training(self, training) -> bool:
+        """The CNN's ``training`` flag: batch norm stays frozen unless ``batch``."""
+        return bool(training) and self.fine_tune_batchnorm == "batch"
+
+    def embed_cached(self, cached, training=False):
+        """What the feature cache holds for this tower -> ``[B, D]`` embeddings.
+
+        Args:
+            cached: ``[B, F]`` features of the frozen CNN, or, for a tower
+                with ``trunk_top``, the activations at the cut (``[B, h*w*c]``
+                flattened or ``[B, h, w, c]``, any float dtype).
+            training: Training mode (batch norm of ``feature_norm``).
+        """
+        if self.trunk_top is None:
+            return self.embed_features(cached, training=training)
+        activations = keras.ops.reshape(
+            keras.ops.cast(cached, "float32"), (-1, *self.cut_shape)
+        )
+        features = self.trunk_top(activations, training=self._trunk_training(training))
+        return self.embed_features(features, training=training)
+
     def call(self, pixels, training=False):
         if self.backbone is None:
             raise ValueError(
                 "this image tower was built without its backbone "
                 "(include_backbone=False); use embed_features()"
             )
-        return self.embed_features(
-            self.backbone(pixels, training=training), training=training
-        )
+        features = self.backbone(pixels, training=self._trunk_training(training))
+        return self.embed_features(features, training=training)
 
     def get_config(self):
         config = super().get_config()
@@ -174,5 +228,6 @@ class ImageTower(keras.Model):
             feature_dim=self.feature_dim,
             backbone=self.backbone_name,
             lite_weights=self.lite_weights,
+            fine_tune_batchnorm=self.fine_tune_batchnorm,
         )
         return config

@@ -65,6 +65,14 @@ class VSEModel(keras.Model):
             Keras optimizer's ``global_clipnorm`` clips each replica's
             partial gradient before the sum (Keras 3.15), which would make
             N replicas differ from one device.
+
+    Attributes:
+        trunk_optimizer: None (one optimizer for every trainable variable),
+            or the optimizer of the fine-tuned CNN layers
+            (``image_tower.backbone``): with its own learning rate, a
+            fraction of the head's (`vse_tf.train_lib.make_optimizer`), as
+            small-data fine-tuning wants. Set it before training; it is
+            part of the model's checkpoint.
     """
 
     def __init__(
@@ -101,6 +109,7 @@ class VSEModel(keras.Model):
                 initializer=keras.initializers.Constant(math.log(1.0 / temperature)),
                 name="log_inverse_temperature",
             )
+        self.trunk_optimizer = None  # see `trunk_optimizer` in the class doc
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self._train_image_fn = tf.function(
             self._train_image, jit_compile=jit_compile_image, reduce_retracing=True
@@ -134,8 +143,8 @@ class VSEModel(keras.Model):
         return [self.loss_tracker]
 
     def embed_images(self, inputs, training=False):
-        if "image_features" in inputs:
-            return self.image_tower.embed_features(
+        if "image_features" in inputs:  # features, or activations at the cut
+            return self.image_tower.embed_cached(
                 inputs["image_features"], training=training
             )
         return self.image_tower(inputs["images"], training=training)
@@ -248,9 +257,24 @@ class VSEModel(keras.Model):
         if replicas > 1:
             # ...divided again, as the optimizer sums across replicas.
             gradients = [g / replicas for g in gradients]
-        self.optimizer.apply_gradients(zip(gradients, variables))
+        self._apply(gradients, variables)
         self.loss_tracker.update_state(loss)
         return self._logs(self.loss_tracker.result())
+
+    def trunk_variables(self) -> list:
+        """The trainable variables of the CNN (what ``trunk_optimizer`` updates)."""
+        backbone = self.image_tower.backbone
+        return [] if backbone is None else list(backbone.trainable_variables)
+
+    def _apply(self, gradients, variables) -> None:
+        """Applies the step: the CNN's share with ``trunk_optimizer``, if set."""
+        if self.trunk_optimizer is None:
+            self.optimizer.apply_gradients(zip(gradients, variables))
+            return
+        trunk = {id(v) for v in self.trunk_variables()}
+        pairs = list(zip(gradients, variables))
+        self.optimizer.apply_gradients([p for p in pairs if id(p[1]) not in trunk])
+        self.trunk_optimizer.apply_gradients([p for p in pairs if id(p[1]) in trunk])
 
     def test_step(self, data):
         data, _, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -75,6 +75,11 @@ def extract_features_with_report(
     runners.check_runner(runner)
     if runner == runners.LOCAL:
         raise ValueError("the local runner is vse_tf.features itself")
+    if kwargs.get("cut"):
+        raise ValueError(
+            "the activations fine-tuning trains on (fine_tune_from) are "
+            "computed by the local runner only; use --runner=local"
+        )
 
     def compute(store, manifest, job, done, pending):
         _compute_with_beam(
