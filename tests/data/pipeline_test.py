@@ -211,3 +211,53 @@ def test_image_paths_are_decoded_per_batch(tmp_path):
         np.testing.assert_allclose(
             batch["images"][:, 0, 0, 0], 10.0 * (batch["image_ids"] + 1)
         )
+
+
+def test_activation_crops_are_windows_of_the_map_resized_back():
+    """Activation maps ``[h, w, c]``: each example's map is a ramp along x
+    (value = column), so a window from column x1 to x2, resized back by
+    bilinear interpolation, is a ramp from x1 to x2: its spread is the
+    window's side (in columns) and it stays inside the map's range."""
+    ids, owners, _ = _arrays(num_captions=64, num_images=16)
+    h, w, c = 5, 5, 2
+    ramp = np.broadcast_to(np.arange(w, dtype=np.float32)[None, :, None], (h, w, c))
+    maps = np.tile(ramp.reshape([1, -1]), [16, 1]).astype(np.float16)
+    options = dict(activation_grid=(h, w, c), crop_min_side=0.5)
+    dataset, steps = _on_features(
+        maps, ids, owners, 8, seed=3, epochs=(0, 2), **options
+    )
+    batches = _batches(dataset, 2 * steps)
+    spreads = []
+    for batch in batches:
+        got = batch["image_features"]
+        assert got.shape == (8, h * w * c) and got.dtype == np.float16
+        grid = got.astype(np.float32).reshape([8, h, w, c])
+        assert grid.min() >= -1e-3 and grid.max() <= w - 1 + 1e-3
+        spread = grid[:, 0, -1, 0] - grid[:, 0, 0, 0]
+        # Side drawn from [0.5, 1] of the 4 columns between the map's edges.
+        assert np.all(spread >= 0.5 * (w - 1) - 1e-2) and np.all(spread <= w - 1 + 1e-2)
+        spreads.extend(spread.tolist())
+    assert np.std(spreads) > 0.1  # windows differ
+    # Drawn from (seed, epoch): a resumed run crops the same.
+    resumed, _ = _on_features(maps, ids, owners, 8, seed=3, epochs=(1, 2), **options)
+    for a, b in zip(batches[steps:], _batches(resumed, steps)):
+        np.testing.assert_array_equal(a["image_features"], b["image_features"])
+    # Windows of side 1 are the whole map: nothing changes.
+    whole, _ = _on_features(
+        maps,
+        ids,
+        owners,
+        8,
+        seed=3,
+        epochs=(0, 1),
+        activation_grid=(h, w, c),
+        crop_min_side=1.0 - 1e-7,
+    )
+    for batch in _batches(whole, steps):
+        np.testing.assert_allclose(
+            batch["image_features"].astype(np.float32),
+            maps[:8].astype(np.float32),
+            atol=1e-3,
+        )
+    with pytest.raises(ValueError, match="activation_grid"):
+        _on_features(maps, ids, owners, 8, seed=3, epochs=(0, 1), crop_min_side=0.5)
