@@ -12,3 +12,36 @@ def test_metrics_files_hold_no_float_noise(tmp_path):
         text = f.read()
     assert "95.9," in text and "95.899" not in text
     assert json.loads(text) == {"i2t_r1": 95.9, "t2i_r5": 46.22, "n": 1000, "note": "x"}
+
+
+def test_ensemble_scores_are_the_mean_of_the_cosines():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+
+    def unit(shape):
+        x = rng.normal(size=shape)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    members = [(unit([3, 4]), unit([5, 4])), (unit([3, 2]), unit([5, 2]))]
+    images, captions = evaluation.ensemble_embeddings(members)
+    assert images.shape == (3, 6) and captions.shape == (5, 6)
+    np.testing.assert_allclose(np.linalg.norm(images, axis=1), 1.0, rtol=1e-6)
+    mean_cosine = sum(i @ c.T for i, c in members) / 2
+    np.testing.assert_allclose(images @ captions.T, mean_cosine, atol=1e-12)
+
+
+def test_an_ensemble_of_one_model_twice_scores_as_the_model(tiny_export):
+    import pytest
+
+    from vse_tf import errors
+
+    with pytest.raises(errors.ConfigError, match="at least two"):
+        evaluation.evaluate_ensemble([tiny_export.workdir])
+    with open(f"{tiny_export.workdir}/metrics_test.json") as f:
+        trained = json.load(f)
+    twice = evaluation.evaluate_ensemble([tiny_export.workdir] * 2, split="test")
+    # Two copies of one unit embedding, side by side and / sqrt(2), give
+    # the same dot products: every metric is the model's own.
+    for key in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r10", "rsum"):
+        assert twice[key] == pytest.approx(trained[key], abs=1e-6), key

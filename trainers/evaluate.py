@@ -2,7 +2,9 @@
 
 Give one of:
   --workdir       a training workdir (its best checkpoint; cached CNN
-                  features; writes <workdir>/metrics_<split>.json);
+                  features; writes <workdir>/metrics_<split>.json); several,
+                  comma-separated, score their ensemble (the mean of their
+                  cosines; nothing written);
   --saved_model   an exported SavedModel (a version folder, or the base
                   path of numbered versions: the newest);
   --server        a TF Serving address (http://host:8501 or host:8500).
@@ -11,6 +13,7 @@ deployment; the data come from --preset and the data flags.
 
 Examples:
     python -m trainers.evaluate --workdir=runs/demo --split=test
+    python -m trainers.evaluate --workdir=runs/f8k_ft,runs/f8k_ft_seed1
     python -m trainers.evaluate --saved_model=models/vse --split=test
     python -m trainers.evaluate --saved_model=models/f8k/1 --preset=flickr8k_lite \\
         --dataset=flickr8k --data_dir=../shared/data/flickr8k
@@ -26,7 +29,10 @@ from . import cli
 
 cli.define_config_flags(sections=("data",))
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Training workdir, or a preset (a folder or hf://owner/name)."
+    "workdir",
+    None,
+    "Training workdir, or a preset (a folder or hf://owner/name); several, "
+    "comma-separated: their ensemble (mean cosine).",
 )
 _SAVED_MODEL = flags.DEFINE_string(
     "saved_model", None, "Exported SavedModel (version folder or base path)."
@@ -64,6 +70,14 @@ def main(argv):
                 "--data_dir and --max_eval_images apply)"
             )
         changed = cli.given_values(honoured)
+        members = [w for w in _WORKDIR.value.split(",") if w]
+        if len(members) > 1:
+            if _PROJECTOR.value or _PRINT_CONFIG.value:
+                raise errors.ConfigError(
+                    "--projector and --print_config take one --workdir"
+                )
+            evaluation.evaluate_ensemble(members, split=_SPLIT.value, **changed)
+            return
         if _PRINT_CONFIG.value:
             config = workdir_lib.read_workdir_config(_WORKDIR.value)
             cli.print_config_and_exit(config_lib.override(config, **changed))

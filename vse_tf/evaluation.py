@@ -19,8 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from vse_tf import config as config_lib
+from vse_tf import errors, io_utils, preset
 from vse_tf import images as images_lib
-from vse_tf import io_utils, preset
 from vse_tf import metrics as metrics_lib
 from vse_tf import projector as projector_lib
 from vse_tf import text as text_lib
@@ -201,8 +201,32 @@ def evaluate_workdir(
         The metrics dict (also in ``<workdir>/metrics_<split>.json``; a
         preset is scored the same and not written into).
     """
-    config, model = workdir_lib.load_trained_model(workdir, include_backbone=None)
+    config, model, data, embeddings = _workdir_embeddings(
+        workdir, split, dataset, data_dir, max_eval_images
+    )
     written = None if preset.names_preset(workdir) else workdir
+    if projector_dir:
+        files = projector_lib.projector_files(
+            embeddings[0],
+            data.split.image_paths,
+            embeddings[1],
+            data.split.captions,
+            data.split.caption_image_index,
+        )
+        projector_lib.write_projector(projector_dir, files)
+    extra = {"skipped_images": data.skipped_images}
+    return report(model, data, config, written, extra, embeddings=embeddings)
+
+
+def _workdir_embeddings(
+    workdir: str,
+    split: str,
+    dataset: Optional[str],
+    data_dir: Optional[str],
+    max_eval_images: Optional[int],
+) -> tuple[Config, VSEModel, EvalData, tuple[np.ndarray, np.ndarray]]:
+    """A workdir's model, its prepared split and their embeddings."""
+    config, model = workdir_lib.load_trained_model(workdir, include_backbone=None)
     config = config_lib.override(
         config,
         dataset=dataset or None,
@@ -215,18 +239,75 @@ def evaluate_workdir(
     data = prepare_eval(
         config, datasets.load_split(config, split), model.text_tower.tokenizer
     )
-    embeddings = embed_eval_data(model, data, config)
-    if projector_dir:
-        files = projector_lib.projector_files(
-            embeddings[0],
-            data.split.image_paths,
-            embeddings[1],
-            data.split.captions,
-            data.split.caption_image_index,
+    return config, model, data, embed_eval_data(model, data, config)
+
+
+def ensemble_embeddings(
+    members: list[tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """One embedding space for K models: their unit embeddings side by side.
+
+    The K L2-normalised embeddings of an item concatenated and divided by
+    sqrt(K) form a unit vector, and the dot product of two such vectors is
+    the mean of the K models' cosines: the score ensemble VSE++, SCAN and
+    m-CNN report, as one model's embeddings (one index, one export).
+
+    Args:
+        members: ``[(image_emb [N, D_k], caption_emb [M, D_k])]`` of each
+            model on the same images and captions.
+
+    Returns:
+        ``(image_emb [N, sum D_k], caption_emb [M, sum D_k])``.
+    """
+    scale = 1.0 / np.sqrt(len(members))
+    return tuple(
+        np.concatenate([member[i] for member in members], axis=1) * scale
+        for i in range(2)
+    )
+
+
+def evaluate_ensemble(
+    workdirs: list[str],
+    split: str = "dev",
+    dataset: Optional[str] = None,
+    data_dir: Optional[str] = None,
+    max_eval_images: Optional[int] = None,
+) -> dict[str, float]:
+    """Scores the mean-cosine ensemble of several trained models; prints the table.
+
+    Each workdir (or preset) embeds the split with its own config; the
+    scores are the mean of their cosines (`ensemble_embeddings`). Nothing is
+    written into the workdirs.
+
+    Args:
+        workdirs: Two or more training workdirs or presets.
+        split, dataset, data_dir, max_eval_images: As `evaluate_workdir`.
+
+    Returns:
+        The ensemble's metrics.
+
+    Raises:
+        errors.ConfigError: for fewer than two models, or models whose
+            splits hold other images or captions (other data sets).
+    """
+    if len(workdirs) < 2:
+        raise errors.ConfigError("an ensemble needs at least two workdirs")
+    members, first = [], None
+    for workdir in workdirs:
+        config, model, data, embeddings = _workdir_embeddings(
+            workdir, split, dataset, data_dir, max_eval_images
         )
-        projector_lib.write_projector(projector_dir, files)
-    extra = {"skipped_images": data.skipped_images}
-    return report(model, data, config, written, extra, embeddings=embeddings)
+        seen = (data.split.image_paths, data.split.captions)
+        if first is not None and seen != (first[2].split.image_paths, first[3]):
+            raise errors.ConfigError(
+                f"{workdir} scores other {split} images or captions than "
+                f"{workdirs[0]}: ensemble models trained on the same data set"
+            )
+        if first is None:
+            first = (config, model, data, data.split.captions)
+        members.append(embeddings)
+    config, model, data, _ = first
+    return report(model, data, config, None, embeddings=ensemble_embeddings(members))
 
 
 def evaluate_embedder(
