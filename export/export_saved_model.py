@@ -18,7 +18,8 @@ from . import cli
 _WORKDIR = flags.DEFINE_string(
     "workdir",
     None,
-    "Training workdir, or a preset (a folder or hf://owner/name).",
+    "Training workdir, or a preset (a folder or hf://owner/name); several, "
+    "comma-separated: their ensemble as one model (mean cosine).",
     required=True,
 )
 _OUTPUT_DIR = flags.DEFINE_string(
@@ -42,8 +43,9 @@ def main(argv):
     index = None
     if _IMAGE_INDEX.value:
         index = index_lib.load_index(_IMAGE_INDEX.value, mmap_mode=None)
+    workdirs = [w for w in _WORKDIR.value.split(",") if w]
     path = saved_model_lib.export_saved_model(
-        _WORKDIR.value,
+        workdirs[0] if len(workdirs) == 1 else workdirs,
         _OUTPUT_DIR.value,
         _VERSION.value,
         _MODEL_NAME.value,

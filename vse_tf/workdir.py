@@ -24,6 +24,7 @@ import errno
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from typing import Optional
 
 import tensorflow as tf
@@ -31,6 +32,7 @@ import tensorflow as tf
 from vse_tf import errors, io_utils, modeling, preset
 from vse_tf import text as text_lib
 from vse_tf.config import Config
+from vse_tf.models.ensemble import Ensemble
 from vse_tf.models.vse_model import VSEModel
 
 CONFIG_FILE = "config.json"
@@ -152,6 +154,29 @@ def restore_best(model: VSEModel, workdir: str) -> str:
     path = best_checkpoint(workdir)
     tf.train.Checkpoint(model=model).restore(path).expect_partial()
     return path
+
+
+def load_ensemble(workdirs: Sequence[str]) -> tuple[Config, Ensemble]:
+    """Several trained models as one (`vse_tf.models.ensemble`), CNNs included.
+
+    Args:
+        workdirs: Two or more workdirs or presets of models trained on the
+            same captions (one vocabulary).
+
+    Returns:
+        ``(config of the first, ensemble)``.
+
+    Raises:
+        errors.ConfigError: for fewer than two, or members that cannot be
+            put side by side (other vocabularies or image sizes).
+    """
+    if len(workdirs) < 2:
+        raise errors.ConfigError("an ensemble needs at least two workdirs")
+    loaded = [load_trained_model(w) for w in workdirs]
+    try:
+        return loaded[0][0], Ensemble([model for _, model in loaded])
+    except ValueError as error:
+        raise errors.ConfigError(f"{', '.join(workdirs)}: {error}") from error
 
 
 def load_trained_model(

@@ -417,3 +417,42 @@ def test_fine_tuned_trunk_exports_its_trained_weights(tmp_path):
     got = runner.run_tflite(tflite, pixels)
     cosine = (got * trained).sum(1) / np.linalg.norm(got, axis=1)
     assert cosine.min() >= 0.99999, cosine
+
+
+@pytest.mark.slow(reason="trains a second tiny model, exports and checks both as one")
+def test_ensemble_of_two_workdirs_exports_as_one_model(trained, tmp_path):
+    """Two models of the same data export as one SavedModel whose scores are
+    the mean of their cosines (their unit embeddings side by side / sqrt 2)."""
+    from vse_tf import config as config_lib
+    from vse_tf import train_lib
+    from vse_tf.serving import serving_check
+
+    workdir, _, model, data_dir = trained
+    config = config_lib.override(workdir_lib.read_workdir_config(workdir), seed=1)
+    second = str(tmp_path / "seed1")
+    train_lib.train_and_evaluate(config, second, verbose=0)
+    _, other = workdir_lib.load_trained_model(second)
+    export_dir = saved_model_lib.export_saved_model(
+        [workdir, second], str(tmp_path / "models")
+    )
+    loaded = tf.saved_model.load(export_dir)
+    assert "encode_image_features" not in loaded.signatures
+    text = loaded.signatures["encode_text"](text=tf.constant(SENTENCES))["embedding"]
+    expected = np.concatenate(
+        [m.text_tower(tf.constant(SENTENCES)).numpy() for m in (model, other)], 1
+    ) / np.sqrt(2)
+    np.testing.assert_allclose(text.numpy(), expected, atol=1e-5)
+    files = _image_files(data_dir)
+    size = model.image_tower.image_size
+    pixels = np.stack(
+        [images_lib.load_image(tf.constant(p), size).numpy() for p in files]
+    )
+    images = loaded.signatures["encode_image"](
+        image_bytes=tf.constant([open(p, "rb").read() for p in files])
+    )["embedding"].numpy()
+    members = [m.image_tower(pixels).numpy() for m in (model, other)]
+    np.testing.assert_allclose(
+        images, np.concatenate(members, 1) / np.sqrt(2), atol=1e-5
+    )
+    report = serving_check.check_serving(export_dir)
+    assert report.ok, report.format()

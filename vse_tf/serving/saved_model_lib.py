@@ -15,7 +15,8 @@ Signatures (names and keys are a contract; see the README):
   any H and W (resized in-graph) -> ``embedding``.
 * ``encode_image_features``: ``features`` float32 ``[N, F]`` backbone features
   -> ``embedding`` (the only image signature of models trained on
-  precomputed features, which have no CNN).
+  precomputed features, which have no CNN; not in an ensemble's export,
+  whose members compute different features).
 * ``search_images`` (only when exported with an image index): ``text``
   tf.string ``[N]`` -> ``ids`` int32 ``[N, k]``, ``scores`` float32
   ``[N, k]`` (cosine, best first) and ``items`` tf.string ``[N, k]`` (the
@@ -242,7 +243,8 @@ def build_export_archive(
     archive.track(model.text_tower)
     archive.track(model.image_tower)
     _add_text_endpoints(archive, model.text_tower)
-    _add_feature_endpoint(archive, model.image_tower)
+    if model.image_tower.feature_dim is not None:  # (None: an ensemble)
+        _add_feature_endpoint(archive, model.image_tower)
     if index_embeddings is not None:
         _add_search_endpoint(
             archive, model.text_tower, index_embeddings, index_items, search_k
@@ -353,10 +355,12 @@ def warmup_inputs(model: VSEModel) -> dict[str, dict[str, np.ndarray]]:
     inputs = {
         "encode_text": {"text": np.array([WARMUP_SENTENCE.encode()], dtype=object)},
         "encode_tokens": {"token_ids": tokens.astype(np.int32)},
-        "encode_image_features": {
-            "features": np.zeros([1, model.image_tower.feature_dim], np.float32)
-        },
     }
+    if model.image_tower.feature_dim is not None:
+        feature_dim = model.image_tower.feature_dim
+        inputs["encode_image_features"] = {
+            "features": np.zeros([1, feature_dim], np.float32)
+        }
     if model.image_tower.backbone is not None:
         size = model.image_tower.image_size
         grey = np.full([size, size, 3], 128, np.uint8)
@@ -463,7 +467,7 @@ def _fsync_tree(path: str) -> None:
 
 
 def export_saved_model(
-    workdir: str,
+    workdir: str | Sequence[str],
     output_dir: str,
     version: Optional[int] = None,
     model_name: str = "vse",
@@ -481,7 +485,9 @@ def export_saved_model(
     (`remove_stale_staging`).
 
     Args:
-        workdir: A training workdir (`vse_tf.train_lib`).
+        workdir: A training workdir (`vse_tf.train_lib`), or several: their
+            ensemble as one model (`vse_tf.models.ensemble`; every signature
+            but ``encode_image_features``).
         output_dir: The model base path (holds numbered versions).
         version: Version number; default the next free one.
         model_name: Model name used in the warmup requests.
@@ -503,8 +509,14 @@ def export_saved_model(
     """
     if image_index is not None and image_index.kind != "image":
         raise ValueError(f"that is a {image_index.kind} index, not one of images")
-    workdir = workdir_lib.local_folder(workdir)  # (an hf:// preset: its snapshot)
-    _, model = workdir_lib.load_trained_model(workdir)
+    workdirs = [workdir] if isinstance(workdir, str) else list(workdir)
+    # (an hf:// preset: its snapshot)
+    workdirs = [workdir_lib.local_folder(w) for w in workdirs]
+    workdir = workdirs[0]  # (the vocabulary: every member's is the same)
+    if len(workdirs) == 1:
+        _, model = workdir_lib.load_trained_model(workdir)
+    else:
+        _, model = workdir_lib.load_ensemble(workdirs)
     remove_stale_staging(output_dir)
     version = next_version(output_dir) if version is None else int(version)
     final = os.path.join(output_dir, str(version))
