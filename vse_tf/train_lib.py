@@ -407,7 +407,8 @@ def _fit(
         checkpoints: Its checkpoints (the restored epoch).
         config: The run's config.
         train_data: ``(split, token_ids [M, L], features [N, F] or
-            [2, N, F] with flip, or None when fine-tuning)``.
+            [2, N, F] with flip (activations at the cut when fine-tuning
+            the cheap way), or None when fine-tuning on images)``.
         dev_data: The prepared dev split (model selection).
         writer: Where this replica writes.
         verbose: Keras verbosity.
