@@ -22,9 +22,10 @@ class VSEModel(keras.Model):
     cache holds: ``[B, F]`` features of a frozen CNN, or, when fine-tuning
     the cheap way, the activations where fine-tuning starts,
     ``[B, h*w*c]``; see `ImageTower.embed_cached`) or ``"images"``
-    (``[B, S, S, 3]`` RGB 0..255; fine-tuning on images); text as ``"token_ids"`` (``int32 [B, L]``) or ``"text"``
-    (``tf.string [B]``). Training batches also carry ``"image_ids"``
-    (``int [B]``) so two captions of one image are not used as negatives, and
+    (``[B, S, S, 3]`` RGB 0..255; fine-tuning on images); text as
+    ``"token_ids"`` (``int32 [B, L]``) or ``"text"`` (``tf.string [B]``).
+    Training batches also carry ``"image_ids"`` (``int [B]``) so two
+    captions of one image are not used as negatives, and
     may carry ``"hard_negatives"`` (``int32 [B]``, 0 or 1, equal across the
     batch):
     with ``loss_mode="sum_then_max"`` it picks the hardest-negative loss for
