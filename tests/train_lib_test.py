@@ -174,6 +174,7 @@ def _block_kernels(model, prefix):
     }
 
 
+@pytest.mark.slow(reason="fine-tunes VGG16's block5 on decoded images (8 s)")
 def test_fine_tuning_on_images_trains_the_cnn(tiny_data, tmp_path):
     workdir = str(tmp_path / "run")
     config = _config(
