@@ -197,7 +197,6 @@ def test_fine_tuning_from_cached_activations(tiny_data, tmp_path, monkeypatch):
         tiny_data,
         fine_tune_from="block5",
         augment_flip=True,
-        augment_crop=0.8,
         max_train_images=16,
         trunk_lr_multiplier=0.5,
     )

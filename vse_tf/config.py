@@ -61,11 +61,6 @@ class DataConfig:
             train).
         skip_bad_examples: Train on the good examples when the annotations
             have problems (default: stop with the full report).
-        augment_crop: Fine-tuning from cached activations only: each train
-            example's activation map is cut to a random square window whose
-            side is drawn from [augment_crop, 1] of the map's, then resized
-            back (a random crop of the image, seen by the trained layers);
-            0 = off.
     """
 
     dataset: str = "demo"
@@ -81,7 +76,6 @@ class DataConfig:
     extract_dtype: str = "auto"
     skip_bad_examples: bool = False
     augment_flip: bool = False
-    augment_crop: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -545,14 +539,6 @@ def _image_input_problems(config: Config) -> list[str]:
             "--fine_tune_from=all trains every CNN layer, so no part of it can "
             "be computed once; add --nofine_tune_cached (and --noaugment_flip)"
         )
-    if d.augment_crop and not (m.fine_tune_from and m.fine_tune_cached):
-        found.append(
-            "--augment_crop crops the cached activations that fine-tuning "
-            "trains on; add --fine_tune_from (with --fine_tune_cached), or "
-            "--augment_crop=0"
-        )
-    if not 0 <= d.augment_crop < 1:
-        found.append(f"--augment_crop={d.augment_crop}: must be in [0, 1)")
     if m.fine_tune_from and d.dataset == "precomp":
         found.append("--fine_tune_from needs images; precomp data sets hold features")
     return found

@@ -434,8 +434,6 @@ def _fit(
         hard_negatives_from_epoch=(
             t.warmup_epochs if t.loss == "sum_then_max" else None
         ),
-        activation_grid=_activation_grid(model),
-        crop_min_side=config.data.augment_crop,
     )
     callbacks = [
         _StopOnNonFiniteLoss(checkpoints, steps),
@@ -455,12 +453,6 @@ def _fit(
         shuffle=False,  # the dataset shuffles itself, per (seed, epoch)
         verbose=verbose,
     )
-
-
-def _activation_grid(model: VSEModel) -> Optional[tuple[int, int, int]]:
-    """``(h, w, c)`` of the cached activation maps the model trains on, if any."""
-    shape = model.image_tower.cut_shape
-    return shape if shape is not None and len(shape) == 3 else None
 
 
 def _evaluate_and_report(

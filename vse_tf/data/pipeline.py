@@ -88,8 +88,6 @@ def train_dataset(
     image_size: int = 224,
     bucket_by_length: bool = False,
     hard_negatives_from_epoch: Optional[int] = None,
-    activation_grid: Optional[tuple[int, int, int]] = None,
-    crop_min_side: float = 0.0,
 ) -> tuple[tf.data.Dataset, int]:
     """Batches of caption-image pairs for epochs ``first_epoch..last_epoch-1``.
 
@@ -110,14 +108,6 @@ def train_dataset(
         bucket_by_length: Batch captions of similar length (module doc).
         hard_negatives_from_epoch: If set, batches carry ``hard_negatives``
             (``int32 [B]``), 1 from this (0-based) epoch on, else 0.
-        activation_grid: ``(h, w, c)`` when ``image_features`` rows are
-            activation maps (``h * w * c`` values; the cheap fine-tuning
-            path), for ``crop_min_side``.
-        crop_min_side: With ``activation_grid``: each example's map is cut
-            to a random square window whose side is a fraction of the map's
-            drawn from ``[crop_min_side, 1]``, at a random place, and
-            resized back to ``h x w`` (bilinear): a random-crop augmentation
-            of the cached activations, drawn from ``(seed, epoch)``. 0: off.
 
     Returns:
         ``(dataset, steps_per_epoch)``. Elements are dicts with
@@ -133,8 +123,6 @@ def train_dataset(
             f"{len(token_ids)} training captions do not fill one batch of {batch_size}"
         )
     paths = None if image_paths is None else tf.constant(list(image_paths), tf.string)
-    if crop_min_side and activation_grid is None:
-        raise ValueError("crop_min_side needs activation_grid (activation maps)")
     data = _TrainData(
         ids=tf.constant(token_ids, tf.int32),
         lengths=tf.constant(np.count_nonzero(token_ids, axis=1), tf.int32),
@@ -143,9 +131,6 @@ def train_dataset(
         paths=paths,
         image_size=image_size,
         hard_negatives_from_epoch=hard_negatives_from_epoch,
-        seed=seed,
-        activation_grid=activation_grid,
-        crop_min_side=crop_min_side,
     )
     epochs = tf.data.Dataset.range(first_epoch, last_epoch)
     return (
@@ -181,19 +166,6 @@ def _feature_views(image_features: Optional[np.ndarray]) -> Optional[tf.Tensor]:
     return feats
 
 
-def _crop_windows(count: tf.Tensor, min_side: float, seed: tf.Tensor) -> tf.Tensor:
-    """``float32 [count, 4]`` square windows ``(y1, x1, y2, x2)`` in ``[0, 1]``.
-
-    Each side is drawn uniformly from ``[min_side, 1]``, then the corner
-    uniformly where the window fits.
-    """
-    draws = tf.random.stateless_uniform([count, 3], seed=seed)
-    side = min_side + (1.0 - min_side) * draws[:, 0]
-    top = (1.0 - side) * draws[:, 1]
-    left = (1.0 - side) * draws[:, 2]
-    return tf.stack([top, left, top + side, left + side], axis=1)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class _TrainData:
     """The in-graph arrays one epoch's batches are gathered from.
@@ -208,9 +180,6 @@ class _TrainData:
         image_size: Decode size for ``paths``.
         hard_negatives_from_epoch: First epoch whose batches set
             ``hard_negatives``, or None for no such key.
-        seed: The run's seed (crop windows).
-        activation_grid: ``(h, w, c)`` of activation-map rows, or None.
-        crop_min_side: Smallest crop side as a fraction (0: no crops).
     """
 
     ids: tf.Tensor
@@ -220,9 +189,6 @@ class _TrainData:
     paths: Optional[tf.Tensor]
     image_size: int
     hard_negatives_from_epoch: Optional[int]
-    seed: int = 0
-    activation_grid: Optional[tuple[int, int, int]] = None
-    crop_min_side: float = 0.0
 
     @property
     def num_views(self) -> int:
@@ -254,10 +220,6 @@ class _TrainData:
             batch["image_features"] = tf.gather_nd(
                 self.feats, tf.stack([view_ids, image_ids], axis=1)
             )
-            if self.crop_min_side:
-                batch["image_features"] = self._crop(
-                    batch["image_features"], indices, epoch
-                )
         else:
             batch["images"] = tf.map_fn(
                 lambda p: images_lib.load_image(p, self.image_size),
@@ -274,30 +236,6 @@ class _TrainData:
                 tf.cast(epoch >= self.hard_negatives_from_epoch, tf.int32),
             )
         return batch
-
-    def _crop(self, features: tf.Tensor, indices: tf.Tensor, epoch: tf.Tensor):
-        """Random-window crops of a batch's activation maps, resized back.
-
-        Args:
-            features: ``[B, h*w*c]`` activation maps (any float dtype).
-            indices: ``int64 [B]`` the batch's caption indices (seed the draw).
-            epoch: The epoch (seeds the draw with the run's seed).
-
-        Returns:
-            ``[B, h*w*c]`` in the dtype of ``features``.
-        """
-        h, w, c = self.activation_grid
-        maps = tf.reshape(tf.cast(features, tf.float32), [-1, h, w, c])
-        count = tf.shape(maps)[0]
-        seed = tf.stack(
-            [
-                tf.constant(self.seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64),
-                indices[0],
-            ]
-        )
-        windows = _crop_windows(count, self.crop_min_side, seed)
-        cropped = tf.image.crop_and_resize(maps, windows, tf.range(count), [h, w])
-        return tf.cast(tf.reshape(cropped, [count, h * w * c]), features.dtype)
 
 
 def _epoch_dataset(
