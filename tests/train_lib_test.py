@@ -189,6 +189,7 @@ def test_fine_tuning_on_images_trains_the_cnn(tiny_data, tmp_path):
     assert all(np.abs(trained[k] - start[k]).max() > 0 for k in trained)
 
 
+@pytest.mark.slow(reason="trains twice on cached block5 activations (15 s)")
 def test_fine_tuning_from_cached_activations(tiny_data, tmp_path, monkeypatch):
     """The cheap path: the frozen blocks run once, the cache is reused on
     resume, block5 trains at its own learning rate and block4 stays."""

@@ -340,10 +340,20 @@ class TestSplit:
         "backbone_name, feature, fine_tune_from",
         [
             ("vgg16", "pool5_avgmax", "block5"),
-            ("vgg16", "pool5", "block4"),
+            pytest.param(
+                "vgg16",
+                "pool5",
+                "block4",
+                marks=pytest.mark.slow(reason="a second VGG16 cut (2 s)"),
+            ),
             ("efficientnet_lite0", "head_avg", "stage6"),
             ("efficientnet_lite0", "head_avgmax", "head"),
-            ("efficientnet_lite0", "head_avg", "stage6_block2"),  # a residual block
+            pytest.param(  # a cut inside a stage, before a residual block
+                "efficientnet_lite0",
+                "head_avg",
+                "stage6_block2",
+                marks=pytest.mark.slow(reason="a third Lite cut (2 s)"),
+            ),
         ],
     )
     def test_top_of_bottom_is_the_backbone(

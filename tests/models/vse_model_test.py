@@ -373,6 +373,7 @@ class TestFineTuningFromActivations:
             if id(v) not in changed:
                 assert moved[id(v)].max() == 0.0, v.path
 
+    @pytest.mark.slow(reason="the one-optimizer step again, on activations (3 s)")
     def test_one_optimizer_without_trunk_optimizer(self):
         model = self._model()
         batch = self._batch(model)

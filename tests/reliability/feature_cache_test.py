@@ -320,8 +320,16 @@ def _rewrite_manifest(path, change):
     "damage, recomputed",
     [
         (_truncate, 5),
-        (lambda path: _rewrite_manifest(path, lambda m: dict(m, shards="?")), 5),
-        (lambda path: _rewrite_manifest(path, lambda m: [m]), 5),
+        pytest.param(
+            lambda path: _rewrite_manifest(path, lambda m: dict(m, shards="?")),
+            5,
+            marks=pytest.mark.slow(reason="another malformed manifest (3 s)"),
+        ),
+        pytest.param(
+            lambda path: _rewrite_manifest(path, lambda m: [m]),
+            5,
+            marks=pytest.mark.slow(reason="another malformed manifest (3 s)"),
+        ),
         # A shard entry claiming another shard's images.
         (
             lambda path: _rewrite_manifest(

@@ -45,6 +45,7 @@ def test_version_layout_and_assets(trained):
         assert exported_vocab == f.read()
 
 
+@pytest.mark.slow(reason="exports the tiny model twice more (6 s)")
 def test_next_version_and_refusing_to_overwrite(trained, tmp_path):
     workdir, _, _, _ = trained
     base = str(tmp_path / "models")
@@ -262,6 +263,7 @@ def test_real_tensorflow_model_server(trained, tmp_path):
             server.wait(timeout=30)
 
 
+@pytest.mark.slow(reason="exports the tiny model with an index (6 s)")
 def test_search_images_signature_answers_a_sentence(trained, tmp_path):
     from vse_tf.retrieval import index_build
 

@@ -104,6 +104,7 @@ def test_int8_text_towers_are_the_dynamic_recipe(exported):
     assert int8_manifest["files"][manifest_lib.IMAGE_FILE]["quantize"] == "int8"
 
 
+@pytest.mark.slow(reason="converts the text towers to TFLite (10 s)")
 def test_text_tower_is_builtin_only(exported, reference):
     files, manifest = exported("none")
     ops = flatbuffer.model_ops(files[manifest_lib.TEXT_FILE])
