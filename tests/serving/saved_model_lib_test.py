@@ -27,6 +27,17 @@ def trained(tiny_export):
     return workdir, export_dir, model, data_dir
 
 
+def _pixels(files, size):
+    """``float32 [N, size, size, 3]``: the files decoded as training does."""
+    return np.stack(
+        [images_lib.load_image(tf.constant(p), size).numpy() for p in files]
+    )
+
+
+def _file_bytes(files):
+    return tf.constant([open(p, "rb").read() for p in files])
+
+
 def _image_files(data_dir, count=3):
     folder = os.path.join(data_dir, "images")
     return [os.path.join(folder, n) for n in sorted(os.listdir(folder))[:count]]
@@ -78,9 +89,7 @@ def test_fresh_process_matches_keras_towers(trained, tmp_path):
     _, export_dir, model, data_dir = trained
     files = _image_files(data_dir)
     png_bytes = [open(p, "rb").read() for p in files]
-    pixels = np.stack(
-        [images_lib.load_image(tf.constant(p), 32).numpy() for p in files]
-    )
+    pixels = _pixels(files, 32)
     jpeg = tf.io.encode_jpeg(tf.cast(pixels[0], tf.uint8)).numpy()
     big = np.random.default_rng(0).uniform(0, 255, [2, 50, 70, 3]).astype(np.float32)
     tokens = model.text_tower.tokenizer(tf.constant(SENTENCES)).numpy()
@@ -328,12 +337,10 @@ def test_gru_avgmax_model_exports_and_matches_keras(tmp_path):
         text.numpy(), model.text_tower(tf.constant(SENTENCES)).numpy(), atol=1e-5
     )
     files = _image_files(data_dir)
-    pixels = np.stack(
-        [images_lib.load_image(tf.constant(p), 64).numpy() for p in files]
-    )
-    images = loaded.signatures["encode_image"](
-        image_bytes=tf.constant([open(p, "rb").read() for p in files])
-    )["embedding"]
+    pixels = _pixels(files, 64)
+    images = loaded.signatures["encode_image"](image_bytes=_file_bytes(files))[
+        "embedding"
+    ]
     np.testing.assert_allclose(
         images.numpy(), model.image_tower(pixels).numpy(), atol=1e-5
     )
@@ -354,13 +361,11 @@ def test_efficientnet_lite_model_exports_and_matches_keras(tmp_path):
     assert model.image_tower.backbone_name == "efficientnet_lite0"
     loaded = tf.saved_model.load(export_dir)
     files = _image_files(data_dir)
-    pixels = np.stack(
-        [images_lib.load_image(tf.constant(p), 64).numpy() for p in files]
-    )
+    pixels = _pixels(files, 64)
     expected = model.image_tower(pixels).numpy()
-    from_bytes = loaded.signatures["encode_image"](
-        image_bytes=tf.constant([open(p, "rb").read() for p in files])
-    )["embedding"]
+    from_bytes = loaded.signatures["encode_image"](image_bytes=_file_bytes(files))[
+        "embedding"
+    ]
     np.testing.assert_allclose(from_bytes.numpy(), expected, atol=1e-5)
     from_pixels = loaded.signatures["encode_image_pixels"](pixels=tf.constant(pixels))
     np.testing.assert_allclose(from_pixels["embedding"].numpy(), expected, atol=1e-5)
@@ -391,14 +396,12 @@ def test_fine_tuned_trunk_exports_its_trained_weights(tmp_path):
     export_dir = saved_model_lib.export_saved_model(workdir, str(tmp_path / "models"))
     config, model = workdir_lib.load_trained_model(workdir)
     files = _image_files(data_dir)
-    pixels = np.stack(
-        [images_lib.load_image(tf.constant(p), 64).numpy() for p in files]
-    )
+    pixels = _pixels(files, 64)
     trained = model.image_tower(pixels).numpy()
     loaded = tf.saved_model.load(export_dir)
-    exported = loaded.signatures["encode_image"](
-        image_bytes=tf.constant([open(p, "rb").read() for p in files])
-    )["embedding"].numpy()
+    exported = loaded.signatures["encode_image"](image_bytes=_file_bytes(files))[
+        "embedding"
+    ].numpy()
     np.testing.assert_allclose(exported, trained, atol=1e-5)
 
     # The same head on the trunk as it was before training embeds otherwise.
@@ -446,12 +449,10 @@ def test_ensemble_of_two_workdirs_exports_as_one_model(trained, tmp_path):
     np.testing.assert_allclose(text.numpy(), expected, atol=1e-5)
     files = _image_files(data_dir)
     size = model.image_tower.image_size
-    pixels = np.stack(
-        [images_lib.load_image(tf.constant(p), size).numpy() for p in files]
-    )
-    images = loaded.signatures["encode_image"](
-        image_bytes=tf.constant([open(p, "rb").read() for p in files])
-    )["embedding"].numpy()
+    pixels = _pixels(files, size)
+    images = loaded.signatures["encode_image"](image_bytes=_file_bytes(files))[
+        "embedding"
+    ].numpy()
     members = [m.image_tower(pixels).numpy() for m in (model, other)]
     np.testing.assert_allclose(
         images, np.concatenate(members, 1) / np.sqrt(2), atol=1e-5

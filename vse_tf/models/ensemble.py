@@ -32,8 +32,27 @@ def _check_members(members: Sequence, kind: str) -> list:
     return members
 
 
+class _Towers(keras.Model):
+    """Serialises the member towers of an ensemble tower (its only argument)."""
+
+    def get_config(self):
+        config = super().get_config()
+        config["members"] = [
+            keras.saving.serialize_keras_object(m) for m in self.members
+        ]
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["members"] = [
+            keras.saving.deserialize_keras_object(m) for m in config["members"]
+        ]
+        return cls(**config)
+
+
 @keras.saving.register_keras_serializable(package="vse_tf")
-class EnsembleImageTower(keras.Model):
+class EnsembleImageTower(_Towers):
     """Images -> the members' image embeddings side by side (`module doc`).
 
     ``call(pixels)``: ``float32 [B, S, S, 3]`` RGB 0..255 -> ``[B, sum D_k]``.
@@ -63,24 +82,9 @@ class EnsembleImageTower(keras.Model):
     def call(self, pixels, training=False):
         return _side_by_side([m(pixels, training=training) for m in self.members])
 
-    def get_config(self):
-        config = super().get_config()
-        config["members"] = [
-            keras.saving.serialize_keras_object(m) for m in self.members
-        ]
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["members"] = [
-            keras.saving.deserialize_keras_object(m) for m in config["members"]
-        ]
-        return cls(**config)
-
 
 @keras.saving.register_keras_serializable(package="vse_tf")
-class EnsembleTextTower(keras.Model):
+class EnsembleTextTower(_Towers):
     """Sentences (or token ids) -> the members' text embeddings side by side.
 
     ``call(sentences)``: ``tf.string [B]`` -> ``[B, sum D_k]``;
@@ -118,21 +122,6 @@ class EnsembleTextTower(keras.Model):
 
     def call(self, sentences, training=False):
         return self.encode_tokens(self.tokenizer(sentences), training=training)
-
-    def get_config(self):
-        config = super().get_config()
-        config["members"] = [
-            keras.saving.serialize_keras_object(m) for m in self.members
-        ]
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["members"] = [
-            keras.saving.deserialize_keras_object(m) for m in config["members"]
-        ]
-        return cls(**config)
 
 
 class Ensemble:
