@@ -124,7 +124,8 @@ class _ShardWriter:
         )
         self.done[shard] = shard_store.Shard(entry=entry, array=array)
         self.manifest["used_dtype"] = self.extractor.used_dtype
-        if self.extractor.storage is not None:
+        if self.job.cut and self.extractor.storage is not None:
+            # (features keep storage None, as the Beam path writes them)
             self.manifest["storage"] = self.extractor.storage
         if self.extractor.storage_min_cosine is not None:
             self.manifest["float16_min_cosine"] = round(
