@@ -30,6 +30,7 @@ from vse_tf.data import datasets
 from vse_tf.data.datasets import CAPTIONS_PER_IMAGE
 from vse_tf.data.split import CaptionedSplit
 from vse_tf.features import settings as feature_settings
+from vse_tf.models import ensemble as ensemble_lib
 from vse_tf.models.vse_model import VSEModel
 
 _COMPILED: weakref.WeakKeyDictionary[keras.Model, dict] = weakref.WeakKeyDictionary()
@@ -259,9 +260,8 @@ def ensemble_embeddings(
     Returns:
         ``(image_emb [N, sum D_k], caption_emb [M, sum D_k])``.
     """
-    scale = 1.0 / np.sqrt(len(members))
     return tuple(
-        np.concatenate([member[i] for member in members], axis=1) * scale
+        np.asarray(ensemble_lib.side_by_side([member[i] for member in members]))
         for i in range(2)
     )
 
@@ -297,16 +297,18 @@ def evaluate_ensemble(
         config, model, data, embeddings = _workdir_embeddings(
             workdir, split, dataset, data_dir, max_eval_images
         )
-        seen = (data.split.image_paths, data.split.captions)
-        if first is not None and seen != (first[2].split.image_paths, first[3]):
+        if first is None:
+            first = (config, model, data)
+        elif (data.split.image_paths, data.split.captions) != (
+            first[2].split.image_paths,
+            first[2].split.captions,
+        ):
             raise errors.ConfigError(
                 f"{workdir} scores other {split} images or captions than "
                 f"{workdirs[0]}: ensemble models trained on the same data set"
             )
-        if first is None:
-            first = (config, model, data, data.split.captions)
         members.append(embeddings)
-    config, model, data, _ = first
+    config, model, data = first
     return report(model, data, config, None, embeddings=ensemble_embeddings(members))
 
 

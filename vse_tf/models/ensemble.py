@@ -19,7 +19,7 @@ from vse_tf.models.image_tower import ImageTower
 from vse_tf.models.text_tower import LSTMTextTower
 
 
-def _side_by_side(embeddings: list) -> object:
+def side_by_side(embeddings: list) -> object:
     """``[B, D_k]`` unit rows of K models -> ``[B, sum D_k]`` unit rows."""
     scale = 1.0 / math.sqrt(len(embeddings))
     return keras.ops.concatenate(embeddings, axis=-1) * scale
@@ -80,7 +80,7 @@ class EnsembleImageTower(_Towers):
         self.built = True
 
     def call(self, pixels, training=False):
-        return _side_by_side([m(pixels, training=training) for m in self.members])
+        return side_by_side([m(pixels, training=training) for m in self.members])
 
 
 @keras.saving.register_keras_serializable(package="vse_tf")
@@ -116,7 +116,7 @@ class EnsembleTextTower(_Towers):
 
     def encode_tokens(self, token_ids, training=False):
         """``int32 [B, L]`` padded token ids -> ``[B, sum D_k]``."""
-        return _side_by_side(
+        return side_by_side(
             [m.encode_tokens(token_ids, training=training) for m in self.members]
         )
 
