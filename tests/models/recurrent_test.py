@@ -142,3 +142,81 @@ def test_rejects_unknown_dtype_and_cell():
         _fused("lstm", layer, inputs, mask, "float16")
     with pytest.raises(ValueError, match="cell"):
         _fused("rnn", layer, inputs, mask)
+
+
+def _masked_mean_of_keras_states(cell, layer, mask):
+    """The reference for ``pooling="mean"``: Keras states, averaged over real steps."""
+    sequences = LAYERS[cell](UNITS, return_sequences=True)
+    sequences.build((None, STEPS, INPUT))
+    sequences.set_weights(layer.get_weights())
+    weights = tf.cast(mask, tf.float32)[:, :, None]
+
+    def mean(x):
+        states = sequences(x, mask=mask)
+        return tf.reduce_sum(states * weights, 1) / tf.reduce_sum(weights, 1)
+
+    return sequences, mean
+
+
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("cell", recurrent.CELLS)
+def test_mean_pooling_matches_keras_states_and_their_gradients(cell, packed):
+    layer, inputs, mask = _case(cell, 5)
+    sequences, mean = _masked_mean_of_keras_states(cell, layer, mask)
+
+    def fused(x):
+        return recurrent.rnn_last_state(
+            cell,
+            x,
+            mask,
+            layer.cell.kernel,
+            layer.cell.recurrent_kernel,
+            layer.cell.bias,
+            packed=packed,
+            pooling="mean",
+        )
+
+    np.testing.assert_allclose(fused(inputs), mean(inputs), atol=1e-5)
+    # A one-step row's mean is its only state: the last state.
+    np.testing.assert_allclose(
+        fused(inputs)[0], _fused(cell, layer, inputs, mask)[0], atol=1e-6
+    )
+    want = _grads(mean, sequences, inputs)
+    got = _grads(fused, layer, inputs)
+    assert len(got) == len(want) == 4
+    for g, w in zip(got, want):
+        assert np.abs(w).max() > 0
+        np.testing.assert_allclose(g, w, atol=1e-5)
+    np.testing.assert_array_equal(got[0][~mask.numpy()], 0.0)
+
+
+def test_mean_pooling_of_an_empty_row_is_zero_and_unknown_pooling_fails():
+    layer, inputs, mask = _case("gru", 6)
+    mask = tf.constant(np.array([[0] * STEPS, [1] * STEPS] * 3, bool))
+    pooled = recurrent.rnn_last_state(
+        "gru",
+        inputs,
+        mask,
+        layer.cell.kernel,
+        layer.cell.recurrent_kernel,
+        layer.cell.bias,
+        pooling="mean",
+    ).numpy()
+    np.testing.assert_array_equal(pooled[::2], 0.0)
+    assert np.isfinite(pooled).all()
+    with pytest.raises(ValueError, match="pooling"):
+        recurrent.rnn_last_state(
+            "gru",
+            inputs,
+            mask,
+            layer.cell.kernel,
+            layer.cell.recurrent_kernel,
+            layer.cell.bias,
+            pooling="max",
+        )
+
+
+def test_reverse_padded_reverses_each_rows_real_steps_only():
+    values = tf.constant([[1, 2, 3, 0], [4, 5, 0, 0], [6, 7, 8, 9]])
+    got = recurrent.reverse_padded(values, values > 0)
+    np.testing.assert_array_equal(got, [[3, 2, 1, 0], [5, 4, 0, 0], [9, 8, 7, 6]])

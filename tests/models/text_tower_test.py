@@ -215,3 +215,68 @@ class TestGRU:
     def test_unknown_rnn(self):
         with pytest.raises(ValueError, match="rnn"):
             _make_tower(rnn="transformer")
+
+
+class TestPoolingAndBidirectional:
+    """``pooling="mean"`` and ``bidirectional``: SCAN's and VSE-infinity's text side."""
+
+    @pytest.mark.parametrize("rnn", ["gru", "lstm"])
+    def test_keras_and_fused_paths_agree_with_gradients(self, rnn):
+        tower = _make_tower(rnn=rnn, pooling="mean", bidirectional=True)
+        ids = tower.tokenizer(tf.constant(SENTENCES))
+        weights = tower.trainable_variables
+        assert len(weights) == 6  # two layers: kernel, recurrent kernel, bias
+        results = []
+        for encode in (tower.encode_tokens, tower.encode_tokens_fused):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.sin(3.0 * encode(ids)))
+            results.append((encode(ids).numpy(), tape.gradient(loss, weights)))
+        (keras_emb, keras_grads), (fused_emb, fused_grads) = results
+        np.testing.assert_allclose(_norms(keras_emb), 1.0, atol=1e-5)
+        np.testing.assert_allclose(fused_emb, keras_emb, atol=1e-5)
+        for got, want in zip(fused_grads, keras_grads):
+            scale = np.abs(want).max()
+            assert scale > 0
+            np.testing.assert_allclose(got, want, atol=1e-5 * max(scale, 1.0))
+
+    def test_bidirectional_mean_is_the_two_directions_averaged_by_hand(self):
+        tower = _make_tower(rnn="gru", pooling="mean", bidirectional=True)
+        ids = np.array([[3, 5, 7, 0], [4, 0, 0, 0]], np.int32)  # lengths 3, 1
+        words = tower.word_embedding(ids).numpy()
+        forward = keras.layers.GRU(EMBED_DIM, return_sequences=True)
+        backward = keras.layers.GRU(EMBED_DIM, return_sequences=True)
+        for layer, source in ((forward, tower.gru), (backward, tower.backward_layer)):
+            layer.build((None, None, WORD_DIM))
+            layer.set_weights(source.get_weights())
+        want = []
+        for row, length in zip(words, (3, 1)):
+            real = row[None, :length]
+            mean_forward = forward(real).numpy()[0].mean(0)
+            mean_backward = backward(real[:, ::-1]).numpy()[0].mean(0)
+            vector = (mean_forward + mean_backward) / 2
+            want.append(vector / np.linalg.norm(vector))
+        np.testing.assert_allclose(tower.encode_tokens(ids), want, atol=1e-5)
+
+    def test_word_order_matters_and_padding_does_not(self):
+        tower = _make_tower(rnn="gru", pooling="mean", bidirectional=True)
+        ids = tf.constant([[3, 5, 7, 0, 0], [7, 5, 3, 0, 0]], tf.int32)
+        emb = tower.encode_tokens(ids).numpy()
+        assert np.abs(emb[0] - emb[1]).max() > 1e-4
+        np.testing.assert_allclose(tower.encode_tokens(ids[:, :3]), emb, atol=1e-6)
+
+    def test_saves_loads_and_names_its_layers(self, tmp_path):
+        tower = _make_tower(rnn="gru", pooling="mean", bidirectional=True)
+        strings = tf.constant(SENTENCES)
+        config = tower.get_config()
+        assert (config["pooling"], config["bidirectional"]) == ("mean", True)
+        paths = [w.path for w in tower.weights]
+        assert any(p.startswith("gru/") for p in paths), paths
+        assert any(p.startswith("gru_backward/") for p in paths), paths
+        path = tmp_path / "bi.keras"
+        tower.save(path)
+        loaded = keras.saving.load_model(path)
+        np.testing.assert_allclose(loaded(strings), tower(strings), atol=1e-6)
+
+    def test_unknown_pooling(self):
+        with pytest.raises(ValueError, match="pooling"):
+            _make_tower(pooling="max")

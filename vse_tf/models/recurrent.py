@@ -116,6 +116,13 @@ class _Schedule:
             return x[: self.active[t]]
         return tf.where(self.step_mask[t], x, tf.zeros_like(x))
 
+    def ran(self, t):
+        """``float32 [B, 1]``: 1 for the rows (run order) that ran at step ``t``."""
+        if self.packed:
+            rows = tf.range(self.batch) < self.active[t]
+            return tf.cast(rows, tf.float32)[:, None]
+        return tf.cast(self.step_mask[t], tf.float32)
+
     def merge(self, new, old, t):
         """State after step t: ``new`` for rows that ran, ``old`` for the rest."""
         if self.packed:
@@ -140,11 +147,36 @@ class _Schedule:
         stacked = array.stack()
         return tf.reshape(stacked, tf.concat([[-1], tf.shape(stacked)[2:]], 0))
 
-    def forward_from_zeros(self, step, units, num_states, array_dtypes):
-        """`forward` from ``num_states`` zero ``[B, units]`` states, empty arrays."""
+    def forward_from_zeros(self, step, units, num_states, array_dtypes, summed=False):
+        """`forward` from ``num_states`` zero ``[B, units]`` states, empty arrays.
+
+        Returns the final carried values; with ``summed`` the first (the
+        last ``h``) is replaced by the sum of ``h`` over the steps each row
+        ran (`_summing`).
+        """
         zeros = tf.zeros([self.batch, units], tf.float32)
         arrays = [self.array(dtype) for dtype in array_dtypes]
-        return self.forward(step, (*[zeros] * num_states, *arrays))
+        if not summed:
+            return self.forward(step, (*[zeros] * num_states, *arrays))
+        *final, total = self.forward(
+            _summing(step, self), (*[zeros] * num_states, *arrays, zeros)
+        )
+        return (total, *final[1:])
+
+    def backward_from(self, back_step, d_output, num_states, arrays, summed=False):
+        """`backward` from the output's gradient (and zero other states).
+
+        With ``summed`` the output is the sum of the states, so the loop
+        starts from a zero ``dh`` and adds ``d_output`` at each step a row
+        ran (`_adding`).
+        """
+        others = [tf.zeros_like(d_output)] * (num_states - 1)
+        if not summed:
+            return self.backward(back_step, (d_output, *others, *arrays))
+        return self.backward(
+            _adding(back_step, d_output, self),
+            (tf.zeros_like(d_output), *others, *arrays),
+        )
 
     def forward(self, step, carried):
         """Runs ``step(t, *carried)`` for ``t = 0 .. loop_steps - 1``."""
@@ -193,8 +225,11 @@ def lstm_last_state(
     bias: tf.Tensor,
     compute_dtype: str = "float32",
     packed: bool = True,
+    pooling: str = "last",
 ) -> tf.Tensor:
     """The LSTM's hidden state after each sequence's last unmasked step.
+
+    With ``pooling="mean"``: the mean of its states after each real step.
 
     Args:
         inputs: ``float32 [B, T, E]`` input vectors.
@@ -206,6 +241,7 @@ def lstm_last_state(
         compute_dtype: ``float32`` or ``bfloat16``: the matmul input dtype
             (state, gates and gradients stay float32).
         packed: Skip padding steps (dynamic shapes); False for XLA.
+        pooling: ``last`` or ``mean`` (see `POOLINGS`).
 
     Returns:
         ``float32 [B, H]``.
@@ -213,16 +249,14 @@ def lstm_last_state(
     dtype = _compute_dtype(compute_dtype)
     schedule = _Schedule(mask, packed)
     projected = _project_inputs(schedule.sort(inputs), kernel, bias, dtype)
-    last = _lstm_recurrence(
-        projected, tf.convert_to_tensor(recurrent_kernel), schedule, dtype
-    )
-    return schedule.unsort(last)
-
-
-def _lstm_recurrence(projected, recurrent_kernel, schedule, dtype):
-    """``[T, B, 4H]`` projected inputs (run order) -> ``[B, H]`` last state."""
     cell = _LstmCell(recurrent_kernel.shape[0], schedule, dtype)
-    return _recurrence(cell, projected, recurrent_kernel)
+    state = _recurrence(
+        cell,
+        projected,
+        tf.convert_to_tensor(recurrent_kernel),
+        pool=_recurrence_pool(pooling),
+    )
+    return _pooled(schedule.unsort(state), mask, pooling)
 
 
 class _LstmCell:
@@ -242,14 +276,14 @@ class _LstmCell:
         # d sigmoid(s x) / dx = s sigmoid' (and tanh' = 4 sigmoid'(2x) for g).
         self.grad_scale = tf.concat([ones, ones, 4.0 * ones, ones], 0)
 
-    def forward(self, projected, weights):
-        """`_recurrence`'s forward: ``(last h [B, H], h_{t-1} array, saved)``."""
+    def forward(self, projected, weights, summed=False):
+        """`_recurrence`'s forward: ``(h [B, H] pooled, h_{t-1} array, saved)``."""
         step = functools.partial(self._step, projected, weights)
         array_dtypes = (tf.float32, tf.float32, tf.float32, self.dtype)
-        last_h, _, gates_ta, c_prev_ta, tanh_c_ta, h_prev_ta = (
-            self.schedule.forward_from_zeros(step, self.units, 2, array_dtypes)
+        output, _, gates_ta, c_prev_ta, tanh_c_ta, h_prev_ta = (
+            self.schedule.forward_from_zeros(step, self.units, 2, array_dtypes, summed)
         )
-        return last_h, h_prev_ta, (gates_ta, c_prev_ta, tanh_c_ta)
+        return output, h_prev_ta, (gates_ta, c_prev_ta, tanh_c_ta)
 
     def _step(
         self, projected, weights, t, h, c, gates_ta, c_prev_ta, tanh_c_ta, h_prev_ta
@@ -272,11 +306,11 @@ class _LstmCell:
             h_prev_ta.write(t, tf.cast(h_rows, dtype)),
         )
 
-    def backward(self, d_last_h, weights_t, saved):
+    def backward(self, d_output, weights_t, saved, summed=False):
         """`_recurrence`'s backward: ``(None, dz array)`` (inputs' grad is dz)."""
         back = functools.partial(self._back_step, weights_t, *saved)
-        _, _, dz_ta = self.schedule.backward(
-            back, (d_last_h, tf.zeros_like(d_last_h), self.schedule.array(tf.float32))
+        _, _, dz_ta = self.schedule.backward_from(
+            back, d_output, 2, [self.schedule.array(tf.float32)], summed
         )
         return None, dz_ta
 
@@ -305,8 +339,56 @@ class _LstmCell:
         return t - 1, dh_next, dc_next, dz_ta.write(t, dz)
 
 
-def _recurrence(cell, projected, recurrent_kernel, *recurrent_biases):
-    """Runs ``cell``'s loops under one `tf.custom_gradient`: ``[B, H]`` last state.
+POOLINGS = ("last", "mean")
+
+
+def _recurrence_pool(pooling: str) -> str:
+    """`_recurrence`'s ``pool`` for a public ``pooling``: a mean is a sum first."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    return "sum" if pooling == "mean" else "last"
+
+
+def _pooled(state, mask, pooling):
+    """The sum of states divided by each row's length for ``mean`` (1 if empty)."""
+    if pooling == "last":
+        return state
+    lengths = tf.reduce_sum(tf.cast(mask, tf.float32), axis=1, keepdims=True)
+    return state / tf.maximum(lengths, 1.0)
+
+
+def _summing(step, schedule):
+    """Wraps a forward ``step`` to also carry the sum of the states it writes.
+
+    ``step(t, h, *rest)`` returns ``(t + 1, new h, *new rest)``; the wrapped
+    step takes and returns one more value, the running ``[B, H]`` sum of
+    the states of the rows that ran at each step.
+    """
+
+    def wrapped(t, h, *rest_and_sum):
+        *rest, total = rest_and_sum
+        out = step(t, h, *rest)
+        return (*out, total + out[1] * schedule.ran(t))
+
+    return wrapped
+
+
+def _adding(back_step, d_total, schedule):
+    """Wraps a backward step so the rows that ran at ``t`` get ``d_total``.
+
+    The gradient of a sum of states reaches the state of step ``t`` (what
+    the backward loop carries as ``dh`` when it enters step ``t``) once per
+    step that row ran.
+    """
+
+    def wrapped(t, dh, *rest):
+        return back_step(t, dh + d_total * schedule.ran(t), *rest)
+
+    return wrapped
+
+
+def _recurrence(cell, projected, recurrent_kernel, *recurrent_biases, pool="last"):
+    """Runs ``cell``'s loops under one `tf.custom_gradient`: one ``[B, H]`` state.
 
     The forward loop runs from the zero state; the gradient runs ``cell``'s
     backward loop, then computes the recurrent kernel's gradient as one
@@ -318,6 +400,10 @@ def _recurrence(cell, projected, recurrent_kernel, *recurrent_biases):
         projected: ``float32 [T, B, G*H]`` projected inputs, run order.
         recurrent_kernel: ``[H, G*H]``.
         *recurrent_biases: ``[G*H]`` biases the cell adds to ``h U``.
+        pool: ``last``: the state after each row's last real step; ``sum``:
+            the sum of its states after every real step (the backward loop
+            then starts from zero and adds the output's gradient at each
+            step the row ran).
     """
     schedule, dtype = cell.schedule, cell.dtype
     width = recurrent_kernel.shape[-1]
@@ -325,11 +411,15 @@ def _recurrence(cell, projected, recurrent_kernel, *recurrent_biases):
     @tf.custom_gradient
     def recurrence(projected, recurrent_kernel, *recurrent_biases):
         weights = tf.cast(recurrent_kernel, dtype)
-        last_h, h_prev_ta, saved = cell.forward(projected, weights, *recurrent_biases)
+        output, h_prev_ta, saved = cell.forward(
+            projected, weights, *recurrent_biases, summed=pool == "sum"
+        )
 
-        def grad(d_last_h):
-            d_last_h = tf.convert_to_tensor(d_last_h)  # may be IndexedSlices
-            dx_ta, drec_ta = cell.backward(d_last_h, tf.transpose(weights), saved)
+        def grad(d_output):
+            d_output = tf.convert_to_tensor(d_output)  # may be IndexedSlices
+            dx_ta, drec_ta = cell.backward(
+                d_output, tf.transpose(weights), saved, summed=pool == "sum"
+            )
             d_rec = schedule.gather_steps(drec_ta)  # [R, G*H]
             d_kernel = _weight_gradient(schedule.gather_steps(h_prev_ta), d_rec, dtype)
             d_x = d_rec if dx_ta is None else schedule.gather_steps(dx_ta)
@@ -342,7 +432,7 @@ def _recurrence(cell, projected, recurrent_kernel, *recurrent_biases):
                 ),
             )
 
-        return last_h, grad
+        return output, grad
 
     return recurrence(projected, recurrent_kernel, *recurrent_biases)
 
@@ -355,8 +445,11 @@ def gru_last_state(
     bias: tf.Tensor,
     compute_dtype: str = "float32",
     packed: bool = True,
+    pooling: str = "last",
 ) -> tf.Tensor:
     """The GRU's (``reset_after=True``) state after each last unmasked step.
+
+    With ``pooling="mean"``: the mean of its states after each real step.
 
     ``z, r = sigmoid(x W_zr + b_zr + h U_zr + c_zr)``,
     ``n = tanh(x W_n + b_n + r * (h U_n + c_n))``, ``h' = z h + (1 - z) n``
@@ -370,6 +463,7 @@ def gru_last_state(
         bias: ``[2, 3H]``: input bias, recurrent bias.
         compute_dtype: ``float32`` or ``bfloat16`` matmul inputs.
         packed: Skip padding steps (dynamic shapes); False for XLA.
+        pooling: ``last`` or ``mean`` (see `POOLINGS`).
 
     Returns:
         ``float32 [B, H]``.
@@ -378,16 +472,15 @@ def gru_last_state(
     bias = tf.convert_to_tensor(bias)
     schedule = _Schedule(mask, packed)
     projected = _project_inputs(schedule.sort(inputs), kernel, bias[0], dtype)
-    last = _gru_recurrence(
-        projected, tf.convert_to_tensor(recurrent_kernel), bias[1], schedule, dtype
-    )
-    return schedule.unsort(last)
-
-
-def _gru_recurrence(projected, recurrent_kernel, recurrent_bias, schedule, dtype):
-    """``[T, B, 3H]`` projected inputs (run order) -> ``[B, H]`` last state."""
     cell = _GruCell(recurrent_kernel.shape[0], schedule, dtype)
-    return _recurrence(cell, projected, recurrent_kernel, recurrent_bias)
+    state = _recurrence(
+        cell,
+        projected,
+        tf.convert_to_tensor(recurrent_kernel),
+        bias[1],
+        pool=_recurrence_pool(pooling),
+    )
+    return _pooled(schedule.unsort(state), mask, pooling)
 
 
 class _GruCell:
@@ -402,13 +495,13 @@ class _GruCell:
     def __init__(self, units: int, schedule: _Schedule, dtype: tf.DType):
         self.units, self.schedule, self.dtype = units, schedule, dtype
 
-    def forward(self, projected, weights, recurrent_bias):
-        """`_recurrence`'s forward: ``(last h [B, H], h_{t-1} array, saved)``."""
+    def forward(self, projected, weights, recurrent_bias, summed=False):
+        """`_recurrence`'s forward: ``(h [B, H] pooled, h_{t-1} array, saved)``."""
         step = functools.partial(self._step, projected, weights, recurrent_bias)
-        last_h, zr_ta, n_ta, hn_ta, h_prev_ta = self.schedule.forward_from_zeros(
-            step, self.units, 1, (tf.float32,) * 4
+        output, zr_ta, n_ta, hn_ta, h_prev_ta = self.schedule.forward_from_zeros(
+            step, self.units, 1, (tf.float32,) * 4, summed
         )
-        return last_h, h_prev_ta, (zr_ta, n_ta, hn_ta, h_prev_ta)
+        return output, h_prev_ta, (zr_ta, n_ta, hn_ta, h_prev_ta)
 
     def _step(
         self, projected, weights, recurrent_bias, t, h, zr_ta, n_ta, hn_ta, h_prev_ta
@@ -431,11 +524,13 @@ class _GruCell:
             h_prev_ta.write(t, h_rows),
         )
 
-    def backward(self, d_last_h, weights_t, saved):
+    def backward(self, d_output, weights_t, saved, summed=False):
         """`_recurrence`'s backward: ``(d inputs array, d (h U + c) array)``."""
         back = functools.partial(self._back_step, weights_t, *saved)
         arrays = [self.schedule.array(tf.float32) for _ in range(2)]
-        _, dx_ta, drec_ta = self.schedule.backward(back, (d_last_h, *arrays))
+        _, dx_ta, drec_ta = self.schedule.backward_from(
+            back, d_output, 1, arrays, summed
+        )
         return dx_ta, drec_ta
 
     def _back_step(
@@ -470,14 +565,29 @@ def rnn_last_state(
     bias: tf.Tensor,
     compute_dtype: str = "float32",
     packed: bool = True,
+    pooling: str = "last",
 ) -> tf.Tensor:
     """`lstm_last_state` or `gru_last_state` by ``cell`` name (see `CELLS`)."""
-    if cell == "lstm":
-        return lstm_last_state(
-            inputs, mask, kernel, recurrent_kernel, bias, compute_dtype, packed
-        )
-    if cell == "gru":
-        return gru_last_state(
-            inputs, mask, kernel, recurrent_kernel, bias, compute_dtype, packed
-        )
-    raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+    if cell not in CELLS:
+        raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+    run = lstm_last_state if cell == "lstm" else gru_last_state
+    return run(
+        inputs, mask, kernel, recurrent_kernel, bias, compute_dtype, packed, pooling
+    )
+
+
+def reverse_padded(inputs: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Each row's real steps in reverse order, still right-padded.
+
+    The input of a bidirectional recurrence's backward direction: its last
+    state has read the sentence from its last word to its first.
+
+    Args:
+        inputs: ``[B, T, ...]``.
+        mask: ``bool [B, T]``, each row's a prefix.
+
+    Returns:
+        ``[B, T, ...]``.
+    """
+    lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+    return tf.reverse_sequence(inputs, lengths, seq_axis=1, batch_axis=0)

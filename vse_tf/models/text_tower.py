@@ -20,7 +20,7 @@ class LSTMTextTower(keras.Model):
     ``call(sentences)``: ``tf.string [B]`` -> ``[B, D]``; tokenised in-graph by
     `vse_tf.text.SentenceTokenizer`.
     ``encode_tokens(token_ids)``: ``int32 [B, L]`` (0-padded) -> ``[B, D]``,
-    the recurrent layer's state after the last real token.
+    the sentence vector (pooled as below).
     ``encode_tokens_fused(token_ids, compute_dtype)``: the same function
     computed by `vse_tf.models.recurrent` (what training uses: faster,
     optionally bf16 matmuls; same weights).
@@ -28,6 +28,13 @@ class LSTMTextTower(keras.Model):
     The recurrent layer is a `keras.layers.LSTM` (the paper's, default) or a
     `keras.layers.GRU` (``rnn="gru"``, VSE++'s; 3 gates instead of 4, so
     a quarter fewer FLOPs); either is attribute ``recurrent_layer``.
+
+    The sentence vector is the state after the last word (``pooling="last"``,
+    the paper's) or the mean of the states after each word (``"mean"``, as
+    SCAN and VSE-infinity pool). ``bidirectional`` adds a second layer of
+    the same kind (``backward_layer``) that reads each sentence from its last
+    word to its first; the vector is the mean of the two directions' (SCAN,
+    VSE-infinity).
 
     Args:
         vocabulary: Tokens in id order, reserved ones first.
@@ -39,6 +46,8 @@ class LSTMTextTower(keras.Model):
         word_vectors: Optional ``[V, word_dim]`` initial word vectors (not
             part of the config; saved with the weights).
         rnn: ``lstm`` or ``gru``.
+        pooling: ``last`` or ``mean`` (`vse_tf.models.recurrent.POOLINGS`).
+        bidirectional: Also read each sentence backwards.
     """
 
     def __init__(
@@ -50,12 +59,20 @@ class LSTMTextTower(keras.Model):
         train_word_embeddings: bool = False,
         word_vectors: Optional[np.ndarray] = None,
         rnn: str = "lstm",
+        pooling: str = "last",
+        bidirectional: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if rnn not in recurrent.CELLS:
             raise ValueError(f"rnn must be one of {recurrent.CELLS}, got {rnn!r}")
+        if pooling not in recurrent.POOLINGS:
+            raise ValueError(
+                f"pooling must be one of {recurrent.POOLINGS}, got {pooling!r}"
+            )
         self.rnn = rnn
+        self.pooling = pooling
+        self.bidirectional = bidirectional
         self.vocabulary = list(vocabulary)
         self.embed_dim = embed_dim
         self.word_dim = word_dim
@@ -74,13 +91,18 @@ class LSTMTextTower(keras.Model):
         )
         # The attribute is named after the layer so that checkpoints of
         # LSTM towers keep their variable paths.
-        if rnn == "lstm":
-            self.lstm = keras.layers.LSTM(embed_dim, name="lstm")
-        else:
-            self.gru = keras.layers.GRU(embed_dim, name="gru")
+        layer_class = keras.layers.LSTM if rnn == "lstm" else keras.layers.GRU
+        sequences = pooling == "mean"
+        setattr(self, rnn, layer_class(embed_dim, return_sequences=sequences, name=rnn))
+        self.backward_layer = None
+        if bidirectional:
+            self.backward_layer = layer_class(
+                embed_dim, return_sequences=sequences, name=f"{rnn}_backward"
+            )
         self.normalize = L2Normalize(name="embedding_l2")
         self.word_embedding.build((None, max_length))
-        self.recurrent_layer.build((None, max_length, word_dim))
+        for layer in self.directions:
+            layer.build((None, max_length, word_dim))
         if word_vectors is not None:
             word_vectors = np.asarray(word_vectors, np.float32)
             if word_vectors.shape != (len(self.vocabulary), word_dim):
@@ -93,8 +115,30 @@ class LSTMTextTower(keras.Model):
 
     @property
     def recurrent_layer(self) -> keras.layers.RNN:
-        """The `keras.layers.LSTM` or `keras.layers.GRU`."""
+        """The `keras.layers.LSTM` or `keras.layers.GRU` (forward direction)."""
         return self.lstm if self.rnn == "lstm" else self.gru
+
+    @property
+    def directions(self) -> list[keras.layers.RNN]:
+        """The recurrent layers: forward, then backward when bidirectional."""
+        if self.backward_layer is None:
+            return [self.recurrent_layer]
+        return [self.recurrent_layer, self.backward_layer]
+
+    def _combine(self, token_ids, encode_direction):
+        """The unit embedding: each direction's pooled states, averaged.
+
+        ``encode_direction(layer, words, mask)`` -> ``[B, D]`` pools one
+        direction; the backward one reads `recurrent.reverse_padded` words.
+        """
+        words = self.word_embedding(token_ids)
+        mask = token_ids > 0
+        states = [encode_direction(self.recurrent_layer, words, mask)]
+        if self.backward_layer is not None:
+            reversed_words = recurrent.reverse_padded(words, mask)
+            states.append(encode_direction(self.backward_layer, reversed_words, mask))
+        state = states[0] if len(states) == 1 else (states[0] + states[1]) / 2.0
+        return self.normalize(state)
 
     def build(self, input_shape=None):
         # Every sublayer is built in __init__ (so saved weights always load).
@@ -102,10 +146,16 @@ class LSTMTextTower(keras.Model):
 
     def encode_tokens(self, token_ids, training=False):
         """``int32 [B, L]`` padded token ids -> ``[B, D]`` unit embeddings."""
-        words = self.word_embedding(token_ids)
-        mask = self.word_embedding.compute_mask(token_ids)
-        state = self.recurrent_layer(words, mask=mask, training=training)
-        return self.normalize(state)
+
+        def encode(layer, words, mask):
+            states = layer(words, mask=mask, training=training)
+            if self.pooling == "last":
+                return states
+            weights = keras.ops.cast(mask, states.dtype)[:, :, None]
+            total = keras.ops.sum(states * weights, axis=1)
+            return total / keras.ops.maximum(keras.ops.sum(weights, axis=1), 1.0)
+
+        return self._combine(token_ids, encode)
 
     def encode_tokens_fused(
         self, token_ids, compute_dtype: str = "float32", packed: bool = True
@@ -120,19 +170,21 @@ class LSTMTextTower(keras.Model):
         Returns:
             ``float32 [B, D]`` unit embeddings.
         """
-        words = self.word_embedding(token_ids)
-        cell = self.recurrent_layer.cell
-        state = recurrent.rnn_last_state(
-            self.rnn,
-            words,
-            token_ids > 0,
-            cell.kernel,
-            cell.recurrent_kernel,
-            cell.bias,
-            compute_dtype=compute_dtype,
-            packed=packed,
-        )
-        return self.normalize(state)
+
+        def encode(layer, words, mask):
+            return recurrent.rnn_last_state(
+                self.rnn,
+                words,
+                mask,
+                layer.cell.kernel,
+                layer.cell.recurrent_kernel,
+                layer.cell.bias,
+                compute_dtype=compute_dtype,
+                packed=packed,
+                pooling=self.pooling,
+            )
+
+        return self._combine(token_ids, encode)
 
     def call(self, sentences, training=False):
         return self.encode_tokens(self.tokenizer(sentences), training=training)
@@ -146,5 +198,7 @@ class LSTMTextTower(keras.Model):
             max_length=self.max_length,
             train_word_embeddings=self.train_word_embeddings,
             rnn=self.rnn,
+            pooling=self.pooling,
+            bidirectional=self.bidirectional,
         )
         return config
