@@ -119,3 +119,17 @@ def test_config_errors_are_value_errors_for_library_callers():
         config_lib.get_config("nope")
     with pytest.raises(ValueError, match="unknown config field 'nope'"):
         config_lib.override(config_lib.get_config("demo"), nope=1)
+
+
+def test_flip_averaging_precomputed_features_is_refused(tmp_path):
+    config = config_lib.override(
+        config_lib.get_config("flickr8k_lite"),
+        dataset="precomp",
+        data_dir=str(tmp_path),
+        augment_flip=False,
+        flip_average=True,
+    )
+    assert config_lib.problems(config) == [
+        "--flip_average mirrors images, but precomp data sets hold features "
+        "only; add --noflip_average"
+    ]

@@ -45,3 +45,29 @@ def test_an_ensemble_of_one_model_twice_scores_as_the_model(tiny_export):
     # the same dot products: every metric is the model's own.
     for key in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r10", "rsum"):
         assert twice[key] == pytest.approx(trained[key], abs=1e-6), key
+
+
+def test_flip_average_scores_each_image_by_both_views(tiny_export):
+    import numpy as np
+
+    from vse_tf import config as config_lib
+    from vse_tf import workdir
+    from vse_tf.data import datasets
+
+    config, model = workdir.load_trained_model(
+        tiny_export.workdir, include_backbone=None
+    )
+    flipping = config_lib.override(config, flip_average=True)
+    split = datasets.load_split(flipping, "test")
+    data = evaluation.prepare_eval(flipping, split, model.text_tower.tokenizer)
+    plain = evaluation.prepare_eval(config, split, model.text_tower.tokenizer)
+    assert data.features.shape == (2, *plain.features.shape)
+    np.testing.assert_array_equal(data.features[0], plain.features)
+    assert np.abs(data.features[1] - data.features[0]).max() > 0  # the mirrors
+    images, captions = evaluation.embed_eval_data(model, data, flipping)
+    one = model.image_tower.embed_cached(data.features[0]).numpy()
+    mirror = model.image_tower.embed_cached(data.features[1]).numpy()
+    expected = (one + mirror) / np.linalg.norm(one + mirror, axis=1, keepdims=True)
+    np.testing.assert_allclose(images, expected, atol=1e-6)
+    _, plain_captions = evaluation.embed_eval_data(model, plain, config)
+    np.testing.assert_array_equal(captions, plain_captions)

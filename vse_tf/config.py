@@ -100,7 +100,15 @@ class ModelConfig:
             ``none``.
         glove: ``kumo-6b-50d|PATH|none``.
         train_word_embeddings: Fine-tune the GloVe-initialised embedding.
+        flip_average: Embed each image and its mirror image and average
+            the two unit embeddings, at evaluation and in every export
+            (test-time augmentation: twice the CNN's cost per image;
+            training is unchanged).
         text_rnn: ``lstm`` (Kiros) or ``gru`` (VSE++; a quarter fewer FLOPs).
+        text_pooling: Sentence vector: ``last`` (the state after the last
+            word, Kiros) or ``mean`` (the mean of the states, SCAN).
+        text_bidirectional: Also read each sentence backwards with a second
+            recurrent layer; the two directions' vectors are averaged.
         fine_tune_from: ``""`` (frozen CNN), ``all``, or where to start:
             VGG16 ``block5``, ``fc1``...; EfficientNet-Lite ``stage7``,
             ``stage6_block3``, ``head``... The layers before it stay frozen.
@@ -124,7 +132,10 @@ class ModelConfig:
     feature_norm: str = "l2"
     glove: str = "kumo-6b-50d"
     train_word_embeddings: bool = False
+    flip_average: bool = False
     text_rnn: str = "lstm"
+    text_pooling: str = "last"
+    text_bidirectional: bool = False
     fine_tune_from: str = ""
     fine_tune_cached: bool = True
     fine_tune_batchnorm: str = "frozen"
@@ -433,6 +444,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "image_feature": tuple(backbone_catalog.IMAGE_FEATURES),
         "feature_norm": ("l2", "batchnorm", "none"),
         "text_rnn": ("lstm", "gru"),
+        "text_pooling": ("last", "mean"),
         "fine_tune_batchnorm": ("frozen", "batch"),
         "loss": ("sum", "max", "sum_then_max", "infonce"),
         "text_compute_dtype": ("auto", "float32", "bfloat16"),
@@ -521,7 +533,7 @@ def _weight_file_problems(m: ModelConfig, check_paths: bool) -> list[str]:
 
 
 def _image_input_problems(config: Config) -> list[str]:
-    """Flip augmentation and fine-tuning where the images are not there."""
+    """Flip augmentation or averaging, fine-tuning, where there are no images."""
     d, m = config.data, config.model
     found = []
     if d.augment_flip and d.dataset == "precomp":
@@ -541,6 +553,11 @@ def _image_input_problems(config: Config) -> list[str]:
         )
     if m.fine_tune_from and d.dataset == "precomp":
         found.append("--fine_tune_from needs images; precomp data sets hold features")
+    if m.flip_average and d.dataset == "precomp":
+        found.append(
+            "--flip_average mirrors images, but precomp data sets hold features "
+            "only; add --noflip_average"
+        )
     return found
 
 

@@ -54,6 +54,12 @@ def embed_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embeds a split's images (what the cache holds, or files) and captions.
 
+    Args:
+        image_features: What the cache holds per image, ``[N, F]``, or for
+            several views of each image ``[V, N, F]`` (their embeddings are
+            averaged: `ImageTower.embed_cached_views`); None embeds the files
+            at ``image_paths``.
+
     Returns:
         ``(image_emb [N, D], caption_emb [M, D])`` float32.
     """
@@ -62,7 +68,14 @@ def embed_split(
         encode_text(tf.constant(token_ids[i : i + batch_size])).numpy()
         for i in range(0, len(token_ids), batch_size)
     ]
-    if image_features is not None:
+    if image_features is not None and image_features.ndim == 3:
+        # [V, N, F]: several views of each image (`ImageTower.flip_average`).
+        embed = _compiled(model.image_tower, "embed_cached_views")
+        image_emb = [
+            embed(tf.constant(image_features[:, i : i + batch_size])).numpy()
+            for i in range(0, image_features.shape[1], batch_size)
+        ]
+    elif image_features is not None:
         embed = _compiled(model.image_tower, "embed_cached")
         image_emb = [
             embed(tf.constant(image_features[i : i + batch_size])).numpy()
@@ -83,7 +96,7 @@ class EvalData:
 
     split: CaptionedSplit
     token_ids: np.ndarray
-    features: Optional[np.ndarray]
+    features: Optional[np.ndarray]  # [N, F], or [2, N, F] with the mirror images
     skipped_images: int = 0
 
 
@@ -96,9 +109,15 @@ def prepare_eval(
         readers.DataError: naming the images with fewer than 5 captions
             (more are allowed: the first 5 are used).
     """
-    view, feats, skipped = feature_settings.split_features(
-        config, datasets.evaluation_view(split)
+    view = datasets.evaluation_view(split)
+    # Flip averaging over cached features needs the mirror images' too
+    # (a tower that runs its CNN on the images mirrors them itself).
+    flip = (
+        config.model.flip_average
+        and view.features is None
+        and not feature_settings.trains_on_images(config)
     )
+    view, feats, skipped = feature_settings.split_features(config, view, flip=flip)
     ids = text_lib.encode_captions(tokenizer, view.captions)
     return EvalData(view, ids, feats, skipped_images=skipped)
 

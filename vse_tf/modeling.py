@@ -75,6 +75,7 @@ def build_model(
         feature_norm=m.feature_norm,
         fine_tune_from=m.fine_tune_from,
         fine_tune_batchnorm=m.fine_tune_batchnorm,
+        flip_average=m.flip_average,
         include_backbone=include_backbone and not feature_dim,
         feature_dim=feature_dim,
         name="image_tower",
@@ -87,6 +88,8 @@ def build_model(
         train_word_embeddings=m.train_word_embeddings,
         word_vectors=vectors,
         rnn=m.text_rnn,
+        pooling=m.text_pooling,
+        bidirectional=m.text_bidirectional,
         name="text_tower",
     )
     model = VSEModel(

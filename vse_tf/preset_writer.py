@@ -73,6 +73,16 @@ _DATASET_NAMES = {
 _TABLE_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 
 
+def _recurrence(model: dict) -> str:
+    """The text recurrence in words, e.g. ``bidirectional GRU, mean of states``."""
+    words = model["text_rnn"].upper()
+    if model.get("text_bidirectional"):
+        words = f"bidirectional {words}"
+    if model.get("text_pooling", "last") == "mean":
+        words += ", mean of states"
+    return words
+
+
 def _table(metrics: Optional[dict]) -> Optional[dict]:
     if not metrics:
         return None
@@ -201,7 +211,7 @@ def model_card(config_values: dict, metadata: dict, name: str) -> str:
         f"W_emb -> L2-normalised, {data['image_size']}x{data['image_size']} input.",
         f"- Text tower: in-graph tokenisation -> word embedding "
         f"({metadata['shapes']['word_dim']}-d, initialised from "
-        f"{model['glove']}) -> {model['text_rnn'].upper()} -> L2-normalised.",
+        f"{model['glove']}) -> {_recurrence(model)} -> L2-normalised.",
         f"- Loss: `{config_values['train'].get('loss')}` over in-batch pairs, "
         f"both directions, margin {config_values['train'].get('margin')}.",
         "",

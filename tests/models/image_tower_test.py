@@ -255,3 +255,51 @@ class TestCachedActivations:
     def test_unknown_batchnorm_mode(self):
         with pytest.raises(ValueError, match="fine_tune_batchnorm"):
             ImageTower(embed_dim=DIM, include_backbone=False, fine_tune_batchnorm="x")
+
+
+class TestFlipAverage:
+    """``flip_average``: each image and its mirror image, embeddings averaged."""
+
+    def _towers(self):
+        keras.utils.set_random_seed(0)
+        plain = ImageTower(embed_dim=DIM, image_size=SIZE, vgg_weights="none")
+        flipping = ImageTower.from_config({**plain.get_config(), "flip_average": True})
+        flipping.set_weights(plain.get_weights())
+        return plain, flipping
+
+    def test_embedding_is_the_normalised_sum_of_both_views_by_hand(self):
+        plain, flipping = self._towers()
+        pixels = _pixels(seed=3)
+        one = plain(pixels).numpy()
+        mirror = plain(pixels[:, :, ::-1]).numpy()
+        assert np.abs(one - mirror).max() > 1e-3  # the views differ
+        total = one + mirror
+        expected = total / np.linalg.norm(total, axis=1, keepdims=True)
+        np.testing.assert_allclose(flipping(pixels), expected, atol=1e-6)
+        # A mirror-symmetric image is its own mirror: one view's embedding.
+        symmetric = np.concatenate(
+            [pixels[:, :, :16], pixels[:, :, :16][:, :, ::-1]], 2
+        )
+        np.testing.assert_allclose(flipping(symmetric), plain(symmetric), atol=1e-6)
+
+    def test_training_sees_one_view(self):
+        plain, flipping = self._towers()
+        pixels = _pixels(seed=4)
+        np.testing.assert_allclose(
+            flipping(pixels, training=True), plain(pixels, training=True), atol=1e-6
+        )
+
+    def test_cached_views_equal_the_pixels_path(self):
+        plain, flipping = self._towers()
+        pixels = _pixels(seed=5)
+        views = np.stack(
+            [plain.backbone(pixels).numpy(), plain.backbone(pixels[:, :, ::-1]).numpy()]
+        )
+        np.testing.assert_allclose(
+            flipping.embed_cached_views(views), flipping(pixels), atol=1e-5
+        )
+
+    def test_config_round_trip(self):
+        _, flipping = self._towers()
+        assert flipping.get_config()["flip_average"] is True
+        assert ImageTower.from_config(flipping.get_config()).flip_average

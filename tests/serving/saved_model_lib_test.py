@@ -459,3 +459,43 @@ def test_ensemble_of_two_workdirs_exports_as_one_model(trained, tmp_path):
     )
     report = serving_check.check_serving(export_dir)
     assert report.ok, report.format()
+
+
+@pytest.mark.slow(reason="exports a second SavedModel and converts a TFLite tower")
+def test_flip_averaging_model_exports_both_views(trained, tmp_path):
+    """``flip_average``: every image signature (and the TFLite tower) embeds
+    the image and its mirror image and averages the two unit embeddings."""
+    import shutil
+
+    from vse_tf import config as config_lib
+    from vse_tf.serving import serving_check
+    from vse_tf.serving.tflite import convert, runner
+
+    workdir, _, model, data_dir = trained
+    flipping_dir = str(tmp_path / "flipping")
+    shutil.copytree(workdir, flipping_dir)
+    config = config_lib.override(
+        workdir_lib.read_workdir_config(workdir), flip_average=True
+    )
+    workdir_lib.write_config(flipping_dir, config)
+    export_dir = saved_model_lib.export_saved_model(
+        flipping_dir, str(tmp_path / "models")
+    )
+    loaded = tf.saved_model.load(export_dir)
+    # One view's features cannot give the averaged embedding.
+    assert "encode_image_features" not in loaded.signatures
+    files = _image_files(data_dir)
+    pixels = _pixels(files, model.image_tower.image_size)
+    one = model.image_tower(pixels).numpy()
+    mirror = model.image_tower(pixels[:, :, ::-1]).numpy()
+    expected = (one + mirror) / np.linalg.norm(one + mirror, axis=1, keepdims=True)
+    got = loaded.signatures["encode_image"](image_bytes=_file_bytes(files))
+    np.testing.assert_allclose(got["embedding"].numpy(), expected, atol=1e-5)
+    report = serving_check.check_serving(export_dir)
+    assert report.ok, report.format()
+    _, flipping = workdir_lib.load_trained_model(flipping_dir)
+    tflite = runner.run_tflite(
+        convert.convert_image_tower(flipping.image_tower), pixels
+    )
+    cosine = (tflite * expected).sum(1) / np.linalg.norm(tflite, axis=1)
+    assert cosine.min() >= 0.99999, cosine

@@ -33,6 +33,26 @@ class L2Normalize(keras.layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
+def average_views(embeddings):
+    """Unit embeddings of several views of an image -> their mean direction.
+
+    The sum of the views' unit vectors, re-normalised: its cosine with a
+    sentence ranks like the mean of the views' cosines (they differ by the
+    positive factor ``|sum|``). Used for test-time flip averaging.
+
+    Args:
+        embeddings: V tensors ``[B, D]`` of unit rows.
+
+    Returns:
+        ``[B, D]`` unit rows.
+    """
+    total = embeddings[0]
+    for embedding in embeddings[1:]:
+        total = total + embedding
+    norm = keras.ops.sqrt(keras.ops.sum(keras.ops.square(total), -1, keepdims=True))
+    return total / keras.ops.maximum(norm, 1e-12)
+
+
 FEATURE_NORMS = ("l2", "batchnorm", "none")
 """``l2``: unit-normalise CNN features (Kiros); ``batchnorm``: standardise
 each feature dimension with batch statistics (moving averages at
@@ -75,6 +95,10 @@ class ImageTower(keras.Model):
             keeps its ImageNet statistics, as VSE++ and CLIP fine-tune on
             small data; gamma and beta still train) or ``batch`` (batch
             statistics while training, moving averages updated).
+        flip_average: At inference, embed each image and its mirror image
+            and average the two unit embeddings (`average_views`): test-time
+            augmentation at twice the CNN's cost. Training is unchanged.
+            Cached features of both views go through `embed_cached_views`.
 
     With ``fine_tune_from`` naming a point inside the trunk, the tower also
     holds ``trunk_top``: the layers from that point on (`split_backbone`,
@@ -102,9 +126,11 @@ class ImageTower(keras.Model):
         backbone: str = catalog.VGG16,
         lite_weights: str = "pretrained",
         fine_tune_batchnorm: str = "frozen",
+        flip_average: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.flip_average = flip_average
         if feature_norm not in FEATURE_NORMS:
             raise ValueError(
                 f"feature_norm must be one of {FEATURE_NORMS}, got {feature_norm!r}"
@@ -205,12 +231,33 @@ class ImageTower(keras.Model):
         features = self.trunk_top(activations, training=self._trunk_training(training))
         return self.embed_features(features, training=training)
 
+    def embed_cached_views(self, cached_views):
+        """Cached features (or activations) of several views -> one embedding.
+
+        Args:
+            cached_views: ``[V, B, ...]``: what `embed_cached` takes, for V
+                views of the same B images (the image and its mirror).
+
+        Returns:
+            ``[B, D]``: the views' unit embeddings averaged (`average_views`).
+        """
+        views = keras.ops.unstack(keras.ops.convert_to_tensor(cached_views), axis=0)
+        return average_views([self.embed_cached(view) for view in views])
+
     def call(self, pixels, training=False):
         if self.backbone is None:
             raise ValueError(
                 "this image tower was built without its backbone "
                 "(include_backbone=False); use embed_features()"
             )
+        if self.flip_average and not training:
+            mirrored = keras.ops.flip(pixels, axis=2)
+            return average_views(
+                [self._embed_pixels(pixels), self._embed_pixels(mirrored)]
+            )
+        return self._embed_pixels(pixels, training=training)
+
+    def _embed_pixels(self, pixels, training=False):
         features = self.backbone(pixels, training=self._trunk_training(training))
         return self.embed_features(features, training=training)
 
@@ -229,5 +276,6 @@ class ImageTower(keras.Model):
             backbone=self.backbone_name,
             lite_weights=self.lite_weights,
             fine_tune_batchnorm=self.fine_tune_batchnorm,
+            flip_average=self.flip_average,
         )
         return config

@@ -243,7 +243,7 @@ def build_export_archive(
     archive.track(model.text_tower)
     archive.track(model.image_tower)
     _add_text_endpoints(archive, model.text_tower)
-    if model.image_tower.feature_dim is not None:  # (None: an ensemble)
+    if has_feature_endpoint(model.image_tower):
         _add_feature_endpoint(archive, model.image_tower)
     if index_embeddings is not None:
         _add_search_endpoint(
@@ -271,6 +271,18 @@ def _add_text_endpoints(archive, text_tower) -> None:
             )
         },
         input_signature=[tf.TensorSpec([None, length], tf.int32, name="token_ids")],
+    )
+
+
+def has_feature_endpoint(image_tower: keras.Model) -> bool:
+    """Whether ``encode_image_features`` can serve this tower's embedding.
+
+    Not for an ensemble (no shared feature input) nor for a tower that
+    averages each image with its mirror (one view's features do not give
+    that embedding).
+    """
+    return image_tower.feature_dim is not None and not getattr(
+        image_tower, "flip_average", False
     )
 
 
@@ -356,7 +368,7 @@ def warmup_inputs(model: VSEModel) -> dict[str, dict[str, np.ndarray]]:
         "encode_text": {"text": np.array([WARMUP_SENTENCE.encode()], dtype=object)},
         "encode_tokens": {"token_ids": tokens.astype(np.int32)},
     }
-    if model.image_tower.feature_dim is not None:
+    if has_feature_endpoint(model.image_tower):
         feature_dim = model.image_tower.feature_dim
         inputs["encode_image_features"] = {
             "features": np.zeros([1, feature_dim], np.float32)
