@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 
+import keras
 import tensorflow as tf
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -576,18 +577,26 @@ def rnn_last_state(
     )
 
 
-def reverse_padded(inputs: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+def reverse_padded(inputs, mask):
     """Each row's real steps in reverse order, still right-padded.
 
     The input of a bidirectional recurrence's backward direction: its last
-    state has read the sentence from its last word to its first.
+    state has read the sentence from its last word to its first. Written
+    with `keras.ops`, so a functional Keras model (the TFLite export) can
+    hold it.
 
     Args:
-        inputs: ``[B, T, ...]``.
+        inputs: ``[B, T]`` or ``[B, T, E]``.
         mask: ``bool [B, T]``, each row's a prefix.
 
     Returns:
-        ``[B, T, ...]``.
+        ``inputs``' shape and dtype.
     """
-    lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
-    return tf.reverse_sequence(inputs, lengths, seq_axis=1, batch_axis=0)
+    ops = keras.ops
+    lengths = ops.sum(ops.cast(mask, "int32"), axis=1, keepdims=True)  # [B, 1]
+    steps = ops.expand_dims(ops.arange(ops.shape(mask)[1], dtype="int32"), 0)
+    reversed_steps = ops.subtract(ops.subtract(lengths, 1), steps)
+    source = ops.where(ops.less(steps, lengths), reversed_steps, steps)  # [B, T]
+    if len(inputs.shape) == 3:
+        source = ops.expand_dims(source, -1)
+    return ops.take_along_axis(inputs, source, axis=1)

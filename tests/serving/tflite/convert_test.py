@@ -158,10 +158,17 @@ def test_strings_model_tokenises_like_keras(exported, reference):
         np.testing.assert_allclose(strings([sentence])[0], got[row], atol=1e-5)
 
 
-def test_gru_text_tower_converts_builtin_only():
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"pooling": "mean", "bidirectional": True}],
+    ids=["last", "bidirectional_mean"],
+)
+def test_gru_text_tower_converts_builtin_only(options):
     keras.utils.set_random_seed(0)
     vocabulary = text_lib.Vocabulary(["a", "dog", "runs", "on", "grass"]).tokens
-    tower = LSTMTextTower(vocabulary, embed_dim=8, word_dim=4, max_length=6, rnn="gru")
+    tower = LSTMTextTower(
+        vocabulary, embed_dim=8, word_dim=4, max_length=6, rnn="gru", **options
+    )
     tokens = np.array([[2, 3, 4, 0, 0, 0], [5, 6, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]])
     tokens = tokens.astype(np.int32)
     model = convert.convert_text_tower(tower)
@@ -171,7 +178,7 @@ def test_gru_text_tower_converts_builtin_only():
     got = runner.run_tflite(model, tokens)
     want = tower.encode_tokens(tokens).numpy()
     assert _cosine(got, want).min() >= 0.99999
-    assert tower.recurrent_layer.unroll is False
+    assert not any(layer.unroll for layer in tower.directions)
 
 
 # ---------------------------------------------------------------------------

@@ -76,13 +76,19 @@ def text_quantize(quantize: str) -> str:
 
 @contextlib.contextmanager
 def _unrolled(text_tower: LSTMTextTower) -> Iterator[None]:
-    """Unrolls the tower's LSTM while tracing (builtins only), then restores."""
-    previous = text_tower.recurrent_layer.unroll
-    text_tower.recurrent_layer.unroll = True
+    """Unrolls the tower's recurrent layers while tracing (builtins only).
+
+    Restores their setting afterwards.
+    """
+    layers = text_tower.directions
+    previous = [layer.unroll for layer in layers]
+    for layer in layers:
+        layer.unroll = True
     try:
         yield
     finally:
-        text_tower.recurrent_layer.unroll = previous
+        for layer, unroll in zip(layers, previous):
+            layer.unroll = unroll
 
 
 def _token_model(text_tower: LSTMTextTower) -> keras.Model:
