@@ -411,3 +411,40 @@ class TestSplit:
     def test_unknown_point_lists_the_choices(self, random_backbone):
         with pytest.raises(ValueError, match="choose from.*block5"):
             backbone_lib.split_backbone(random_backbone, "block9", "pool5")
+
+
+class TestOrderStatisticPooling:
+    """``head_gpo``: VSE-infinity's GPO over the 7x7 head map, weights learned."""
+
+    def test_starts_as_the_average_and_moves_to_the_maximum(self):
+        layer = backbone_lib.OrderStatisticPooling()
+        feature_map = np.random.default_rng(0).normal(size=(2, 3, 3, 4)).astype("f4")
+        np.testing.assert_allclose(
+            layer(feature_map), feature_map.mean((1, 2)), atol=1e-6
+        )
+        # All weight on the last sorted position (ascending): the maximum.
+        layer.logits.assign(np.array([0.0] * 8 + [100.0], np.float32))
+        np.testing.assert_allclose(
+            layer(feature_map), feature_map.max((1, 2)), atol=1e-6
+        )
+        # By hand: weights 1/2 on the two largest values of each channel.
+        layer.logits.assign(np.array([-100.0] * 7 + [0.0, 0.0], np.float32))
+        top_two = np.sort(feature_map.reshape(2, 9, 4), axis=1)[:, -2:].mean(1)
+        np.testing.assert_allclose(layer(feature_map), top_two, atol=1e-6)
+
+    def test_trains_with_the_top_of_a_split_trunk_and_shares_its_weights(self):
+        size = 64
+        backbone = backbone_lib.build_backbone(
+            "efficientnet_lite0", "head_gpo", size, "none"
+        )
+        pooling = backbone.get_layer("head_gpo")
+        set_fine_tuning(backbone, "")  # a frozen trunk: its pooling too
+        assert not backbone.trainable_weights
+        set_fine_tuning(backbone, "stage7")
+        assert any(w is pooling.logits for w in backbone.trainable_weights)
+        bottom, top = backbone_lib.split_backbone(backbone, "stage7", "head_gpo")
+        assert top.get_layer("head_gpo") is pooling
+        pooling.logits.assign(np.linspace(-1, 1, 4).astype("f4"))  # 2x2 map at 64
+        pixels = _pixels(size=size)
+        np.testing.assert_allclose(top(bottom(pixels)), backbone(pixels), atol=1e-5)
+        assert top(bottom(pixels)).shape == (len(pixels), 1280)
