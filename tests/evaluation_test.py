@@ -47,10 +47,14 @@ def test_an_ensemble_of_one_model_twice_scores_as_the_model(tiny_export):
         assert twice[key] == pytest.approx(trained[key], abs=1e-6), key
 
 
-def test_flip_average_scores_each_image_by_both_views(tiny_export):
+def test_flip_average_scores_each_image_by_both_views(tiny_export, tmp_path):
+    import shutil
+
     import numpy as np
+    import pytest
 
     from vse_tf import config as config_lib
+    from vse_tf import metrics as metrics_lib
     from vse_tf import workdir
     from vse_tf.data import datasets
 
@@ -71,3 +75,11 @@ def test_flip_average_scores_each_image_by_both_views(tiny_export):
     np.testing.assert_allclose(images, expected, atol=1e-6)
     _, plain_captions = evaluation.embed_eval_data(model, plain, config)
     np.testing.assert_array_equal(captions, plain_captions)
+    # Any trained workdir can be scored so (`trainers.evaluate --flip_average`).
+    copy = str(tmp_path / "workdir")
+    shutil.copytree(tiny_export.workdir, copy)
+    scored = evaluation.evaluate_workdir(copy, split="test", flip_average=True)
+    want = metrics_lib.retrieval_metrics(expected, captions, 5)
+    assert scored["rsum"] == pytest.approx(want["rsum"], abs=1e-6)
+    with open(f"{copy}/metrics_test.json") as f:
+        assert json.load(f)["flip_average"] is True

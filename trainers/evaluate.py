@@ -38,6 +38,12 @@ _SAVED_MODEL = flags.DEFINE_string(
     "saved_model", None, "Exported SavedModel (version folder or base path)."
 )
 _SERVER = flags.DEFINE_string("server", None, "TF Serving URL (REST or gRPC).")
+_FLIP_AVERAGE = flags.DEFINE_boolean(
+    "flip_average",
+    None,
+    "With --workdir: score each image with its mirror image too (their "
+    "embeddings averaged; default: as trained).",
+)
 _MODEL_NAME = flags.DEFINE_string("model_name", "vse", "Model name on --server.")
 _SPLIT = flags.DEFINE_enum("split", "dev", ["dev", "test"], "Split to evaluate.")
 _PROJECTOR = flags.DEFINE_string(
@@ -47,7 +53,7 @@ _PROJECTOR = flags.DEFINE_string(
     "Projector into this folder (with --workdir): tensorboard --logdir DIR.",
 )
 cli.group("Model to score (one of)", "workdir", "saved_model", "server", "model_name")
-cli.group("Output", "split", "projector")
+cli.group("Output", "split", "projector", "flip_average")
 _PRINT_CONFIG = cli.define_print_config()
 
 
@@ -76,7 +82,12 @@ def main(argv):
                 raise errors.ConfigError(
                     "--projector and --print_config take one --workdir"
                 )
-            evaluation.evaluate_ensemble(members, split=_SPLIT.value, **changed)
+            evaluation.evaluate_ensemble(
+                members,
+                split=_SPLIT.value,
+                flip_average=_FLIP_AVERAGE.value,
+                **changed,
+            )
             return
         if _PRINT_CONFIG.value:
             config = workdir_lib.read_workdir_config(_WORKDIR.value)
@@ -85,6 +96,7 @@ def main(argv):
             _WORKDIR.value,
             split=_SPLIT.value,
             projector_dir=_PROJECTOR.value,
+            flip_average=_FLIP_AVERAGE.value,
             **changed,
         )
         if _PROJECTOR.value:
@@ -93,6 +105,11 @@ def main(argv):
                 f"tensorboard --logdir {_PROJECTOR.value}"
             )
         return
+    if _FLIP_AVERAGE.value is not None:
+        raise errors.ConfigError(
+            "--flip_average takes --workdir (an export averages the views when "
+            "its workdir was trained with --flip_average)"
+        )
     if _PROJECTOR.value:
         raise errors.ConfigError(
             "--projector takes --workdir (an export or a server has no split "

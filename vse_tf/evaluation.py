@@ -205,6 +205,7 @@ def evaluate_workdir(
     data_dir: Optional[str] = None,
     max_eval_images: Optional[int] = None,
     projector_dir: Optional[str] = None,
+    flip_average: Optional[bool] = None,
 ) -> dict[str, float]:
     """Evaluates a trained workdir's best model on a split; writes the JSON.
 
@@ -216,13 +217,16 @@ def evaluate_workdir(
         max_eval_images: Score the first N images (default: as trained).
         projector_dir: Also write the split's image and caption embeddings
             there for TensorBoard's Embedding Projector (`vse_tf.projector`).
+        flip_average: Score each image with its mirror image too
+            (`ImageTower.flip_average`; default: as trained). The metrics
+            file records the choice.
 
     Returns:
         The metrics dict (also in ``<workdir>/metrics_<split>.json``; a
         preset is scored the same and not written into).
     """
     config, model, data, embeddings = _workdir_embeddings(
-        workdir, split, dataset, data_dir, max_eval_images
+        workdir, split, dataset, data_dir, max_eval_images, flip_average
     )
     written = None if preset.names_preset(workdir) else workdir
     if projector_dir:
@@ -234,7 +238,10 @@ def evaluate_workdir(
             data.split.caption_image_index,
         )
         projector_lib.write_projector(projector_dir, files)
-    extra = {"skipped_images": data.skipped_images}
+    extra = {
+        "skipped_images": data.skipped_images,
+        "flip_average": config.model.flip_average,
+    }
     return report(model, data, config, written, extra, embeddings=embeddings)
 
 
@@ -244,6 +251,7 @@ def _workdir_embeddings(
     dataset: Optional[str],
     data_dir: Optional[str],
     max_eval_images: Optional[int],
+    flip_average: Optional[bool] = None,
 ) -> tuple[Config, VSEModel, EvalData, tuple[np.ndarray, np.ndarray]]:
     """A workdir's model, its prepared split and their embeddings."""
     config, model = workdir_lib.load_trained_model(workdir, include_backbone=None)
@@ -252,7 +260,9 @@ def _workdir_embeddings(
         dataset=dataset or None,
         data_dir=data_dir or None,
         max_eval_images=max_eval_images,
+        flip_average=flip_average,
     )
+    model.image_tower.flip_average = config.model.flip_average
     if dataset == "demo":
         config = config_lib.override(config, data_dir="")
     config_lib.validate(config)
@@ -291,6 +301,7 @@ def evaluate_ensemble(
     dataset: Optional[str] = None,
     data_dir: Optional[str] = None,
     max_eval_images: Optional[int] = None,
+    flip_average: Optional[bool] = None,
 ) -> dict[str, float]:
     """Scores the mean-cosine ensemble of several trained models; prints the table.
 
@@ -300,7 +311,8 @@ def evaluate_ensemble(
 
     Args:
         workdirs: Two or more training workdirs or presets.
-        split, dataset, data_dir, max_eval_images: As `evaluate_workdir`.
+        split, dataset, data_dir, max_eval_images, flip_average: As
+            `evaluate_workdir`.
 
     Returns:
         The ensemble's metrics.
@@ -314,7 +326,7 @@ def evaluate_ensemble(
     members, first = [], None
     for workdir in workdirs:
         config, model, data, embeddings = _workdir_embeddings(
-            workdir, split, dataset, data_dir, max_eval_images
+            workdir, split, dataset, data_dir, max_eval_images, flip_average
         )
         if first is None:
             first = (config, model, data)
