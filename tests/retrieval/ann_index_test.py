@@ -84,6 +84,7 @@ def test_exact_codes_sharded_equal_one_index(collection, tmp_path):
     assert names == [f"shard-0000{s}.npy" for s in range(5)] + ["trained.npy"]
 
 
+@pytest.mark.slow(reason="trains FAISS IVF-PQ codebooks on 12,000 vectors (10-30 s)")
 def test_pq_sharded_recall_matches_one_index(collection, tmp_path):
     vectors, queries, exact = collection
     folder = write_index(str(tmp_path / "index"), vectors)
@@ -98,6 +99,7 @@ def test_pq_sharded_recall_matches_one_index(collection, tmp_path):
     assert abs(recall_sharded - recall_single) <= 0.005
 
 
+@pytest.mark.slow(reason="trains FAISS IVF-PQ codebooks on 12,000 vectors (10-30 s)")
 def test_interrupted_build_resumes_and_search_uses_it(collection, tmp_path):
     vectors, queries, exact = collection
     folder = write_index(str(tmp_path / "index"), vectors)
@@ -135,6 +137,7 @@ def test_interrupted_build_resumes_and_search_uses_it(collection, tmp_path):
     ]
 
 
+@pytest.mark.slow(reason="trains FAISS IVF-PQ codebooks on 12,000 vectors (10-30 s)")
 def test_shards_of_another_training_or_index_are_never_used(collection, tmp_path):
     vectors, queries, _ = collection
     folder = write_index(str(tmp_path / "index"), vectors)

@@ -78,6 +78,7 @@ def test_recall_against_exact(data, encoding):
     assert ann.recall_at_k(ids, exact_ids) >= 0.95
 
 
+@pytest.mark.slow(reason="trains FAISS IVF-PQ codebooks on 20,000 vectors (10-30 s)")
 @needs_faiss
 def test_more_probes_more_recall_and_deterministic(data):
     database, queries = data
@@ -135,6 +136,7 @@ def test_rerank_returns_exact_scores(data):
     assert ann.recall_at_k(pq_ids, exact_ids) < 1.0
 
 
+@pytest.mark.slow(reason="trains FAISS IVF-PQ codebooks on 20,000 vectors (10-30 s)")
 @needs_faiss
 def test_defaults_and_memory_map(data, tmp_path):
     database, queries = data
