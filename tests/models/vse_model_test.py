@@ -383,23 +383,3 @@ class TestFineTuningFromActivations:
         before = kernel.numpy().copy()
         model.train_on_batch(batch)
         assert np.abs(kernel.numpy() - before).max() == pytest.approx(1e-2, rel=1e-3)
-
-
-def test_learned_pooling_learns_at_the_heads_rate():
-    keras.utils.set_random_seed(0)
-    image_tower = ImageTower(
-        embed_dim=DIM,
-        image_size=64,
-        backbone="efficientnet_lite0",
-        lite_weights="none",
-        image_feature="head_gpo",
-        fine_tune_from="head",
-    )
-    text_tower = LSTMTextTower(VOCAB, embed_dim=DIM, word_dim=8, max_length=MAX_LENGTH)
-    model = VSEModel(image_tower, text_tower)
-    logits = image_tower.backbone.get_layer("head_gpo").logits
-    trunk = {id(v) for v in model.trunk_variables()}
-    assert id(logits) not in trunk
-    assert any(v is logits for v in model.trainable_variables)
-    head_conv = {v.path.split("/")[-2] for v in model.trunk_variables()}
-    assert head_conv and all(name.startswith("head") for name in head_conv), head_conv

@@ -8,7 +8,6 @@ import keras
 import tensorflow as tf
 
 from vse_tf import losses
-from vse_tf.models import backbone as backbone_lib
 from vse_tf.models.image_tower import ImageTower
 from vse_tf.models.text_tower import LSTMTextTower
 
@@ -266,21 +265,9 @@ class VSEModel(keras.Model):
         return self._logs(self.loss_tracker.result())
 
     def trunk_variables(self) -> list:
-        """The CNN's trained pretrained weights (what ``trunk_optimizer`` updates).
-
-        A learned pooling after the CNN (``head_gpo``) starts from scratch,
-        so it learns at the head's rate, with ``optimizer``.
-        """
+        """The trainable variables of the CNN (what ``trunk_optimizer`` updates)."""
         backbone = self.image_tower.backbone
-        if backbone is None:
-            return []
-        new = {
-            id(weight)
-            for layer in backbone.layers
-            if isinstance(layer, backbone_lib.OrderStatisticPooling)
-            for weight in layer.weights
-        }
-        return [v for v in backbone.trainable_variables if id(v) not in new]
+        return [] if backbone is None else list(backbone.trainable_variables)
 
     def _apply(self, gradients, variables) -> None:
         """Applies the step: the CNN's share with ``trunk_optimizer``, if set."""
