@@ -133,17 +133,3 @@ def test_flip_averaging_precomputed_features_is_refused(tmp_path):
         "--flip_average mirrors images, but precomp data sets hold features "
         "only; add --noflip_average"
     ]
-
-
-def test_learned_pooling_of_a_frozen_trunk_is_refused():
-    config = config_lib.override(
-        config_lib.get_config("flickr8k_lite"),
-        data_dir="/data",
-        image_feature="head_gpo",
-    )
-    assert config_lib.problems(config, check_paths=False) == [
-        "--image_feature=head_gpo learns its pooling, which trains only with "
-        "the top of the CNN: add --fine_tune_from=stage7 (or head)"
-    ]
-    tuned = config_lib.override(config, fine_tune_from="stage7")
-    assert config_lib.problems(tuned, check_paths=False) == []

@@ -93,10 +93,8 @@ class ModelConfig:
         image_feature: VGG16: ``fc7`` (4096-d, 224x224), ``pool5`` (512-d
             average of the last conv block), ``pool5_max`` or
             ``pool5_avgmax`` (1024-d). EfficientNet-Lite: ``head_avg``
-            (1280-d average of the head), ``head_max``, ``head_avgmax``
-            (2560-d) or ``head_gpo`` (1280-d, a learned weighting of each
-            channel's sorted values, VSE-infinity's GPO; needs
-            ``fine_tune_from``).
+            (1280-d average of the head), ``head_max`` or ``head_avgmax``
+            (2560-d).
         feature_norm: ``l2`` (Kiros: normalise CNN features before W_emb),
             ``batchnorm`` (standardise each dimension, then ``l2``) or
             ``none``.
@@ -555,11 +553,6 @@ def _image_input_problems(config: Config) -> list[str]:
         )
     if m.fine_tune_from and d.dataset == "precomp":
         found.append("--fine_tune_from needs images; precomp data sets hold features")
-    if m.image_feature == "head_gpo" and not m.fine_tune_from:
-        found.append(
-            "--image_feature=head_gpo learns its pooling, which trains only with "
-            "the top of the CNN: add --fine_tune_from=stage7 (or head)"
-        )
     if m.flip_average and d.dataset == "precomp":
         found.append(
             "--flip_average mirrors images, but precomp data sets hold features "

@@ -161,62 +161,18 @@ class VGGPreprocess(keras.layers.Layer):
         return bgr - keras.ops.convert_to_tensor(_BGR_MEAN, self.compute_dtype)
 
 
-@keras.saving.register_keras_serializable(package="vse_tf")
-class OrderStatisticPooling(keras.layers.Layer):
-    """Learned pooling: a weighted sum of each channel's sorted values.
-
-    VSE-infinity's generalized pooling operator (GPO) for a map of fixed
-    size: each channel's K = h*w values are sorted, and the pooled value is
-    ``sum_k softmax(logits)_k * sorted_k``. The K logits are learned (GPO
-    generates them from the position k with a small GRU so that K may vary;
-    for one image size a free vector is the same family). They start at zero:
-    the average. Weights on the largest values move it towards the maximum.
-
-    Call: ``[B, h, w, C]`` -> ``[B, C]`` float32.
-    """
-
-    def build(self, input_shape):
-        positions = int(input_shape[1]) * int(input_shape[2])
-        self.logits = self.add_weight(
-            shape=(positions,), initializer="zeros", name="logits", dtype="float32"
-        )
-
-    def call(self, feature_map):
-        channels = feature_map.shape[-1]
-        values = keras.ops.cast(feature_map, "float32")
-        values = keras.ops.reshape(values, (-1, self.logits.shape[0], channels))
-        ordered = keras.ops.sort(values, axis=1)  # [B, K, C], ascending
-        weights = keras.ops.softmax(self.logits)  # [K]
-        return keras.ops.einsum("k,bkc->bc", weights, ordered)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], input_shape[-1])
-
-
-_POOLING_LAYERS = {
-    "avg": keras.layers.GlobalAveragePooling2D,
-    "max": keras.layers.GlobalMaxPooling2D,
-    "gpo": OrderStatisticPooling,
-}
-
-
-def _global_pool(conv, image_feature: str, source: Optional[keras.Model] = None):
-    """``[B, h, w, C]`` -> ``[B, C]`` (avg, max, gpo) or ``[B, 2C]`` (avgmax).
-
-    With ``source`` (a `build_backbone` model) its pooling layers are reused,
-    so a learned pooling keeps its weights.
-    """
+def _global_pool(conv, image_feature: str):
+    """``[B, h, w, C]`` -> ``[B, C]`` (avg, max) or ``[B, 2C]`` (avgmax)."""
     prefix, _, mode = image_feature.partition("_")
     mode = mode or "avg"  # plain "pool5" is the average
-
-    def layer(name, make):
-        return source.get_layer(name) if source is not None else make(name=name)
-
-    kinds = ["avg", "max"] if mode == "avgmax" else [mode]
-    pooled = [layer(f"{prefix}_{kind}", _POOLING_LAYERS[kind])(conv) for kind in kinds]
+    pooled = []
+    if mode in ("avg", "avgmax"):
+        pooled.append(keras.layers.GlobalAveragePooling2D(name=f"{prefix}_avg")(conv))
+    if mode in ("max", "avgmax"):
+        pooled.append(keras.layers.GlobalMaxPooling2D(name=f"{prefix}_max")(conv))
     if len(pooled) == 1:
         return pooled[0]
-    return layer(f"{prefix}_avgmax", keras.layers.Concatenate)(pooled)
+    return keras.layers.Concatenate(name=f"{prefix}_avgmax")(pooled)
 
 
 def _vgg16_features(pixels, image_feature, image_size, vgg_weights):
@@ -265,8 +221,7 @@ def build_backbone(
             >= 32), ``pool5_max`` (its global maximum) or ``pool5_avgmax``
             (both concatenated, average first, 1024-d). EfficientNet-Lite:
             ``head_avg`` (global average of the 1280-channel head),
-            ``head_max``, ``head_avgmax`` (2560-d) or ``head_gpo``
-            (`OrderStatisticPooling`, learned; it trains with the top).
+            ``head_max`` or ``head_avgmax`` (2560-d).
         image_size: Square input size.
         weights: VGG16: ``imagenet|none|hed|PATH``; EfficientNet-Lite:
             ``pretrained|none|PATH`` (see `vse_tf.models.efficientnet_lite`).
@@ -458,7 +413,7 @@ def split_backbone(
     top_trunk = keras.Model(cut, trunk.output, name=f"{trunk.name}_top")
     x = top_trunk(activations)
     if image_feature != "fc7":  # the fc7 trunk ends in fc2 already
-        x = _global_pool(x, image_feature, source=backbone)
+        x = _global_pool(x, image_feature)
     features = keras.layers.Activation("linear", dtype="float32", name="features")(x)
     return bottom, keras.Model(activations, features, name=f"{backbone.name}_top")
 

@@ -15,14 +15,13 @@ LITE_VARIANTS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2
 LITE_HEAD_CHANNELS = 1280
 BACKBONES = (VGG16, *LITE_VARIANTS)
 VGG_FEATURES = ("fc7", "pool5", "pool5_max", "pool5_avgmax")
-LITE_FEATURES = ("head_avg", "head_max", "head_avgmax", "head_gpo")
+LITE_FEATURES = ("head_avg", "head_max", "head_avgmax")
 IMAGE_FEATURES = VGG_FEATURES + LITE_FEATURES
 FEATURE_DIMS = {"fc7": 4096, "pool5": 512, "pool5_max": 512, "pool5_avgmax": 1024}
 _LITE_DIMS = {
     "head_avg": LITE_HEAD_CHANNELS,
     "head_max": LITE_HEAD_CHANNELS,
     "head_avgmax": 2 * LITE_HEAD_CHANNELS,
-    "head_gpo": LITE_HEAD_CHANNELS,
 }
 PREPROCESSING = {
     VGG16: "rgb 0..255 -> resize SxS (aspect not kept) -> bgr - caffe mean",
