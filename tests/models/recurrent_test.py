@@ -29,7 +29,9 @@ def _case(cell="lstm", seed=0):
     return layer, tf.constant(inputs), tf.constant(mask)
 
 
-def _fused(cell, layer, inputs, mask, compute_dtype="float32", packed=True):
+def _fused(
+    cell, layer, inputs, mask, compute_dtype="float32", packed=True, pooling="last"
+):
     return recurrent.rnn_last_state(
         cell,
         inputs,
@@ -39,6 +41,7 @@ def _fused(cell, layer, inputs, mask, compute_dtype="float32", packed=True):
         layer.cell.bias,
         compute_dtype=compute_dtype,
         packed=packed,
+        pooling=pooling,
     )
 
 
@@ -165,16 +168,7 @@ def test_mean_pooling_matches_keras_states_and_their_gradients(cell, packed):
     sequences, mean = _masked_mean_of_keras_states(cell, layer, mask)
 
     def fused(x):
-        return recurrent.rnn_last_state(
-            cell,
-            x,
-            mask,
-            layer.cell.kernel,
-            layer.cell.recurrent_kernel,
-            layer.cell.bias,
-            packed=packed,
-            pooling="mean",
-        )
+        return _fused(cell, layer, x, mask, packed=packed, pooling="mean")
 
     np.testing.assert_allclose(fused(inputs), mean(inputs), atol=1e-5)
     # A one-step row's mean is its only state: the last state.
@@ -193,27 +187,11 @@ def test_mean_pooling_matches_keras_states_and_their_gradients(cell, packed):
 def test_mean_pooling_of_an_empty_row_is_zero_and_unknown_pooling_fails():
     layer, inputs, mask = _case("gru", 6)
     mask = tf.constant(np.array([[0] * STEPS, [1] * STEPS] * 3, bool))
-    pooled = recurrent.rnn_last_state(
-        "gru",
-        inputs,
-        mask,
-        layer.cell.kernel,
-        layer.cell.recurrent_kernel,
-        layer.cell.bias,
-        pooling="mean",
-    ).numpy()
+    pooled = _fused("gru", layer, inputs, mask, pooling="mean").numpy()
     np.testing.assert_array_equal(pooled[::2], 0.0)
     assert np.isfinite(pooled).all()
     with pytest.raises(ValueError, match="pooling"):
-        recurrent.rnn_last_state(
-            "gru",
-            inputs,
-            mask,
-            layer.cell.kernel,
-            layer.cell.recurrent_kernel,
-            layer.cell.bias,
-            pooling="max",
-        )
+        _fused("gru", layer, inputs, mask, pooling="max")
 
 
 def test_reverse_padded_reverses_each_rows_real_steps_only():
