@@ -269,3 +269,22 @@ def test_the_card_names_the_command_that_trains_the_config():
         "python -m trainers.train --preset=flickr8k_lite --dataset=flickr8k "
         f"--data_dir=DATA --epochs={lite.train.epochs + 3} --workdir=RUN"
     )
+
+
+def test_the_card_describes_the_fine_tuned_recipe_s_towers():
+    from vse_tf import config as config_lib
+
+    values = config_lib.get_config("flickr8k_lite_ft").to_dict()
+    metadata = {
+        "dataset": {"name": "flickr8k", "splits": {"train": 6000, "dev": 1000}},
+        "metrics": {},
+        "shapes": {"word_dim": 50},
+        "training": {"seconds": 60.0, "machine": {"cores": 2, "cpu": "AMD EPYC"}},
+    }
+    card = preset_writer.model_card(values, metadata, "vse-f8k-ft")
+    assert "-> bidirectional GRU, mean of states -> L2-normalised." in card
+    assert "each image is embedded with its mirror image" in card
+    plain = config_lib.get_config("flickr8k_lite").to_dict()
+    plain_card = preset_writer.model_card(plain, metadata, "vse-f8k-lite")
+    assert "-> GRU -> L2-normalised." in plain_card
+    assert "mirror" not in plain_card

@@ -208,7 +208,13 @@ def model_card(config_values: dict, metadata: dict, name: str) -> str:
         "the cosine says how well a sentence describes an image.",
         "",
         f"- Image tower: {model['backbone']} ({model['image_feature']}) -> "
-        f"W_emb -> L2-normalised, {data['image_size']}x{data['image_size']} input.",
+        f"W_emb -> L2-normalised, {data['image_size']}x{data['image_size']} input"
+        + (
+            "; each image is embedded with its mirror image and the two "
+            "embeddings averaged."
+            if model.get("flip_average")
+            else "."
+        ),
         f"- Text tower: in-graph tokenisation -> word embedding "
         f"({metadata['shapes']['word_dim']}-d, initialised from "
         f"{model['glove']}) -> {_recurrence(model)} -> L2-normalised.",
