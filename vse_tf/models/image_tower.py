@@ -13,6 +13,12 @@ from vse_tf.models import backbone as backbone_lib
 from vse_tf.models import catalog
 
 
+def l2_normalize(x, epsilon: float = 1e-12):
+    """Each row of ``[B, D]`` over its L2 norm; an all-zero row stays zero."""
+    norm = keras.ops.sqrt(keras.ops.sum(keras.ops.square(x), -1, keepdims=True))
+    return x / keras.ops.maximum(norm, epsilon)
+
+
 @keras.saving.register_keras_serializable(package="vse_tf")
 class L2Normalize(keras.layers.Layer):
     """Scales each row to unit L2 norm; an all-zero row stays zero (no NaN).
@@ -25,9 +31,7 @@ class L2Normalize(keras.layers.Layer):
         self.epsilon = epsilon
 
     def call(self, x):
-        x = keras.ops.cast(x, "float32")
-        norm = keras.ops.sqrt(keras.ops.sum(keras.ops.square(x), -1, keepdims=True))
-        return x / keras.ops.maximum(norm, self.epsilon)
+        return l2_normalize(keras.ops.cast(x, "float32"), self.epsilon)
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
@@ -49,8 +53,7 @@ def average_views(embeddings):
     total = embeddings[0]
     for embedding in embeddings[1:]:
         total = total + embedding
-    norm = keras.ops.sqrt(keras.ops.sum(keras.ops.square(total), -1, keepdims=True))
-    return total / keras.ops.maximum(norm, 1e-12)
+    return l2_normalize(total)
 
 
 FEATURE_NORMS = ("l2", "batchnorm", "none")

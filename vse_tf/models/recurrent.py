@@ -255,7 +255,7 @@ def lstm_last_state(
         cell,
         projected,
         tf.convert_to_tensor(recurrent_kernel),
-        pool=_recurrence_pool(pooling),
+        summed=_sums_states(pooling),
     )
     return _pooled(schedule.unsort(state), mask, pooling)
 
@@ -343,11 +343,11 @@ class _LstmCell:
 POOLINGS = ("last", "mean")
 
 
-def _recurrence_pool(pooling: str) -> str:
-    """`_recurrence`'s ``pool`` for a public ``pooling``: a mean is a sum first."""
+def _sums_states(pooling: str) -> bool:
+    """Whether `_recurrence` sums the states for ``pooling`` (a mean is a sum first)."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    return "sum" if pooling == "mean" else "last"
+    return pooling == "mean"
 
 
 def _pooled(state, mask, pooling):
@@ -388,7 +388,7 @@ def _adding(back_step, d_total, schedule):
     return wrapped
 
 
-def _recurrence(cell, projected, recurrent_kernel, *recurrent_biases, pool="last"):
+def _recurrence(cell, projected, recurrent_kernel, *recurrent_biases, summed=False):
     """Runs ``cell``'s loops under one `tf.custom_gradient`: one ``[B, H]`` state.
 
     The forward loop runs from the zero state; the gradient runs ``cell``'s
@@ -401,7 +401,7 @@ def _recurrence(cell, projected, recurrent_kernel, *recurrent_biases, pool="last
         projected: ``float32 [T, B, G*H]`` projected inputs, run order.
         recurrent_kernel: ``[H, G*H]``.
         *recurrent_biases: ``[G*H]`` biases the cell adds to ``h U``.
-        pool: ``last``: the state after each row's last real step; ``sum``:
+        summed: False: the state after each row's last real step; True:
             the sum of its states after every real step (the backward loop
             then starts from zero and adds the output's gradient at each
             step the row ran).
@@ -413,13 +413,13 @@ def _recurrence(cell, projected, recurrent_kernel, *recurrent_biases, pool="last
     def recurrence(projected, recurrent_kernel, *recurrent_biases):
         weights = tf.cast(recurrent_kernel, dtype)
         output, h_prev_ta, saved = cell.forward(
-            projected, weights, *recurrent_biases, summed=pool == "sum"
+            projected, weights, *recurrent_biases, summed=summed
         )
 
         def grad(d_output):
             d_output = tf.convert_to_tensor(d_output)  # may be IndexedSlices
             dx_ta, drec_ta = cell.backward(
-                d_output, tf.transpose(weights), saved, summed=pool == "sum"
+                d_output, tf.transpose(weights), saved, summed=summed
             )
             d_rec = schedule.gather_steps(drec_ta)  # [R, G*H]
             d_kernel = _weight_gradient(schedule.gather_steps(h_prev_ta), d_rec, dtype)
@@ -479,7 +479,7 @@ def gru_last_state(
         projected,
         tf.convert_to_tensor(recurrent_kernel),
         bias[1],
-        pool=_recurrence_pool(pooling),
+        summed=_sums_states(pooling),
     )
     return _pooled(schedule.unsort(state), mask, pooling)
 

@@ -281,9 +281,7 @@ def has_feature_endpoint(image_tower: keras.Model) -> bool:
     averages each image with its mirror (one view's features do not give
     that embedding).
     """
-    return image_tower.feature_dim is not None and not getattr(
-        image_tower, "flip_average", False
-    )
+    return image_tower.feature_dim is not None and not image_tower.flip_average
 
 
 def _add_feature_endpoint(archive, image_tower) -> None:
