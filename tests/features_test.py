@@ -330,6 +330,41 @@ def test_activations_at_a_cut_are_their_own_float16_entry(image_paths, tmp_path)
     np.testing.assert_array_equal(again.features, report.features)
 
 
+def test_activations_at_a_cut_are_shared_by_every_pooling(image_paths, tmp_path):
+    """The pooling runs after the cut: changing it reuses the activations."""
+    kwargs = dict(
+        image_size=64,
+        weights="none",
+        dtype="float32",
+        backbone="efficientnet_lite0",
+        cache_dir=str(tmp_path),
+        verbose=0,
+        cut="stage7",
+    )
+    average = feature_extraction.extract_features_with_report(
+        image_paths, image_feature="head_avg", **kwargs
+    )
+    maximum = feature_extraction.extract_features_with_report(
+        image_paths, image_feature="head_max", **kwargs
+    )
+    assert average.shards_computed == 1
+    assert maximum.shards_computed == 0 and maximum.shards_reused == 1
+    assert maximum.cache_folder == average.cache_folder
+    np.testing.assert_array_equal(maximum.features, average.features)
+    with open(os.path.join(average.cache_folder, "manifest.json")) as f:
+        assert "feature" not in json.load(f)
+    # Without a cut the entry holds pooled features: one per pooling.
+    plain_average = feature_cache.cache_folder(
+        "head_avg", 64, "none", image_paths, "float32", str(tmp_path),
+        backbone="efficientnet_lite0",
+    )  # fmt: skip
+    plain_maximum = feature_cache.cache_folder(
+        "head_max", 64, "none", image_paths, "float32", str(tmp_path),
+        backbone="efficientnet_lite0",
+    )  # fmt: skip
+    assert plain_average != plain_maximum
+
+
 def test_activations_float16_cannot_keep_are_stored_float32(image_paths, tmp_path):
     # The random-init EfficientNet-Lite's stage-6 output is ~1e-9, below
     # float16's smallest subnormal (6e-8): float16 would store zeros.

@@ -64,13 +64,14 @@ def cache_key(
 
     ``cut`` (a ``fine_tune_from`` point) keys the activations at that layer's
     input instead of the features (stored as float16 where that keeps them,
-    see `vse_tf.features.extractor.Extractor`).
+    see `vse_tf.features.extractor.Extractor`). The pooling ``image_feature``
+    names runs after the cut, so it is not part of such a key: runs that
+    differ only in the pooling share the activations.
     """
     key = {
         "format": CACHE_FORMAT,
         "backbone": _BACKBONE_KEYS.get(backbone, backbone),
         "weights": backbone_lib.weights_fingerprint(weights, backbone),
-        "feature": image_feature,
         "image_size": image_size,
         "dtype": dtype,
         "resize": RESIZE,
@@ -80,6 +81,8 @@ def cache_key(
         key["flip"] = "left_right"
     if cut:  # likewise
         key["cut"] = cut
+    else:
+        key["feature"] = image_feature
     return key
 
 
@@ -176,7 +179,10 @@ def new_manifest(
     backbone: str,
     feature_dim: Optional[int] = None,
 ) -> dict:
-    """A new entry's manifest; ``feature_dim`` defaults to the feature's F."""
+    """A new entry's manifest; ``feature_dim`` defaults to the feature's F.
+
+    (An entry at a cut has no ``feature`` in its key; it passes ``feature_dim``.)
+    """
     return dict(
         key,
         weights_sha256=weights_sha256(weights, backbone),
