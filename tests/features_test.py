@@ -330,23 +330,25 @@ def test_activations_at_a_cut_are_their_own_float16_entry(image_paths, tmp_path)
     np.testing.assert_array_equal(again.features, report.features)
 
 
-def test_activations_at_a_cut_are_shared_by_every_pooling(image_paths, tmp_path):
-    """The pooling runs after the cut: changing it reuses the activations."""
-    kwargs = dict(
+def _random_lite0_stage7_activations(image_paths, cache_dir, image_feature):
+    """The random-init Lite0's activations at stage 7 (64x64), cached there."""
+    return feature_extraction.extract_features_with_report(
+        image_paths,
+        image_feature=image_feature,
         image_size=64,
         weights="none",
         dtype="float32",
         backbone="efficientnet_lite0",
-        cache_dir=str(tmp_path),
+        cache_dir=str(cache_dir),
         verbose=0,
         cut="stage7",
     )
-    average = feature_extraction.extract_features_with_report(
-        image_paths, image_feature="head_avg", **kwargs
-    )
-    maximum = feature_extraction.extract_features_with_report(
-        image_paths, image_feature="head_max", **kwargs
-    )
+
+
+def test_activations_at_a_cut_are_shared_by_every_pooling(image_paths, tmp_path):
+    """The pooling runs after the cut: changing it reuses the activations."""
+    average = _random_lite0_stage7_activations(image_paths, tmp_path, "head_avg")
+    maximum = _random_lite0_stage7_activations(image_paths, tmp_path, "head_max")
     assert average.shards_computed == 1
     assert maximum.shards_computed == 0 and maximum.shards_reused == 1
     assert maximum.cache_folder == average.cache_folder
@@ -368,17 +370,7 @@ def test_activations_at_a_cut_are_shared_by_every_pooling(image_paths, tmp_path)
 def test_activations_float16_cannot_keep_are_stored_float32(image_paths, tmp_path):
     # The random-init EfficientNet-Lite's stage-6 output is ~1e-9, below
     # float16's smallest subnormal (6e-8): float16 would store zeros.
-    report = feature_extraction.extract_features_with_report(
-        image_paths,
-        image_feature="head_avg",
-        image_size=64,
-        weights="none",
-        dtype="float32",
-        backbone="efficientnet_lite0",
-        cache_dir=str(tmp_path),
-        verbose=0,
-        cut="stage7",
-    )
+    report = _random_lite0_stage7_activations(image_paths, tmp_path, "head_avg")
     assert report.features.dtype == np.float32
     assert report.features.shape == (len(image_paths), 2 * 2 * 192)
     assert np.abs(report.features).max() > 0
