@@ -42,6 +42,7 @@ config = config_lib.override(
     epochs=int(epochs),
     batch_size=16,
     loss="sum_then_max",
+    ema_decay=0.9,  # the weight average is in the compared checkpoint too
 )
 train_lib.train_and_evaluate(config, workdir, verbose=0)
 print("DONE", workdir)
@@ -86,6 +87,7 @@ def _assert_same_state(got, want):
     assert got.keys() == want.keys()
     trained = [k for k in want if "_trainable_variables" in k]
     assert trained, sorted(want)
+    assert any(k.startswith("weight_average/") for k in want), sorted(want)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], atol=1e-5, err_msg=name)
 

@@ -48,6 +48,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "vse_tf.images",
             "vse_tf.text",
             "vse_tf.losses",
+            "vse_tf.weight_average",
             "vse_tf.distribute",
             "vse_tf.report",
             "vse_tf.data.*",

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tests import testing_utils
 from vse_tf import config as config_lib
@@ -68,12 +69,19 @@ def test_rerun_resumes_and_continues(tiny_data, tmp_path):
     assert "dev" in results
 
 
-def test_resumed_run_matches_uninterrupted_run(tiny_data, tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resumed_run_matches_uninterrupted_run(tiny_data, tmp_path, ema_decay):
+    # With a weight average, the best model is the average: it matches only
+    # if the resume state carried the average (and its update count) over.
     straight = str(tmp_path / "straight")
-    train_lib.train_and_evaluate(_config(tiny_data, epochs=2), straight, verbose=0)
+    train_lib.train_and_evaluate(
+        _config(tiny_data, epochs=2, ema_decay=ema_decay), straight, verbose=0
+    )
     resumed = str(tmp_path / "resumed")
-    train_lib.train_and_evaluate(_config(tiny_data, epochs=1), resumed, verbose=0)
-    train_lib.train_and_evaluate(_config(tiny_data, epochs=2), resumed, verbose=0)
+    for epochs in (1, 2):
+        train_lib.train_and_evaluate(
+            _config(tiny_data, epochs=epochs, ema_decay=ema_decay), resumed, verbose=0
+        )
 
     _, model_a = workdir_lib.load_trained_model(straight, include_backbone=False)
     _, model_b = workdir_lib.load_trained_model(resumed, include_backbone=False)
@@ -115,6 +123,52 @@ def test_augment_flip_is_refused_when_fine_tuning_reads_images(tiny_data):
     precomputed = dataclasses.replace(split, features=np.zeros([split.num_images, 4]))
     with pytest.raises(ValueError, match="precomputed features"):
         feature_settings.split_features(config, precomputed, 0, flip=True)
+
+
+def _checkpoint_values(path: str, prefix: str) -> dict[str, np.ndarray]:
+    reader = tf.train.load_checkpoint(path)
+    return {
+        name: reader.get_tensor(name)
+        for name, _ in tf.train.list_variables(path)
+        if name.startswith(prefix)
+    }
+
+
+def test_weight_average_is_evaluated_and_kept_as_the_best_model(tiny_data, tmp_path):
+    workdir = str(tmp_path / "run")
+    # One epoch: its model is the best by construction.
+    config = _config(tiny_data, epochs=1, ema_decay=0.9)
+    results = train_lib.train_and_evaluate(config, workdir, verbose=0)
+    last = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    shadows = _checkpoint_values(last, "weight_average/shadows/")
+    # One update per optimizer step.
+    (updates,) = _checkpoint_values(last, "weight_average/updates").values()
+    (iterations,) = _checkpoint_values(last, "optimizer/_iterations").values()
+    assert int(updates) == int(iterations) > 1
+
+    _, best = workdir_lib.load_trained_model(workdir, include_backbone=False)
+    trained = best.trainable_variables
+    assert len(shadows) == len(trained) > 0
+    for i, variable in enumerate(trained):
+        np.testing.assert_allclose(
+            variable.numpy(),
+            shadows[f"weight_average/shadows/{i}/.ATTRIBUTES/VARIABLE_VALUE"],
+            atol=1e-6,
+            err_msg=variable.path,
+        )
+    # The resume state holds the raw weights, which differ from the average.
+    tf.train.Checkpoint(model=best).restore(last).expect_partial()
+    assert any(
+        np.abs(
+            v.numpy()
+            - shadows[f"weight_average/shadows/{i}/.ATTRIBUTES/VARIABLE_VALUE"]
+        ).max()
+        > 1e-4
+        for i, v in enumerate(best.trainable_variables)
+    )
+    # What training reported on dev is the kept model's score.
+    values = evaluation.evaluate_workdir(workdir, split="dev")
+    assert values == pytest.approx(results["dev"])
 
 
 def test_rerun_with_different_config_is_refused(tiny_data, tmp_path):

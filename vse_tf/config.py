@@ -170,6 +170,12 @@ class TrainConfig:
         lr_decay_epochs: Multiply the learning rate by 0.1 after this many
             epochs (0 = never).
         grad_clip_norm: Global gradient-norm clip (0 = off).
+        ema_decay: Keep an exponential moving average of the trained
+            weights, updated after every step with this decay (0 = off),
+            and evaluate, keep and export the average instead of the raw
+            weights (`vse_tf.weight_average`). The average spans about the
+            last ninth of the steps so far, at most ``1 / (1 - decay)``
+            steps (500 at 0.998, reached after 4,490 steps).
         seed: Seeds weights, shuffling and the demo data.
         eval_batch_size: Examples per encoder call during evaluation.
         bucket_by_length: Batch captions of similar length together (within
@@ -196,6 +202,7 @@ class TrainConfig:
     trunk_lr_multiplier: float = 1.0
     lr_decay_epochs: int = 15
     grad_clip_norm: float = 2.0
+    ema_decay: float = 0.0
     seed: int = 0
     eval_batch_size: int = 256
     warmup_epochs: int = 1
@@ -604,6 +611,11 @@ def _range_problems(config: Config) -> list[str]:
         found.append(f"--trunk_lr_multiplier={t.trunk_lr_multiplier}: must be positive")
     if t.temperature <= 0:
         found.append(f"--temperature={t.temperature}: must be positive")
+    if not 0 <= t.ema_decay < 1:
+        found.append(
+            f"--ema_decay={t.ema_decay}: must be in [0, 1) (0 = no average; "
+            "0.998 spans about 500 steps)"
+        )
     return found
 
 

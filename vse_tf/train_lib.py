@@ -33,6 +33,7 @@ from vse_tf.features import report as feature_report
 from vse_tf.features import settings as feature_settings
 from vse_tf.modeling import build_model, word_vectors
 from vse_tf.models.vse_model import VSEModel
+from vse_tf.weight_average import WeightAverage
 
 
 def make_optimizer(
@@ -141,7 +142,10 @@ class _Checkpoints:
     """Last-epoch state (resume) and best-model checkpoints of a workdir.
 
     Reads ``workdir``; writes ``write_dir`` (the workdir itself, except on
-    non-chief multi-worker replicas, see `vse_tf.distribute.WriteDir`).
+    non-chief multi-worker replicas, see `vse_tf.distribute.WriteDir`). The
+    resume state holds the raw weights and, with ``weight_average``, the
+    average; the best model is whatever the model holds when it is saved
+    (`_EpochEnd` swaps the average in first).
     """
 
     def __init__(
@@ -150,6 +154,7 @@ class _Checkpoints:
         model: VSEModel,
         optimizer,
         write_dir: Optional[str] = None,
+        weight_average: Optional[WeightAverage] = None,
     ):
         self.workdir = workdir
         write_dir = write_dir or workdir
@@ -157,8 +162,13 @@ class _Checkpoints:
         self.best_rsum = tf.Variable(
             -1.0, dtype=tf.float64, trainable=False, name="best_rsum"
         )
+        extra = {} if weight_average is None else {"weight_average": weight_average}
         self.state = tf.train.Checkpoint(
-            model=model, optimizer=optimizer, epoch=self.epoch, best_rsum=self.best_rsum
+            model=model,
+            optimizer=optimizer,
+            epoch=self.epoch,
+            best_rsum=self.best_rsum,
+            **extra,
         )
         self.last = tf.train.CheckpointManager(
             self.state, os.path.join(write_dir, "checkpoints"), max_to_keep=2
@@ -208,17 +218,39 @@ class _StopOnNonFiniteLoss(keras.callbacks.Callback):
             )
 
 
+class _AverageWeights(keras.callbacks.Callback):
+    """Moves the weight average towards the weights after every step."""
+
+    def __init__(self, weight_average: WeightAverage):
+        super().__init__()
+        self.weight_average = weight_average
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.weight_average.update(self.model.trainable_variables)
+
+
 class _EpochEnd(keras.callbacks.Callback):
-    """Evaluates on dev, keeps the best model and saves the resume state."""
+    """Evaluates on dev, keeps the best model and saves the resume state.
+
+    With a weight average, the average is what is evaluated and kept as the
+    best model; the raw weights go back into the model for the resume state
+    and the next epoch.
+    """
 
     def __init__(
-        self, checkpoints: _Checkpoints, dev: EvalData, config: Config, write_dir: str
+        self,
+        checkpoints: _Checkpoints,
+        dev: EvalData,
+        config: Config,
+        write_dir: str,
+        weight_average: Optional[WeightAverage] = None,
     ):
         super().__init__()
         self.checkpoints = checkpoints
         self.dev = dev
         self.config = config
         self.write_dir = write_dir
+        self.weight_average = weight_average
         self.writer = tf.summary.create_file_writer(
             os.path.join(write_dir, "tensorboard", "dev")
         )
@@ -227,6 +259,26 @@ class _EpochEnd(keras.callbacks.Callback):
         self._epoch_start = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.weight_average is None:
+            row, improved = self._evaluate_and_keep_best(epoch, logs)
+        else:
+            variables = self.model.trainable_variables
+            self.weight_average.swap(variables)
+            try:
+                row, improved = self._evaluate_and_keep_best(epoch, logs)
+            finally:
+                self.weight_average.swap(variables)
+        self.checkpoints.epoch.assign(epoch + 1)
+        self.checkpoints.last.save(checkpoint_number=epoch + 1)
+        report_lib.append_epoch(self.write_dir, row)
+        print(
+            f"\nepoch {epoch + 1}: dev i2t R@1 {row['i2t_r1']:.1f} "
+            f"t2i R@1 {row['t2i_r1']:.1f} rsum {row['rsum']:.1f}"
+            + (" (best so far, saved)" if improved else "")
+        )
+
+    def _evaluate_and_keep_best(self, epoch, logs) -> tuple[dict, bool]:
+        """Dev's row for the report, and whether it beat the best (saved)."""
         values = evaluation.evaluate(self.model, self.dev, self.config)
         row = dict(values, epoch=epoch + 1)
         row["seconds"] = time.time() - getattr(self, "_epoch_start", time.time())
@@ -243,14 +295,7 @@ class _EpochEnd(keras.callbacks.Callback):
         if improved:
             self.checkpoints.best_rsum.assign(values["rsum"])
             self.checkpoints.best.save(checkpoint_number=epoch + 1)
-        self.checkpoints.epoch.assign(epoch + 1)
-        self.checkpoints.last.save(checkpoint_number=epoch + 1)
-        report_lib.append_epoch(self.write_dir, row)
-        print(
-            f"\nepoch {epoch + 1}: dev i2t R@1 {values['i2t_r1']:.1f} "
-            f"t2i R@1 {values['t2i_r1']:.1f} rsum {values['rsum']:.1f}"
-            + (" (best so far, saved)" if improved else "")
-        )
+        return row, improved
 
 
 def _vocabulary(
@@ -334,7 +379,10 @@ def _train_and_evaluate(
     dev_data = evaluation.prepare_eval(config, dev, tokenizer)
     prepare_seconds = time.time() - start  # reading, tokenising, CNN features
 
-    checkpoints = _Checkpoints(workdir, model, optimizer, write_dir=writer.path)
+    weight_average = _weight_average(config, strategy, model)
+    checkpoints = _Checkpoints(
+        workdir, model, optimizer, write_dir=writer.path, weight_average=weight_average
+    )
     if checkpoints.restore_last():
         print(f"Resuming from {checkpoints.latest}")
     train_start = time.time()
@@ -346,6 +394,7 @@ def _train_and_evaluate(
         dev_data,
         writer,
         verbose,
+        weight_average,
     )
     extra = {
         "prepare_seconds": round(prepare_seconds, 1),
@@ -391,6 +440,16 @@ def _build_for_training(
     return model, optimizer
 
 
+def _weight_average(
+    config: Config, strategy: tf.distribute.Strategy, model: VSEModel
+) -> Optional[WeightAverage]:
+    """The average of the trained weights (``ema_decay``), or None."""
+    if not config.train.ema_decay:
+        return None
+    with strategy.scope():
+        return WeightAverage(model.trainable_variables, config.train.ema_decay)
+
+
 def _fit(
     model: VSEModel,
     checkpoints: _Checkpoints,
@@ -399,6 +458,7 @@ def _fit(
     dev_data: EvalData,
     writer: distribute.WriteDir,
     verbose: int,
+    weight_average: Optional[WeightAverage] = None,
 ) -> None:
     """Trains from the restored epoch to ``config.train.epochs``.
 
@@ -412,6 +472,8 @@ def _fit(
         dev_data: The prepared dev split (model selection).
         writer: Where this replica writes.
         verbose: Keras verbosity.
+        weight_average: Updated after every step; evaluated and kept as
+            the best model each epoch (None: the raw weights).
     """
     train, train_ids, train_feats = train_data
     t = config.train
@@ -435,10 +497,12 @@ def _fit(
             t.warmup_epochs if t.loss == "sum_then_max" else None
         ),
     )
-    callbacks = [
-        _StopOnNonFiniteLoss(checkpoints, steps),
+    callbacks = [_StopOnNonFiniteLoss(checkpoints, steps)]
+    if weight_average is not None:
+        callbacks.append(_AverageWeights(weight_average))
+    callbacks += [
         keras.callbacks.TensorBoard(writer.join("tensorboard"), write_graph=False),
-        _EpochEnd(checkpoints, dev_data, config, writer.path),
+        _EpochEnd(checkpoints, dev_data, config, writer.path, weight_average),
     ]
     if verbose and not progress.interactive():
         # A log file gets plain periodic lines, not a redrawn bar.
