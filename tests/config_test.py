@@ -65,6 +65,8 @@ def test_field_help_reads_continuation_lines():
         (dict(backbone="efficientnet_lite0", image_feature="pool5"), "head_avg"),
         (dict(glove="/no/such/glove.txt"), "--glove=/no/such/glove.txt"),
         (dict(trunk_lr_multiplier=0.0), "--trunk_lr_multiplier=0.0: must be"),
+        (dict(ema_decay=1.0), "--ema_decay=1.0: must be in [0, 1)"),
+        (dict(ema_decay=-0.5), "--ema_decay=-0.5: must be in [0, 1)"),
         (dict(fine_tune_from="all"), "add --nofine_tune_cached"),
         (dict(fine_tune_batchnorm="moving"), "fine_tune_batchnorm='moving'"),
         (

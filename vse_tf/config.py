@@ -614,7 +614,7 @@ def _range_problems(config: Config) -> list[str]:
     if not 0 <= t.ema_decay < 1:
         found.append(
             f"--ema_decay={t.ema_decay}: must be in [0, 1) (0 = no average; "
-            "0.998 spans about 500 steps)"
+            "0.998 averages at most about the last 500 steps)"
         )
     return found
 
