@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vse_tf import weight_average as weight_average_lib
 from vse_tf.weight_average import WeightAverage
 
 
@@ -13,13 +12,6 @@ def _variables():
         tf.Variable([1.0, 2.0], name="w"),
         tf.Variable([[4.0]], name="b"),
     ]
-
-
-def test_decay_warms_up_then_stays_at_its_value():
-    # (1 + t) / (10 + t): 2/11 at the first update, 1/2 at the eighth.
-    assert weight_average_lib.decay_at(1, 0.9) == pytest.approx(2 / 11)
-    assert weight_average_lib.decay_at(8, 0.9) == pytest.approx(9 / 18)
-    assert weight_average_lib.decay_at(10**6, 0.9) == 0.9
 
 
 def test_first_update_by_hand():

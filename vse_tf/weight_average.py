@@ -38,11 +38,6 @@ import tensorflow as tf
 _WARMUP = 10.0
 
 
-def decay_at(step: int, decay: float) -> float:
-    """The decay of the ``step``-th update (``step`` from 1), with warm-up."""
-    return min(decay, (1.0 + step) / (_WARMUP + step))
-
-
 class WeightAverage(tf.Module):
     """Shadow copies of some variables, moved towards them by `update`.
 
@@ -95,6 +90,8 @@ class WeightAverage(tf.Module):
             raise ValueError(
                 f"{len(variables)} variables given, {len(self.shadows)} averaged"
             )
+        # A Keras variable's `value` is its tf.Variable (outside an autocast
+        # scope, as in a callback).
         return [v.value if isinstance(v, keras.Variable) else v for v in variables]
 
     def _update_graph(self, variables):
