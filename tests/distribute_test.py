@@ -16,7 +16,6 @@ import tempfile
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from tests import testing_utils
 from vse_tf import distribute
@@ -72,17 +71,6 @@ def _finish(process, timeout=300):
     return out
 
 
-def _last_checkpoint(workdir):
-    path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-    assert path, f"no checkpoint in {workdir}"
-    reader = tf.train.load_checkpoint(path)
-    return {
-        name: reader.get_tensor(name)
-        for name, _ in tf.train.list_variables(path)
-        if name != "_CHECKPOINTABLE_OBJECT_GRAPH"
-    }
-
-
 def _assert_same_state(got, want):
     assert got.keys() == want.keys()
     trained = [k for k in want if "_trainable_variables" in k]
@@ -103,7 +91,7 @@ def data_root(tmp_path_factory):
 def one_device(data_root):
     workdir = os.path.join(data_root, "one_device")
     _finish(_train(data_root, workdir, "one_device", 2))
-    return _last_checkpoint(workdir)
+    return testing_utils.last_checkpoint_values(workdir)
 
 
 @pytest.mark.slow(reason="trains three times on two replicas")
@@ -113,7 +101,7 @@ def test_mirrored_two_replicas_equal_one_device_and_resume(data_root, one_device
     _finish(_train(data_root, workdir, "mirrored", 1, cpus=2))
     out = _finish(_train(data_root, workdir, "mirrored", 2, cpus=2))
     assert "Resuming from" in out
-    _assert_same_state(_last_checkpoint(workdir), one_device)
+    _assert_same_state(testing_utils.last_checkpoint_values(workdir), one_device)
 
 
 def _free_ports(count):
@@ -151,7 +139,7 @@ def test_multi_worker_two_processes_equal_one_device(data_root, one_device):
             if worker.poll() is None:
                 worker.kill()
     assert all("DONE" in out for out in outputs)
-    _assert_same_state(_last_checkpoint(workdir), one_device)
+    _assert_same_state(testing_utils.last_checkpoint_values(workdir), one_device)
     # Only the chief (worker 0) wrote the workdir.
     assert os.path.exists(os.path.join(workdir, "metrics_dev.json"))
     leftovers = [

@@ -117,6 +117,19 @@ def shared_flickr8k_config(
     )
 
 
+def last_checkpoint_values(workdir: str) -> dict[str, np.ndarray]:
+    """Every value of ``workdir``'s last resume checkpoint, by checkpoint key
+    (model, optimizer, epoch, weight average...)."""
+    path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    assert path, f"no checkpoint in {workdir}"
+    reader = tf.train.load_checkpoint(path)
+    return {
+        name: reader.get_tensor(name)
+        for name, _ in tf.train.list_variables(path)
+        if name != "_CHECKPOINTABLE_OBJECT_GRAPH"
+    }
+
+
 def train_tiny_workdir(root: str, **overrides) -> tuple[str, str]:
     """Trains the ``tiny`` preset on `write_tiny_captioned_images` data.
 

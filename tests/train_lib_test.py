@@ -125,46 +125,37 @@ def test_augment_flip_is_refused_when_fine_tuning_reads_images(tiny_data):
         feature_settings.split_features(config, precomputed, 0, flip=True)
 
 
-def _checkpoint_values(path: str, prefix: str) -> dict[str, np.ndarray]:
-    reader = tf.train.load_checkpoint(path)
-    return {
-        name: reader.get_tensor(name)
-        for name, _ in tf.train.list_variables(path)
-        if name.startswith(prefix)
-    }
-
-
 def test_weight_average_is_evaluated_and_kept_as_the_best_model(tiny_data, tmp_path):
     workdir = str(tmp_path / "run")
     # One epoch: its model is the best by construction.
     config = _config(tiny_data, epochs=1, ema_decay=0.9)
     results = train_lib.train_and_evaluate(config, workdir, verbose=0)
-    last = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-    shadows = _checkpoint_values(last, "weight_average/shadows/")
+    state = testing_utils.last_checkpoint_values(workdir)
     # One update per optimizer step.
-    (updates,) = _checkpoint_values(last, "weight_average/updates").values()
-    (iterations,) = _checkpoint_values(last, "optimizer/_iterations").values()
+    updates = state["weight_average/updates/.ATTRIBUTES/VARIABLE_VALUE"]
+    iterations = state["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]
     assert int(updates) == int(iterations) > 1
 
     _, best = workdir_lib.load_trained_model(workdir, include_backbone=False)
     trained = best.trainable_variables
-    assert len(shadows) == len(trained) > 0
-    for i, variable in enumerate(trained):
+    shadows = [
+        state[f"weight_average/shadows/{i}/.ATTRIBUTES/VARIABLE_VALUE"]
+        for i in range(len(trained))
+    ]
+    assert len(trained) > 0
+    assert not any(
+        k.startswith(f"weight_average/shadows/{len(trained)}/") for k in state
+    )
+    for variable, shadow in zip(trained, shadows):
         np.testing.assert_allclose(
-            variable.numpy(),
-            shadows[f"weight_average/shadows/{i}/.ATTRIBUTES/VARIABLE_VALUE"],
-            atol=1e-6,
-            err_msg=variable.path,
+            variable.numpy(), shadow, atol=1e-6, err_msg=variable.path
         )
     # The resume state holds the raw weights, which differ from the average.
+    last = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
     tf.train.Checkpoint(model=best).restore(last).expect_partial()
     assert any(
-        np.abs(
-            v.numpy()
-            - shadows[f"weight_average/shadows/{i}/.ATTRIBUTES/VARIABLE_VALUE"]
-        ).max()
-        > 1e-4
-        for i, v in enumerate(best.trainable_variables)
+        np.abs(v.numpy() - shadow).max() > 1e-4
+        for v, shadow in zip(best.trainable_variables, shadows)
     )
     # What training reported on dev is the kept model's score.
     values = evaluation.evaluate_workdir(workdir, split="dev")

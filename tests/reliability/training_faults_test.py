@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from tests import testing_utils
 from vse_tf import config as config_lib
@@ -54,16 +53,6 @@ def _finish(process, timeout=300):
     return out
 
 
-def _state(workdir):
-    path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-    reader = tf.train.load_checkpoint(path)
-    return {
-        name: reader.get_tensor(name)
-        for name, _ in tf.train.list_variables(path)
-        if name != "_CHECKPOINTABLE_OBJECT_GRAPH"
-    }
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("faults"))
@@ -101,7 +90,8 @@ def test_kill_9_then_rerun_ends_with_the_uninterrupted_weights(data_root, when):
     assert "DONE" in out
     if when == "after_first_epoch":
         assert "Resuming from" in out
-    got, want = _state(workdir), _state(reference)
+    got = testing_utils.last_checkpoint_values(workdir)
+    want = testing_utils.last_checkpoint_values(reference)
     assert got.keys() == want.keys()
     for name in want:
         np.testing.assert_allclose(got[name], want[name], atol=1e-5, err_msg=name)
