@@ -282,7 +282,7 @@ def test_the_card_describes_the_fine_tuned_recipe_s_towers():
         "training": {"seconds": 60.0, "machine": {"cores": 2, "cpu": "AMD EPYC"}},
     }
     card = preset_writer.model_card(values, metadata, "vse-f8k-ft")
-    assert "-> bidirectional GRU, mean of states -> L2-normalised." in card
+    assert "-> bidirectional LSTM, mean of states -> L2-normalised." in card
     assert "each image is embedded with its mirror image" in card
     plain = config_lib.get_config("flickr8k_lite").to_dict()
     plain_card = preset_writer.model_card(plain, metadata, "vse-f8k-lite")

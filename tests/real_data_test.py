@@ -124,6 +124,7 @@ def test_flickr8k_lite_ft_preset_fine_tunes_and_generalises(tmp_path):
     config = _short_lite_config("flickr8k_lite_ft", tmp_path)
     assert config.model.fine_tune_from and config.model.fine_tune_cached
     assert config.model.text_bidirectional and config.model.text_pooling == "mean"
+    assert config.model.text_rnn == "lstm"  # (rows F20, F21)
     assert config.model.flip_average  # dev scored with the mirror images too
     assert config.train.batch_size == 64  # (rows F12, F13)
     assert config.train.ema_decay == 0.998  # the weights' average (F16, F17)
