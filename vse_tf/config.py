@@ -13,7 +13,7 @@ Presets:
 * ``flickr8k_lite``: the recipe for real photos offline: the ImageNet
   EfficientNet-Lite0 trunk, frozen (same document).
 * ``flickr8k_lite_ft``: ``flickr8k_lite`` with the top of the trunk
-  fine-tuned the cheap way, on cached activations, a bidirectional GRU
+  fine-tuned the cheap way, on cached activations, a bidirectional LSTM
   with its states averaged, each image also scored mirrored, batch 64,
   the weights' moving average kept (same document, "Fine-tuned trunk").
 
