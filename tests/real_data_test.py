@@ -122,7 +122,8 @@ def test_flickr8k_lite_ft_preset_fine_tunes_and_generalises(tmp_path):
     them; a short run must retrieve unseen dev photos (chance ~16) at least
     as the frozen recipe's guard asks, and never collapse."""
     config = _short_lite_config("flickr8k_lite_ft", tmp_path)
-    assert config.model.fine_tune_from and config.model.fine_tune_cached
+    assert config.model.fine_tune_from == "stage6"  # (rows F22, F24, F25)
+    assert config.model.fine_tune_cached
     assert config.model.text_bidirectional and config.model.text_pooling == "mean"
     assert config.model.text_rnn == "lstm"  # (rows F20, F21)
     assert config.model.flip_average  # dev scored with the mirror images too
