@@ -159,6 +159,8 @@ class TrainConfig:
             the hardest-negative collapse), or ``infonce`` (the symmetric
             softmax contrastive loss of CLIP, with a learnt temperature).
         temperature: Initial InfoNCE temperature (``infonce`` only).
+        learn_temperature: Learn the InfoNCE temperature (CLIP) rather
+            than keep it at ``temperature``.
         warmup_epochs: Epochs of ``sum`` before ``max`` in ``sum_then_max``.
         margin: Hinge margin alpha.
         mask_same_image: Captions of the same image in a batch are not
@@ -196,6 +198,7 @@ class TrainConfig:
     loss: str = "sum"
     margin: float = 0.2
     temperature: float = 0.07
+    learn_temperature: bool = True
     mask_same_image: bool = True
     batch_size: int = 128
     epochs: int = 30

@@ -98,6 +98,7 @@ def build_model(
         margin=config.train.margin,
         loss_mode=config.train.loss,
         temperature=config.train.temperature,
+        learn_temperature=config.train.learn_temperature,
         mask_same_image=config.train.mask_same_image,
         text_compute_dtype=hardware.text_compute_dtype(config.train.text_compute_dtype),
         jit_compile_text=config.train.jit_compile_text,

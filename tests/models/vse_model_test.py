@@ -288,6 +288,36 @@ class TestInfoNCETraining:
         assert float(model.log_inverse_temperature) != pytest.approx(np.log(1 / 0.07))
         restored = VSEModel.from_config(model.get_config())
         assert restored.loss_mode == "infonce" and restored.temperature == 0.07
+        assert restored.learn_temperature
+
+    def test_a_fixed_temperature_stays_while_the_towers_learn(self):
+        image_tower, text_tower = _towers()
+        model = VSEModel(
+            image_tower,
+            text_tower,
+            loss_mode="infonce",
+            temperature=0.05,
+            learn_temperature=False,
+        )
+        batch = _batch(seed=4)
+        before = float(model.compute_ranking_loss(batch))
+        assert not any(
+            v is model.log_inverse_temperature for v in model.trainable_variables
+        )
+        model.compile(optimizer=keras.optimizers.Adam(1e-2))
+        model.fit(tf.data.Dataset.from_tensors(batch).repeat(20), verbose=0)
+        after = float(model.compute_ranking_loss(batch))
+        assert after < 0.5 * before
+        # exp(-log(1 / 0.05)) is 0.05 again, and the loss is the plain
+        # function's at 0.05 on the trained embeddings.
+        assert float(model.log_inverse_temperature) == pytest.approx(np.log(20.0))
+        expected = losses.infonce_loss(
+            *model(batch).values(), 0.05, image_ids=batch["image_ids"]
+        )
+        np.testing.assert_allclose(after, float(expected), rtol=1e-5)
+        restored = VSEModel.from_config(model.get_config())
+        assert not restored.learn_temperature
+        assert not restored.log_inverse_temperature.trainable
 
 
 def test_the_trained_joint_model_round_trips_through_a_keras_archive(

@@ -53,6 +53,8 @@ class VSEModel(keras.Model):
         temperature: Initial InfoNCE temperature (learnt as
             ``log(1 / temperature)``, CLIP's parameterisation, and clamped
             to ``[0.01, 1]``).
+        learn_temperature: Train the InfoNCE temperature (CLIP); False
+            keeps it at ``temperature`` (a non-trainable weight).
         mask_same_image: Use ``image_ids`` to drop false negatives.
         text_compute_dtype: Training matmuls of the text LSTM in
             ``float32`` or ``bfloat16`` (`LSTMTextTower.encode_tokens_fused`).
@@ -90,6 +92,7 @@ class VSEModel(keras.Model):
         jit_compile_image: bool = False,
         grad_clip_norm: float = 0.0,
         temperature: float = 0.07,
+        learn_temperature: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -105,12 +108,14 @@ class VSEModel(keras.Model):
         self.jit_compile_image = jit_compile_image
         self.grad_clip_norm = grad_clip_norm
         self.temperature = temperature
+        self.learn_temperature = learn_temperature
         self.log_inverse_temperature = None
         if loss_mode == "infonce":
             self.log_inverse_temperature = self.add_weight(
                 shape=(),
                 initializer=keras.initializers.Constant(math.log(1.0 / temperature)),
                 name="log_inverse_temperature",
+                trainable=learn_temperature,
             )
         self.trunk_optimizer = None  # see `trunk_optimizer` in the class doc
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -297,6 +302,7 @@ class VSEModel(keras.Model):
             jit_compile_image=self.jit_compile_image,
             grad_clip_norm=self.grad_clip_norm,
             temperature=self.temperature,
+            learn_temperature=self.learn_temperature,
         )
         return config
 
