@@ -17,7 +17,9 @@ the ``flickr8k_lite_ft`` preset):
 
 each on a fixed batch in memory after warm-up (best of ``--num_batches``).
 The loss is the sum of hinges (`vse_tf.losses.ranking_loss`) against fixed
-random unit text embeddings, so only the image tower is timed. FLOPs per
+random unit text embeddings, so only the image tower is timed (the preset
+trains with InfoNCE; either loss is a few ``[B, B]`` operations, a
+negligible part of the step). FLOPs per
 image are counted from the layer shapes (a multiply-add is 2 FLOPs; the
 backward pass of a trained layer counted as twice its forward), and set
 against this machine's measured float32 matmul peak.

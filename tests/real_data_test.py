@@ -129,6 +129,8 @@ def test_flickr8k_lite_ft_preset_fine_tunes_and_generalises(tmp_path):
     assert config.model.flip_average  # dev scored with the mirror images too
     assert config.train.batch_size == 64  # (rows F12, F13)
     assert config.train.ema_decay == 0.998  # the weights' average (F16, F17)
+    # InfoNCE at a fixed temperature (rows F27, F28)
+    assert config.train.loss == "infonce" and not config.train.learn_temperature
     _check_a_short_lite_run(config, tmp_path)
     _, model = workdir_lib.load_trained_model(str(tmp_path / "run"))
     assert model.image_tower.trunk_top is not None

@@ -83,6 +83,20 @@ def _recurrence(model: dict) -> str:
     return words
 
 
+def _loss(train: dict) -> str:
+    """The loss in words, e.g. ``infonce`` at a fixed temperature 0.07."""
+    loss = train.get("loss")
+    if loss == "infonce":
+        how = "learnt from" if train.get("learn_temperature", True) else "fixed at"
+        return (
+            f"`{loss}` (CLIP's symmetric softmax) over in-batch pairs, both "
+            f"directions, temperature {how} {train.get('temperature')}"
+        )
+    return (
+        f"`{loss}` over in-batch pairs, both directions, margin {train.get('margin')}"
+    )
+
+
 def _table(metrics: Optional[dict]) -> Optional[dict]:
     if not metrics:
         return None
@@ -218,8 +232,7 @@ def model_card(config_values: dict, metadata: dict, name: str) -> str:
         f"- Text tower: in-graph tokenisation -> word embedding "
         f"({metadata['shapes']['word_dim']}-d, initialised from "
         f"{model['glove']}) -> {_recurrence(model)} -> L2-normalised.",
-        f"- Loss: `{config_values['train'].get('loss')}` over in-batch pairs, "
-        f"both directions, margin {config_values['train'].get('margin')}.",
+        f"- Loss: {_loss(config_values['train'])}.",
         "",
         "## Use",
         "",
