@@ -157,7 +157,8 @@ class TrainConfig:
             hardest negative) or ``sum_then_max`` (``sum`` for the first
             ``warmup_epochs``, then ``max``: VSE-infinity's guard against
             the hardest-negative collapse), or ``infonce`` (the symmetric
-            softmax contrastive loss of CLIP, with a learnt temperature).
+            softmax contrastive loss of CLIP, with a learnt or fixed
+            temperature).
         temperature: Initial InfoNCE temperature (``infonce`` only).
         learn_temperature: Learn the InfoNCE temperature (CLIP) rather
             than keep it at ``temperature``.

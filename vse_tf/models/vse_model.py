@@ -48,8 +48,8 @@ class VSEModel(keras.Model):
         margin: Hinge margin alpha.
         loss_mode: ``sum`` or ``max`` (see `vse_tf.losses.ranking_loss`),
             ``sum_then_max`` (per batch, from ``"hard_negatives"``), or
-            ``infonce`` (`vse_tf.losses.infonce_loss` with a learnt
-            temperature).
+            ``infonce`` (`vse_tf.losses.infonce_loss` with a learnt or
+            fixed temperature).
         temperature: Initial InfoNCE temperature (learnt as
             ``log(1 / temperature)``, CLIP's parameterisation, and clamped
             to ``[0.01, 1]``).
