@@ -84,7 +84,8 @@ def _recurrence(model: dict) -> str:
 
 
 def _loss(train: dict) -> str:
-    """The loss in words, e.g. ``infonce`` at a fixed temperature 0.07."""
+    """The loss in words, e.g. ```sum` over in-batch pairs, both directions,
+    margin 0.2`` or ``... temperature fixed at 0.07``."""
     loss = train.get("loss")
     if loss == "infonce":
         how = "learnt from" if train.get("learn_temperature", True) else "fixed at"
