@@ -286,13 +286,15 @@ def test_the_card_describes_the_fine_tuned_recipe_s_towers():
     assert "each image is embedded with its mirror image" in card
     assert "- Loss: `infonce` (CLIP's symmetric softmax) over in-batch pairs, " in card
     assert "temperature fixed at 0.07." in card and "margin" not in card
-    plain = config_lib.get_config("flickr8k_lite").to_dict()
-    plain_card = preset_writer.model_card(plain, metadata, "vse-f8k-lite")
+    hinge = config_lib.override(config_lib.get_config("flickr8k_lite"), loss="sum")
+    plain_card = preset_writer.model_card(hinge.to_dict(), metadata, "vse-f8k-lite")
     assert "-> GRU -> L2-normalised." in plain_card
     assert "mirror" not in plain_card
     assert "- Loss: `sum` over in-batch pairs, both directions, margin 0.2." in (
         plain_card
     )
-    learnt = config_lib.override(config_lib.get_config("flickr8k_lite"), loss="infonce")
+    learnt = config_lib.override(
+        config_lib.get_config("flickr8k_lite"), learn_temperature=True
+    )
     learnt_card = preset_writer.model_card(learnt.to_dict(), metadata, "vse-nce")
     assert "temperature learnt from 0.07." in learnt_card
