@@ -338,7 +338,7 @@ def _flickr8k_lite() -> Config:
     # loss (InfoNCE) at a fixed temperature 0.07 in place of the sum of
     # hinges: 280.0 and 280.3 at seeds 0 and 1 against the hinges' 271.7
     # and 273.3 (rows L20, L22 against L11, L13); learnt, the temperature
-    # falls to about 0.013 and scores 231-252 at any learning rate (L16-L19).
+    # falls to about 0.013 and scores 231-252 at rates 5e-4 to 4e-3 (L16-L19).
     base = _flickr8k()
     return Config(
         data=dataclasses.replace(base.data, image_size=224),
