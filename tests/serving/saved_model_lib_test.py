@@ -375,26 +375,34 @@ def test_efficientnet_lite_model_exports_and_matches_keras(tmp_path):
 
 
 @pytest.mark.slow(reason="fine-tunes, exports, checks and converts a tiny model")
-def test_fine_tuned_trunk_exports_its_trained_weights(tmp_path):
+@pytest.mark.parametrize(
+    "backbone,fine_tune_from",
+    [("efficientnet_lite0", "stage7"), ("efficientnet_lite2", "stage6")],
+)
+def test_fine_tuned_trunk_exports_its_trained_weights(
+    tmp_path, backbone, fine_tune_from
+):
     """A trunk fine-tuned the cheap way (cached activations) exports like a
-    frozen one, and the export carries the fine-tuned weights."""
+    frozen one, and the export carries the fine-tuned weights (Lite2 from
+    stage 6 is flickr8k_lite_ft's trunk and cut)."""
     from vse_tf import modeling
     from vse_tf import text as text_lib
     from vse_tf.serving import serving_check
 
     workdir, data_dir = testing_utils.train_tiny_workdir(
         str(tmp_path),
-        backbone="efficientnet_lite0",
+        backbone=backbone,
         lite_weights="none",
         image_feature="head_avg",
         image_size=64,
-        fine_tune_from="stage7",
+        fine_tune_from=fine_tune_from,
         augment_flip=True,
         epochs=2,
         learning_rate=1e-2,
     )
     export_dir = saved_model_lib.export_saved_model(workdir, str(tmp_path / "models"))
     config, model = workdir_lib.load_trained_model(workdir)
+    assert model.image_tower.backbone_name == backbone
     files = _image_files(data_dir)
     pixels = _pixels(files, 64)
     trained = model.image_tower(pixels).numpy()
