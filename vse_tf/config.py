@@ -390,9 +390,10 @@ def _flickr8k_lite_ft() -> Config:
     # epochs, not 8: at this recipe it leads Lite0 after every epoch, by
     # 12.5-22.3 at seed 0 and 9.4-15.8 at seed 1 (F29, F30 against F27,
     # F28), at 1.7 times the time per epoch, so 6 epochs keep the hour
-    # (F30: 342.5 in 54 min from an empty cache; seed 0: 340.1 at epoch 6
-    # of F29) where Lite0's 8 scored 326.5 and 329.7. Frozen, Lite2 was no
-    # better than Lite0 (L9): flickr8k_lite keeps Lite0.
+    # (F30: 342.5 in 54 min from an empty cache; F31, this preset at seed
+    # 0 from an empty cache: 340.1 in 57 min, F29's epoch 6 exactly) where
+    # Lite0's 8 scored 326.5 and 329.7. Frozen, Lite2 was no better than
+    # Lite0 (L9): flickr8k_lite keeps Lite0.
     base = _flickr8k_lite()
     return Config(
         data=dataclasses.replace(base.data, image_size=260),
