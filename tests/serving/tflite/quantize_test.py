@@ -136,3 +136,30 @@ def test_int8_requantization_mismatches_finds_a_rescaled_copy(exported):
     broken = schema.write_model_object(flat)
     found = quantize_lib.int8_requantization_mismatches(broken)
     assert len(found) == 1 and found[0].startswith("MAX_POOL_2D"), found
+
+
+def test_skipped_weights_stay_float_for_every_op_sharing_them():
+    """Two passes of the same convs (an image and its mirror) share their
+    weight tensors: keeping the first conv's weights float32 keeps them so
+    for both of its ops, and the second conv's become int8 for both."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    first = keras.layers.Conv2D(4, 3, padding="same")
+    second = keras.layers.Conv2D(4, 1)
+    pixels = keras.Input((8, 8, 3))
+    mirrored = keras.ops.flip(pixels, axis=2)
+    model = keras.Model(pixels, second(first(pixels)) + second(first(mirrored)))
+    content = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    ops = [op for op, _ in flatbuffer.ops_and_outputs(content)]
+    assert ops.count("CONV_2D") == 4  # each conv twice, on shared weights
+
+    quantized = quantize_lib.quantize_weights_int8(content, ("CONV_2D",), skip_first=1)
+    # One weight tensor per conv, each read by two ops.
+    weights = flatbuffer.describe_quantization(quantized)["weights"]
+    assert weights == {"float32": {"CONV_2D": 1}, "int8": {"CONV_2D": 1}}
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
+    want = model(x).numpy()
+    got = runner.run_tflite(quantized, x)
+    assert np.abs(got - want).max() <= 0.02 * np.abs(want).max()

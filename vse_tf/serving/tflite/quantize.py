@@ -246,7 +246,7 @@ def quantize_weights_int8(
         bias_correction: ``[K, ...]`` real inputs of the model, or None.
         skip_first: Keep the weights of the first N selected ops float32
             (the layers nearest the pixels, where a small weight error
-            reaches every later layer).
+            reaches every later layer), for every op that shares them.
 
     Returns:
         The new ``.tflite`` bytes.
@@ -256,7 +256,9 @@ def quantize_weights_int8(
     if unknown:
         raise ValueError(f"cannot quantise the weights of {sorted(unknown)}")
     flat = read_model_object(content)
-    chosen = _float_weight_ops(flat, op_types)[skip_first:]
+    chosen = _float_weight_ops(flat, op_types)
+    kept = {_weight_index(op, name) for op, name in chosen[:skip_first]}
+    chosen = [(op, name) for op, name in chosen if _weight_index(op, name) not in kept]
     _check_weights_not_shared(flat, chosen)
     errors = _store_weights_int8(flat, chosen)
     if bias_correction is not None and len(bias_correction):
