@@ -186,6 +186,7 @@ def test_flip_averaging_lite_tower_runs_its_trunk_once_and_quantises():
     converted graph has each of the trunk's convs once; ``dynamic``, which
     keeps the first convs' weights float32, then converts (two copies of
     the trunk shared those weights and could not be stored so)."""
+    from vse_tf.models import backbone as backbone_lib
     from vse_tf.models.image_tower import ImageTower
 
     keras.utils.set_random_seed(0)
@@ -199,22 +200,17 @@ def test_flip_averaging_lite_tower_runs_its_trunk_once_and_quantises():
         flip_average=True,
     )
     pixels = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3))
-    want = tower(pixels.astype(np.float32)).numpy()
-
-    def convs(model):  # the trunk's Conv2D layers, not the depthwise ones
-        found = []
-        for layer in model.layers:
-            if isinstance(layer, keras.Model):
-                found += convs(layer)
-            elif type(layer) is keras.layers.Conv2D:
-                found.append(layer)
-        return found
-
-    trunk_convs = convs(tower.backbone)
+    pixels = pixels.astype(np.float32)
+    want = tower(pixels).numpy()
+    trunk_convs = [  # not the depthwise ones
+        layer
+        for layer in backbone_lib._weighted_layers(tower.backbone)
+        if type(layer) is keras.layers.Conv2D
+    ]
     model = convert.convert_image_tower(tower, "dynamic")
     ops = [op for op, _ in flatbuffer.ops_and_outputs(model)]
     assert len(trunk_convs) > 8 and ops.count("CONV_2D") == len(trunk_convs)
-    got = runner.run_tflite(model, pixels.astype(np.float32))
+    got = runner.run_tflite(model, pixels)
     assert _cosine(got, want).min() >= 0.99, _cosine(got, want)
 
 
