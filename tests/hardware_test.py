@@ -21,14 +21,14 @@ def _fresh_detection():
 def test_auto_follows_the_hardware(monkeypatch, forced, extract, text):
     monkeypatch.setenv("VSE_TF_NATIVE_BF16", forced)
     assert hardware.extract_dtype("auto") == extract
-    assert hardware.text_compute_dtype("auto") == text
+    assert hardware.compute_dtype("auto") == text
 
 
 def test_explicit_values_are_kept(monkeypatch):
     monkeypatch.setenv("VSE_TF_NATIVE_BF16", "0")
     assert hardware.extract_dtype("mixed_bfloat16") == "mixed_bfloat16"
-    assert hardware.text_compute_dtype("bfloat16") == "bfloat16"
-    assert hardware.text_compute_dtype("float32") == "float32"
+    assert hardware.compute_dtype("bfloat16") == "bfloat16"
+    assert hardware.compute_dtype("float32") == "float32"
 
 
 @pytest.mark.parametrize(

@@ -373,3 +373,23 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_last_checkpoint(
     assert not any(name.startswith("ckpt-2") for name in names)
     _, model = workdir_lib.load_trained_model(workdir, include_backbone=False)
     assert all(np.all(np.isfinite(w.numpy())) for w in model.weights)
+
+
+@pytest.mark.parametrize("native, expected", [("1", "bfloat16"), ("0", "float32")])
+def test_build_model_resolves_auto_compute_dtypes_by_hardware(
+    monkeypatch, native, expected
+):
+    from vse_tf import hardware, text
+
+    monkeypatch.setenv("VSE_TF_NATIVE_BF16", native)
+    hardware.native_bfloat16.cache_clear()
+    try:
+        config = config_lib.get_config("tiny")
+        assert config.train.trunk_compute_dtype == "auto"
+        model = modeling.build_model(config, text.Vocabulary(["a"]), feature_dim=6)
+        assert model.trunk_compute_dtype == expected
+        # The fine-tuned preset keeps the float32 its rows were measured in.
+        pinned = config_lib.get_config("flickr8k_lite_ft").train
+        assert hardware.compute_dtype(pinned.trunk_compute_dtype) == "float32"
+    finally:
+        hardware.native_bfloat16.cache_clear()

@@ -191,6 +191,13 @@ class TrainConfig:
             ``auto`` (``bfloat16`` where this machine computes bf16
             natively, else ``float32``), ``float32`` or ``bfloat16``
             (float32 accumulation and state).
+        trunk_compute_dtype: Matmul input type of the fine-tuned CNN layers
+            while training (their convolutions and dense layers; weights,
+            evaluation and export stay float32), ``auto`` (``bfloat16``
+            where this machine computes bf16 natively, else ``float32``),
+            ``float32`` or ``bfloat16``. VGG16's block5 trained 4.1x
+            faster in bf16 on an AMX CPU, EfficientNet-Lite2's stages 6-7
+            1.2x.
         jit_compile_text: Compile the training text tower with XLA.
         jit_compile_image: Compile the training image tower with XLA (only
             matters when fine-tuning VGG16; XLA slowed VGG16 on CPU).
@@ -215,6 +222,7 @@ class TrainConfig:
     warmup_epochs: int = 1
     bucket_by_length: bool = True
     text_compute_dtype: str = "auto"
+    trunk_compute_dtype: str = "auto"
     jit_compile_text: bool = False
     jit_compile_image: bool = False
     strategy: str = "one_device"
@@ -413,6 +421,8 @@ def _flickr8k_lite_ft() -> Config:
             ema_decay=0.998,
             epochs=6,
             lr_decay_epochs=0,
+            # The rows above trained the trunk in float32.
+            trunk_compute_dtype="float32",
         ),
     )
 
@@ -516,6 +526,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "fine_tune_batchnorm": ("frozen", "batch"),
         "loss": ("sum", "max", "sum_then_max", "infonce"),
         "text_compute_dtype": ("auto", "float32", "bfloat16"),
+        "trunk_compute_dtype": ("auto", "float32", "bfloat16"),
         "strategy": ("one_device", "mirrored", "multi_worker", "tpu"),
     }
 

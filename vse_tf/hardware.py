@@ -75,8 +75,12 @@ def extract_dtype(value: str) -> str:
     return "mixed_bfloat16" if native_bfloat16() else "float32"
 
 
-def text_compute_dtype(value: str) -> str:
-    """``auto`` -> ``bfloat16`` where bf16 is native, else ``float32``."""
+def compute_dtype(value: str) -> str:
+    """``auto`` -> ``bfloat16`` where bf16 is native, else ``float32``.
+
+    For the training matmuls of the text LSTM and of the fine-tuned CNN
+    layers (``text_compute_dtype``, ``trunk_compute_dtype``).
+    """
     if value != AUTO:
         return value
     return "bfloat16" if native_bfloat16() else "float32"

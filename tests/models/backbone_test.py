@@ -309,6 +309,65 @@ class TestMixedPrecision:
         assert np.all(cosine >= 0.999), cosine
 
 
+class TestComputingIn:
+    """`matmul_layers` and `computing_in`: bf16 products for the trained layers."""
+
+    def test_matmul_layers_are_the_trained_convolutions(self):
+        vgg = build_vgg16_backbone("pool5", SIZE, "none")
+        set_fine_tuning(vgg, "block5")
+        names = [layer.name for layer in backbone_lib.matmul_layers(vgg)]
+        assert names == ["block5_conv1", "block5_conv2", "block5_conv3"]
+        # Lite0's stage 7 is one block (expand, depthwise, project), then the
+        # head conv: the depthwise conv and every batch norm stay float32.
+        lite = backbone_lib.build_backbone("efficientnet_lite0", "head_avg", 64, "none")
+        set_fine_tuning(lite, "stage7")
+        names = [layer.name for layer in backbone_lib.matmul_layers(lite)]
+        assert names == [
+            "stage7_block1_expand_conv",
+            "stage7_block1_project_conv",
+            "head_conv",
+        ]
+        set_fine_tuning(lite, "")
+        assert backbone_lib.matmul_layers(lite) == []
+
+    @pytest.fixture
+    def block5(self):
+        keras.utils.set_random_seed(0)
+        vgg = build_vgg16_backbone("pool5", SIZE, "none")
+        set_fine_tuning(vgg, "block5")
+        bottom, top = backbone_lib.split_backbone(vgg, "block5", "pool5")
+        return top, bottom(_pixels(3, seed=1)), backbone_lib.matmul_layers(vgg)
+
+    def test_bfloat16_inside_float32_after(self, block5):
+        top, activations, layers = block5
+        reference = top(activations).numpy()
+        with backbone_lib.computing_in(layers, "bfloat16"):
+            assert [layer.compute_dtype for layer in layers] == ["bfloat16"] * 3
+            inside = top(activations).numpy()
+        assert [layer.compute_dtype for layer in layers] == ["float32"] * 3
+        assert all(w.dtype == "float32" for w in top.weights)
+        # bf16 products: close to float32, not the same numbers.
+        assert not np.array_equal(inside, reference)
+        cosine = np.sum(inside * reference, 1) / (
+            np.linalg.norm(inside, axis=1) * np.linalg.norm(reference, axis=1)
+        )
+        assert np.all(cosine > 0.99), cosine
+        np.testing.assert_array_equal(top(activations).numpy(), reference)
+
+    def test_float32_changes_nothing_and_errors_restore(self, block5):
+        top, activations, layers = block5
+        reference = top(activations).numpy()
+        with backbone_lib.computing_in(layers, "float32"):
+            np.testing.assert_array_equal(top(activations).numpy(), reference)
+        with pytest.raises(RuntimeError, match="stop"):
+            with backbone_lib.computing_in(layers, "bfloat16"):
+                raise RuntimeError("stop")
+        assert [layer.compute_dtype for layer in layers] == ["float32"] * 3
+        with pytest.raises(ValueError, match="float32 or bfloat16"):
+            with backbone_lib.computing_in(layers, "float16"):
+                pass
+
+
 def test_imagenet_weights_are_asked_from_keras(monkeypatch):
     # Offline here: check that "imagenet" reaches Keras's own loader (which
     # downloads for users who are online) and nothing else is loaded over it.

@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 
 from vse_tf import losses
+from vse_tf.models import backbone as backbone_lib
 from vse_tf.models.image_tower import ImageTower
 from vse_tf.models.text_tower import LSTMTextTower
 
@@ -58,6 +59,10 @@ class VSEModel(keras.Model):
         mask_same_image: Use ``image_ids`` to drop false negatives.
         text_compute_dtype: Training matmuls of the text LSTM in
             ``float32`` or ``bfloat16`` (`LSTMTextTower.encode_tokens_fused`).
+        trunk_compute_dtype: Training matmuls of the fine-tuned CNN layers
+            (their convolutions and dense layers, `backbone.matmul_layers`)
+            in ``float32`` or ``bfloat16`` (float32 weights; evaluation and
+            export stay float32; `backbone.computing_in`).
         jit_compile_text: Compile the training text tower with XLA. The
             LSTM's gradient keeps per-step values in TensorLists, which may
             not cross an XLA cluster's edge (TF 2.21), so this compiles the
@@ -88,6 +93,7 @@ class VSEModel(keras.Model):
         loss_mode: str = "sum",
         mask_same_image: bool = True,
         text_compute_dtype: str = "float32",
+        trunk_compute_dtype: str = "float32",
         jit_compile_text: bool = False,
         jit_compile_image: bool = False,
         grad_clip_norm: float = 0.0,
@@ -104,6 +110,7 @@ class VSEModel(keras.Model):
         self.loss_mode = loss_mode
         self.mask_same_image = mask_same_image
         self.text_compute_dtype = text_compute_dtype
+        self.trunk_compute_dtype = trunk_compute_dtype
         self.jit_compile_text = jit_compile_text
         self.jit_compile_image = jit_compile_image
         self.grad_clip_norm = grad_clip_norm
@@ -191,7 +198,10 @@ class VSEModel(keras.Model):
         return self.text_tower(inputs["text"], training=True)
 
     def _train_image(self, inputs):
-        return self.embed_images(inputs, training=True)
+        backbone = self.image_tower.backbone
+        trained = [] if backbone is None else backbone_lib.matmul_layers(backbone)
+        with backbone_lib.computing_in(trained, self.trunk_compute_dtype):
+            return self.embed_images(inputs, training=True)
 
     def _loss(self, image_emb, text_emb, inputs):
         """Summed ranking loss of one (global) batch of embeddings."""
@@ -298,6 +308,7 @@ class VSEModel(keras.Model):
             loss_mode=self.loss_mode,
             mask_same_image=self.mask_same_image,
             text_compute_dtype=self.text_compute_dtype,
+            trunk_compute_dtype=self.trunk_compute_dtype,
             jit_compile_text=self.jit_compile_text,
             jit_compile_image=self.jit_compile_image,
             grad_clip_norm=self.grad_clip_norm,
