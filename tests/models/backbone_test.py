@@ -367,6 +367,19 @@ class TestComputingIn:
             with backbone_lib.computing_in(layers, "float16"):
                 pass
 
+    def test_nested_and_overlapping_entries_restore_once_all_leave(self, block5):
+        # Replica threads of a MirroredStrategy enter and leave in any order.
+        _, _, layers = block5
+        first = backbone_lib.computing_in(layers, "bfloat16")
+        second = backbone_lib.computing_in(layers[:1], "bfloat16")
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)  # the first to enter leaves first
+        assert layers[0].compute_dtype == "bfloat16"  # `second` is still in
+        assert [layer.compute_dtype for layer in layers[1:]] == ["float32"] * 2
+        second.__exit__(None, None, None)
+        assert [layer.compute_dtype for layer in layers] == ["float32"] * 3
+
 
 def test_imagenet_weights_are_asked_from_keras(monkeypatch):
     # Offline here: check that "imagenet" reaches Keras's own loader (which

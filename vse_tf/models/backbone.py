@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import threading
 from collections.abc import Iterator
 from typing import Optional
 
@@ -300,6 +301,14 @@ def matmul_layers(model: keras.Model) -> list:
     ]
 
 
+# `computing_in` may be entered by several replica threads at once
+# (tf.distribute.MirroredStrategy traces each replica's step in its own
+# thread): the first entry of a layer switches it, the last exit restores
+# it. {id(layer): [entries, the layer's own policy]}.
+_SWITCHED: dict[int, list] = {}
+_SWITCHED_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def computing_in(layers: list, dtype: str) -> Iterator[None]:
     """Runs ``layers`` with ``dtype`` inputs and float32 weights, then restores them.
@@ -309,7 +318,7 @@ def computing_in(layers: list, dtype: str) -> Iterator[None]:
     to the float32 weights); the next layer casts back to its own dtype.
     Whatever is traced inside the block (a training step's ``tf.function``)
     keeps that precision; calls traced outside it (evaluation, export) stay
-    float32.
+    float32. Safe to enter from several threads (replicas) at once.
 
     Args:
         layers: Keras layers, e.g. `matmul_layers` of the trained part.
@@ -320,15 +329,25 @@ def computing_in(layers: list, dtype: str) -> Iterator[None]:
     """
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
-    saved = [layer.dtype_policy for layer in layers]
-    try:
-        if dtype == "bfloat16":
-            for layer in layers:
+    if dtype == "float32":
+        yield
+        return
+    with _SWITCHED_LOCK:
+        for layer in layers:
+            entry = _SWITCHED.setdefault(id(layer), [0, layer.dtype_policy])
+            if entry[0] == 0:
                 layer.dtype_policy = keras.DTypePolicy("mixed_bfloat16")
+            entry[0] += 1
+    try:
         yield
     finally:
-        for layer, policy in zip(layers, saved):
-            layer.dtype_policy = policy
+        with _SWITCHED_LOCK:
+            for layer in layers:
+                entry = _SWITCHED[id(layer)]
+                entry[0] -= 1
+                if entry[0] == 0:
+                    layer.dtype_policy = entry[1]
+                    del _SWITCHED[id(layer)]
 
 
 def fine_tune_points(backbone: keras.Model) -> list[str]:
