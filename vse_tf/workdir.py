@@ -83,8 +83,17 @@ def check_config(workdir: str, config: Config) -> None:
     with open(path) as f:
         saved = Config.from_dict(json.load(f))
     # Free to change on resume: how long to train (more epochs continue
-    # the run) and on what hardware.
-    free = dict(epochs=0, strategy="", jit_compile_text=False, jit_compile_image=False)
+    # the run) and on what hardware, precisions included ("auto" already
+    # picks them by machine; a run saved before a precision option existed
+    # reads back its default).
+    free = dict(
+        epochs=0,
+        strategy="",
+        jit_compile_text=False,
+        jit_compile_image=False,
+        text_compute_dtype="",
+        trunk_compute_dtype="",
+    )
     old = dataclasses.replace(saved.train, **free)
     old = dataclasses.replace(saved, train=old).to_dict()
     new = dataclasses.replace(config.train, **free)
