@@ -383,12 +383,21 @@ def test_build_model_resolves_auto_compute_dtypes_by_hardware(
 
     monkeypatch.setenv("VSE_TF_NATIVE_BF16", native)
     hardware.native_bfloat16.cache_clear()
+    vocabulary = text.Vocabulary(["a"])
     try:
-        config = config_lib.get_config("tiny")
-        assert config.train.trunk_compute_dtype == "auto"
-        model = modeling.build_model(config, text.Vocabulary(["a"]), feature_dim=6)
+        tiny = config_lib.get_config("tiny")
+        # A frozen CNN has no trained layers: no precision to choose, and
+        # the hardware is not even asked (loading a model for export logs
+        # nothing about it).
+        frozen = config_lib.override(tiny, trunk_compute_dtype="auto")
+        model = modeling.build_model(frozen, vocabulary, feature_dim=6)
+        assert model.trunk_compute_dtype == "float32"
+        assert hardware.native_bfloat16.cache_info().currsize == 0
+        fine_tuned = config_lib.override(frozen, fine_tune_from="block5")
+        model = modeling.build_model(fine_tuned, vocabulary)
         assert model.trunk_compute_dtype == expected
-        # The fine-tuned preset keeps the float32 its rows were measured in.
+        # The tests' preset and the fine-tuned preset keep float32.
+        assert tiny.train.trunk_compute_dtype == "float32"
         pinned = config_lib.get_config("flickr8k_lite_ft").train
         assert hardware.compute_dtype(pinned.trunk_compute_dtype) == "float32"
     finally:

@@ -295,6 +295,7 @@ def _tiny() -> Config:
             eval_batch_size=64,
             # Fixed, not "auto": the tests' numbers must not depend on the CPU.
             text_compute_dtype="float32",
+            trunk_compute_dtype="float32",
         ),
     )
 

@@ -101,7 +101,12 @@ def build_model(
         learn_temperature=config.train.learn_temperature,
         mask_same_image=config.train.mask_same_image,
         text_compute_dtype=hardware.compute_dtype(config.train.text_compute_dtype),
-        trunk_compute_dtype=hardware.compute_dtype(config.train.trunk_compute_dtype),
+        # Only a fine-tuned CNN has trained layers to run in bf16.
+        trunk_compute_dtype=(
+            hardware.compute_dtype(config.train.trunk_compute_dtype)
+            if m.fine_tune_from
+            else "float32"
+        ),
         jit_compile_text=config.train.jit_compile_text,
         jit_compile_image=config.train.jit_compile_image,
         grad_clip_norm=config.train.grad_clip_norm,
